@@ -1,0 +1,429 @@
+"""The game-facing domain: who the NPCs are, what they said, and what players thought.
+
+Integrity rules live in the database (unique and check constraints), so a bug
+in one process or a race between two cannot store a duplicate rating or a
+second active adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+slug_validator = RegexValidator(
+    r"^[a-z0-9][a-z0-9_-]{1,62}$",
+    "A slug is 2-63 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit.",
+)
+
+
+class Persona(models.Model):
+    slug = models.CharField(max_length=63, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=80)
+    description = models.TextField(blank=True)
+    traits = models.JSONField(
+        default=list, blank=True, help_text="Short trait phrases, e.g. 'gruff', 'knows the mines'."
+    )
+    system_prompt = models.TextField(blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="personas")
+    active_adapter = models.ForeignKey(
+        "AdapterVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    allowed_actions = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Action names this persona may take in the world; anything else is blocked.",
+    )
+    temperature = models.FloatField(default=0.8, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)])
+    top_p = models.FloatField(default=0.95, validators=[MinValueValidator(0.01), MaxValueValidator(1.0)])
+    max_tokens = models.PositiveSmallIntegerField(default=64, validators=[MinValueValidator(1), MaxValueValidator(512)])
+    is_public = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(temperature__gte=0) & Q(temperature__lte=2), name="persona_temperature_range"
+            ),
+            models.CheckConstraint(condition=Q(top_p__gt=0) & Q(top_p__lte=1), name="persona_top_p_range"),
+            models.CheckConstraint(
+                condition=Q(max_tokens__gte=1) & Q(max_tokens__lte=512), name="persona_max_tokens_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.slug})"
+
+
+class AdapterVersion(models.Model):
+    class Status(models.TextChoices):
+        UPLOADED = "uploaded", "Uploaded"
+        VALIDATED = "validated", "Validated"
+        APPROVED = "approved", "Approved"
+        ACTIVE = "active", "Active"
+        REJECTED = "rejected", "Rejected"
+        RETIRED = "retired", "Retired"
+
+    class Source(models.TextChoices):
+        UPLOAD = "upload", "Upload"
+        TRAINING = "training", "Training"
+
+    persona = models.ForeignKey(Persona, on_delete=models.PROTECT, related_name="adapter_versions")
+    version = models.PositiveIntegerField()
+    files_path = models.CharField(max_length=500, help_text="PEFT adapter directory, relative to MEDIA_ROOT.")
+    sha256 = models.CharField(max_length=64, validators=[RegexValidator(r"^[0-9a-f]{64}$")])
+    base_model_id = models.CharField(max_length=200)
+    rank = models.PositiveSmallIntegerField()
+    target_modules = models.JSONField(default=list)
+    size_bytes = models.PositiveBigIntegerField()
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.UPLOADED, db_index=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.UPLOAD)
+    model_card = models.TextField(blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    validation_error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["persona", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["persona", "version"], name="adapter_version_unique_per_persona"),
+            models.UniqueConstraint(
+                fields=["persona"], condition=Q(status="active"), name="adapter_one_active_per_persona"
+            ),
+            models.CheckConstraint(condition=Q(version__gte=1), name="adapter_version_positive"),
+            models.CheckConstraint(condition=Q(rank__gte=1) & Q(rank__lte=256), name="adapter_rank_range"),
+            models.CheckConstraint(
+                condition=Q(status__in=["uploaded", "validated", "approved", "active", "rejected", "retired"]),
+                name="adapter_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.persona.slug} v{self.version} ({self.status})"
+
+    @property
+    def absolute_path(self):
+        from pathlib import Path
+
+        return Path(settings.MEDIA_ROOT) / self.files_path
+
+
+def _hash_token(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class GameServer(models.Model):
+    """A registered Luanti server. Its token is shown once and stored only as a hash."""
+
+    TOKEN_PREFIX = "vgs_"  # noqa: S105 (a public prefix, not a secret)
+
+    name = models.CharField(max_length=100)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="game_servers")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    token_hint = models.CharField(
+        max_length=12, editable=False, help_text="First characters of the token, to tell tokens apart."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="game_server_name_unique_per_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def set_new_token(self) -> str:
+        """Give the server a fresh token; returns it in the clear (the only time it exists)."""
+        raw = self.TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self.token_hash = _hash_token(raw)
+        self.token_hint = raw[:10]
+        return raw
+
+    def verify_token(self, raw: str) -> bool:
+        return hmac.compare_digest(self.token_hash, _hash_token(raw))
+
+    @classmethod
+    def hash_token(cls, raw: str) -> str:
+        return _hash_token(raw)
+
+
+class Npc(models.Model):
+    game_server = models.ForeignKey(GameServer, on_delete=models.CASCADE, related_name="npcs", null=True, blank=True)
+    world_id = models.CharField(max_length=100, help_text="The NPC's id in the world, as the mod names it.")
+    persona = models.ForeignKey(Persona, on_delete=models.PROTECT, related_name="npcs")
+    display_name = models.CharField(max_length=80, blank=True)
+    frozen_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_active_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["game_server", "world_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["game_server", "world_id"], name="npc_unique_in_world"),
+            # Playground NPCs (no game server) are keyed by world_id alone.
+            models.UniqueConstraint(
+                fields=["world_id"], condition=Q(game_server__isnull=True), name="npc_unique_playground"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.display_name or self.world_id
+
+    def is_frozen(self, now=None) -> bool:
+        return self.frozen_until is not None and self.frozen_until > (now or timezone.now())
+
+
+class Exchange(models.Model):
+    """One player turn and the NPC's reply, with the adapter version that produced it."""
+
+    class Source(models.TextChoices):
+        GAME = "game", "Game"
+        PLAYGROUND = "playground", "Playground"
+        SIMULATION = "simulation", "Simulation"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    npc = models.ForeignKey(Npc, on_delete=models.PROTECT, related_name="exchanges")
+    persona = models.ForeignKey(Persona, on_delete=models.PROTECT, related_name="exchanges")
+    source = models.CharField(max_length=12, choices=Source.choices, default=Source.GAME)
+    player_name = models.CharField(max_length=64)
+    player_text = models.TextField()
+    context = models.JSONField(default=dict, blank=True)
+    prompt = models.TextField(help_text="The prompt exactly as the model saw it.")
+    reply_text = models.TextField(blank=True)
+    raw_text = models.TextField(blank=True, help_text="The model's output before actions were parsed out.")
+    actions = models.JSONField(default=list, blank=True)
+    blocked_actions = models.JSONField(default=list, blank=True)
+    adapter_version = models.ForeignKey(
+        AdapterVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="exchanges"
+    )
+    base_model_id = models.CharField(max_length=200, blank=True)
+    finish_reason = models.CharField(max_length=16, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    total_ms = models.FloatField(null=True, blank=True)
+    excluded_from_training = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["persona", "-created_at"], name="exchange_persona_recent"),
+            models.Index(fields=["npc", "-created_at"], name="exchange_npc_recent"),
+            models.Index(fields=["player_name", "-created_at"], name="exchange_player_recent"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(ttft_ms__isnull=True) | Q(ttft_ms__gte=0), name="exchange_ttft_nonnegative"
+            ),
+            models.CheckConstraint(
+                condition=Q(total_ms__isnull=True) | Q(total_ms__gte=0), name="exchange_total_nonnegative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.player_name} → {self.npc}: {self.reply_text[:40]}"
+
+
+class Rating(models.Model):
+    """A thumbs up or down. One per rater per exchange; changing it updates the row."""
+
+    class Source(models.TextChoices):
+        WEB = "web", "Web portal"
+        GAME = "game", "In game"
+
+    exchange = models.ForeignKey(Exchange, on_delete=models.PROTECT, related_name="ratings")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="ratings"
+    )
+    player_name = models.CharField(
+        max_length=64, blank=True, help_text="A player not linked to a portal account, rating in game."
+    )
+    score = models.SmallIntegerField(choices=[(1, "👍"), (-1, "👎")])
+    reason = models.CharField(max_length=500, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    source = models.CharField(max_length=5, choices=Source.choices, default=Source.WEB)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(score__in=[1, -1]), name="rating_score_plus_minus_one"),
+            models.CheckConstraint(
+                condition=(Q(user__isnull=False) & Q(player_name="")) | (Q(user__isnull=True) & ~Q(player_name="")),
+                name="rating_has_exactly_one_rater",
+            ),
+            models.UniqueConstraint(
+                fields=["exchange", "user"], condition=Q(user__isnull=False), name="rating_one_per_user"
+            ),
+            models.UniqueConstraint(
+                fields=["exchange", "player_name"],
+                condition=Q(user__isnull=True),
+                name="rating_one_per_player",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rater_label}: {self.score:+d} on {self.exchange_id}"
+
+    @property
+    def rater_label(self) -> str:
+        return self.user.get_username() if self.user_id else f"player:{self.player_name}"
+
+
+class PairwiseVote(models.Model):
+    class Outcome(models.TextChoices):
+        LEFT = "left", "Left is better"
+        RIGHT = "right", "Right is better"
+        TIE = "tie", "Tie"
+        BOTH_BAD = "both_bad", "Both bad"
+
+    left = models.ForeignKey(Exchange, on_delete=models.PROTECT, related_name="+")
+    right = models.ForeignKey(Exchange, on_delete=models.PROTECT, related_name="+")
+    voter = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="pairwise_votes"
+    )
+    outcome = models.CharField(max_length=8, choices=Outcome.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(left=F("right")), name="pairwise_distinct_exchanges"),
+            models.CheckConstraint(
+                condition=Q(outcome__in=["left", "right", "tie", "both_bad"]), name="pairwise_outcome_valid"
+            ),
+            models.UniqueConstraint(fields=["voter", "left", "right"], name="pairwise_one_vote_per_pair"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.left_id} vs {self.right_id}: {self.outcome}"
+
+
+class PlayerLink(models.Model):
+    """Ties a game name to a portal account once the player types the code in game."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="player_links")
+    player_name = models.CharField(max_length=64)
+    code_hash = models.CharField(max_length=64, blank=True, editable=False)
+    code_expires_at = models.DateTimeField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    show_publicly = models.BooleanField(
+        default=False, help_text="The player agrees to their name being shown on the portal."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["player_name"], condition=Q(verified_at__isnull=False), name="player_link_one_verified_owner"
+            ),
+            models.UniqueConstraint(fields=["user", "player_name"], name="player_link_unique_per_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.player_name} ↔ {self.user}"
+
+    @property
+    def verified(self) -> bool:
+        return self.verified_at is not None
+
+
+class PolicyFlag(models.Model):
+    class Severity(models.TextChoices):
+        INFO = "info", "Info"
+        WARNING = "warning", "Warning"
+        SEVERE = "severe", "Severe"
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        CONFIRMED = "confirmed", "Confirmed"
+        DISMISSED = "dismissed", "Dismissed"
+
+    exchange = models.ForeignKey(Exchange, on_delete=models.PROTECT, related_name="policy_flags")
+    rule = models.CharField(max_length=64, db_index=True)
+    severity = models.CharField(max_length=8, choices=Severity.choices, default=Severity.WARNING)
+    action = models.JSONField(null=True, blank=True, help_text="The action the rule stopped, if any.")
+    detail = models.TextField(blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN, db_index=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(severity__in=["info", "warning", "severe"]), name="policy_flag_severity_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["open", "confirmed", "dismissed"]), name="policy_flag_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rule} ({self.severity}) on {self.exchange_id}"
+
+
+class TrainingRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        GATE_REJECTED = "gate_rejected", "Rejected by the gate"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped (not enough data)"
+
+    class Method(models.TextChoices):
+        KTO = "kto", "KTO"
+        DPO = "dpo", "DPO"
+        SFT = "sft", "SFT"
+
+    persona = models.ForeignKey(Persona, on_delete=models.PROTECT, related_name="training_runs")
+    night = models.DateField(help_text="The nightly slot this run belongs to; one run per persona per night.")
+    status = models.CharField(max_length=14, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    method = models.CharField(max_length=4, choices=Method.choices, blank=True)
+    base_adapter = models.ForeignKey(AdapterVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    produced_version = models.ForeignKey(
+        AdapterVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    rating_ids = models.JSONField(default=list, blank=True, help_text="Exactly which ratings went into the dataset.")
+    pairwise_vote_ids = models.JSONField(default=list, blank=True)
+    data_counts = models.JSONField(default=dict, blank=True)
+    metrics_before = models.JSONField(default=dict, blank=True)
+    metrics_after = models.JSONField(default=dict, blank=True)
+    loss_curve = models.JSONField(default=list, blank=True)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["persona", "night"], name="training_run_once_per_night"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.persona.slug} {self.night} ({self.status})"

@@ -1,0 +1,40 @@
+import pytest
+from django.contrib.auth import get_user_model
+
+from agents_app.models import GameServer, Npc, Persona
+
+
+@pytest.fixture
+def alice(db):
+    """Alice owns things: personas, a game server."""
+    return get_user_model().objects.create_user("alice", "alice@example.org", "alice-password-1")
+
+
+@pytest.fixture
+def bob(db):
+    """Bob shares Alice's role but owns nothing of hers."""
+    return get_user_model().objects.create_user("bob", "bob@example.org", "bob-password-1")
+
+
+@pytest.fixture
+def charlie(db):
+    """Charlie must see nothing private."""
+    return get_user_model().objects.create_user("charlie", "charlie@example.org", "charlie-password-1")
+
+
+@pytest.fixture
+def persona(alice):
+    return Persona.objects.create(slug="miner", name="Miner Mo", owner=alice, allowed_actions=["say", "jump"])
+
+
+@pytest.fixture
+def game_server(alice):
+    server = GameServer(name="Alice's world", owner=alice)
+    server.raw_token = server.set_new_token()
+    server.save()
+    return server
+
+
+@pytest.fixture
+def npc(game_server, persona):
+    return Npc.objects.create(game_server=game_server, world_id="npc-1", persona=persona, display_name="Mo")

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class TrainingTasksConfig(AppConfig):
+    name = "training_tasks"
+    verbose_name = "Training"
