@@ -1,3 +1,5 @@
-"""WebSocket routes. The game gateway joins here (protocol v1 at /ws/luanti/)."""
+"""WebSocket routes: the game gateway (protocol v1 at /ws/luanti/)."""
 
-websocket_urlpatterns: list = []
+from agents_app.routing import websocket_urlpatterns as game_routes
+
+websocket_urlpatterns = [*game_routes]

@@ -125,6 +125,8 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
+                # redis-py's 5 s socket timeout equals channels-redis's 5 s blocking pop, and
+                # idle receives then fail with TimeoutError: give the socket more room.
                 "hosts": [REDIS_URL],
                 "prefix": env_str("VOYAGER_CHANNEL_PREFIX", "voyager"),
                 # Reply channels carry streamed deltas; the default capacity of
@@ -183,7 +185,13 @@ EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.Emai
 VOYAGER_BASE_MODEL = str(env_path("VOYAGER_BASE_MODEL", VAR_DIR / "models" / "starter"))
 # Embedded default: the inference engine runs inside the web process.
 VOYAGER_EMBEDDED_WORKER = env_bool("VOYAGER_EMBEDDED_WORKER", REDIS_URL is None)
-VOYAGER_INFERENCE_CHANNEL = "inference.requests"
+VOYAGER_INFERENCE_BACKEND = env_str("VOYAGER_INFERENCE_BACKEND", "engine")
+if VOYAGER_INFERENCE_BACKEND not in {"engine", "echo"}:
+    raise ImproperlyConfigured(f"VOYAGER_INFERENCE_BACKEND={VOYAGER_INFERENCE_BACKEND!r} must be 'engine' or 'echo'")
+VOYAGER_ECHO_DELAY = env_float("VOYAGER_ECHO_DELAY", 0.0, minimum=0.0)
+VOYAGER_GATEWAY_RATE = env_float("VOYAGER_GATEWAY_RATE", 20.0, minimum=0.1)
+VOYAGER_GATEWAY_BURST = env_int("VOYAGER_GATEWAY_BURST", 60, minimum=1)
+VOYAGER_GATEWAY_MAX_INFLIGHT = env_int("VOYAGER_GATEWAY_MAX_INFLIGHT", 64, minimum=1)
 VOYAGER_INFERENCE_QUEUE = env_int("VOYAGER_INFERENCE_QUEUE", 256, minimum=1)
 VOYAGER_ADAPTER_CACHE = env_int("VOYAGER_ADAPTER_CACHE", 16, minimum=1)
 VOYAGER_ASK_TIMEOUT = env_float("VOYAGER_ASK_TIMEOUT", 30.0, minimum=0.1)

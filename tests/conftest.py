@@ -38,3 +38,13 @@ def game_server(alice):
 @pytest.fixture
 def npc(game_server, persona):
     return Npc.objects.create(game_server=game_server, world_id="npc-1", persona=persona, display_name="Mo")
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layer():
+    """Each test's event loop gets its own channel layer (Redis pools and locks bind to a loop)."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()

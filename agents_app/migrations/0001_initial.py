@@ -9,7 +9,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -18,325 +17,682 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='AdapterVersion',
+            name="AdapterVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveIntegerField()),
-                ('files_path', models.CharField(help_text='PEFT adapter directory, relative to MEDIA_ROOT.', max_length=500)),
-                ('sha256', models.CharField(max_length=64, validators=[django.core.validators.RegexValidator('^[0-9a-f]{64}$')])),
-                ('base_model_id', models.CharField(max_length=200)),
-                ('rank', models.PositiveSmallIntegerField()),
-                ('target_modules', models.JSONField(default=list)),
-                ('size_bytes', models.PositiveBigIntegerField()),
-                ('status', models.CharField(choices=[('uploaded', 'Uploaded'), ('validated', 'Validated'), ('approved', 'Approved'), ('active', 'Active'), ('rejected', 'Rejected'), ('retired', 'Retired')], db_index=True, default='uploaded', max_length=12)),
-                ('source', models.CharField(choices=[('upload', 'Upload'), ('training', 'Training')], default='upload', max_length=10)),
-                ('model_card', models.TextField(blank=True)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('validation_error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('status_changed_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("version", models.PositiveIntegerField()),
+                (
+                    "files_path",
+                    models.CharField(help_text="PEFT adapter directory, relative to MEDIA_ROOT.", max_length=500),
+                ),
+                (
+                    "sha256",
+                    models.CharField(
+                        max_length=64, validators=[django.core.validators.RegexValidator("^[0-9a-f]{64}$")]
+                    ),
+                ),
+                ("base_model_id", models.CharField(max_length=200)),
+                ("rank", models.PositiveSmallIntegerField()),
+                ("target_modules", models.JSONField(default=list)),
+                ("size_bytes", models.PositiveBigIntegerField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("uploaded", "Uploaded"),
+                            ("validated", "Validated"),
+                            ("approved", "Approved"),
+                            ("active", "Active"),
+                            ("rejected", "Rejected"),
+                            ("retired", "Retired"),
+                        ],
+                        db_index=True,
+                        default="uploaded",
+                        max_length=12,
+                    ),
+                ),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[("upload", "Upload"), ("training", "Training")], default="upload", max_length=10
+                    ),
+                ),
+                ("model_card", models.TextField(blank=True)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("validation_error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("status_changed_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['persona', '-version'],
+                "ordering": ["persona", "-version"],
             },
         ),
         migrations.CreateModel(
-            name='GameServer',
+            name="GameServer",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('token_hash', models.CharField(editable=False, max_length=64, unique=True)),
-                ('token_hint', models.CharField(editable=False, help_text='First characters of the token, to tell tokens apart.', max_length=12)),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_seen_at', models.DateTimeField(blank=True, null=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='game_servers', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100)),
+                ("token_hash", models.CharField(editable=False, max_length=64, unique=True)),
+                (
+                    "token_hint",
+                    models.CharField(
+                        editable=False, help_text="First characters of the token, to tell tokens apart.", max_length=12
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_seen_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="game_servers",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Npc',
+            name="Npc",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('world_id', models.CharField(help_text="The NPC's id in the world, as the mod names it.", max_length=100)),
-                ('display_name', models.CharField(blank=True, max_length=80)),
-                ('frozen_until', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_active_at', models.DateTimeField(blank=True, null=True)),
-                ('game_server', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='npcs', to='agents_app.gameserver')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "world_id",
+                    models.CharField(help_text="The NPC's id in the world, as the mod names it.", max_length=100),
+                ),
+                ("display_name", models.CharField(blank=True, max_length=80)),
+                ("frozen_until", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_active_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "game_server",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="npcs",
+                        to="agents_app.gameserver",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['game_server', 'world_id'],
+                "ordering": ["game_server", "world_id"],
             },
         ),
         migrations.CreateModel(
-            name='Exchange',
+            name="Exchange",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('source', models.CharField(choices=[('game', 'Game'), ('playground', 'Playground'), ('simulation', 'Simulation')], default='game', max_length=12)),
-                ('player_name', models.CharField(max_length=64)),
-                ('player_text', models.TextField()),
-                ('context', models.JSONField(blank=True, default=dict)),
-                ('prompt', models.TextField(help_text='The prompt exactly as the model saw it.')),
-                ('reply_text', models.TextField(blank=True)),
-                ('raw_text', models.TextField(blank=True, help_text="The model's output before actions were parsed out.")),
-                ('actions', models.JSONField(blank=True, default=list)),
-                ('blocked_actions', models.JSONField(blank=True, default=list)),
-                ('base_model_id', models.CharField(blank=True, max_length=200)),
-                ('finish_reason', models.CharField(blank=True, max_length=16)),
-                ('prompt_tokens', models.PositiveIntegerField(default=0)),
-                ('completion_tokens', models.PositiveIntegerField(default=0)),
-                ('ttft_ms', models.FloatField(blank=True, null=True)),
-                ('total_ms', models.FloatField(blank=True, null=True)),
-                ('excluded_from_training', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('adapter_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='exchanges', to='agents_app.adapterversion')),
-                ('npc', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='exchanges', to='agents_app.npc')),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[("game", "Game"), ("playground", "Playground"), ("simulation", "Simulation")],
+                        default="game",
+                        max_length=12,
+                    ),
+                ),
+                ("player_name", models.CharField(max_length=64)),
+                ("player_text", models.TextField()),
+                ("context", models.JSONField(blank=True, default=dict)),
+                ("prompt", models.TextField(help_text="The prompt exactly as the model saw it.")),
+                ("reply_text", models.TextField(blank=True)),
+                (
+                    "raw_text",
+                    models.TextField(blank=True, help_text="The model's output before actions were parsed out."),
+                ),
+                ("actions", models.JSONField(blank=True, default=list)),
+                ("blocked_actions", models.JSONField(blank=True, default=list)),
+                ("base_model_id", models.CharField(blank=True, max_length=200)),
+                ("finish_reason", models.CharField(blank=True, max_length=16)),
+                ("prompt_tokens", models.PositiveIntegerField(default=0)),
+                ("completion_tokens", models.PositiveIntegerField(default=0)),
+                ("ttft_ms", models.FloatField(blank=True, null=True)),
+                ("total_ms", models.FloatField(blank=True, null=True)),
+                ("excluded_from_training", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                (
+                    "adapter_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="exchanges",
+                        to="agents_app.adapterversion",
+                    ),
+                ),
+                (
+                    "npc",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="exchanges", to="agents_app.npc"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='PairwiseVote',
+            name="PairwiseVote",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('outcome', models.CharField(choices=[('left', 'Left is better'), ('right', 'Right is better'), ('tie', 'Tie'), ('both_bad', 'Both bad')], max_length=8)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('left', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='agents_app.exchange')),
-                ('right', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='agents_app.exchange')),
-                ('voter', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='pairwise_votes', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("left", "Left is better"),
+                            ("right", "Right is better"),
+                            ("tie", "Tie"),
+                            ("both_bad", "Both bad"),
+                        ],
+                        max_length=8,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "left",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="agents_app.exchange"
+                    ),
+                ),
+                (
+                    "right",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="agents_app.exchange"
+                    ),
+                ),
+                (
+                    "voter",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="pairwise_votes",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Persona',
+            name="Persona",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.CharField(max_length=63, unique=True, validators=[django.core.validators.RegexValidator('^[a-z0-9][a-z0-9_-]{1,62}$', "A slug is 2-63 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit.")])),
-                ('name', models.CharField(max_length=80)),
-                ('description', models.TextField(blank=True)),
-                ('traits', models.JSONField(blank=True, default=list, help_text="Short trait phrases, e.g. 'gruff', 'knows the mines'.")),
-                ('system_prompt', models.TextField(blank=True)),
-                ('allowed_actions', models.JSONField(blank=True, default=list, help_text='Action names this persona may take in the world; anything else is blocked.')),
-                ('temperature', models.FloatField(default=0.8, validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(2.0)])),
-                ('top_p', models.FloatField(default=0.95, validators=[django.core.validators.MinValueValidator(0.01), django.core.validators.MaxValueValidator(1.0)])),
-                ('max_tokens', models.PositiveSmallIntegerField(default=64, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(512)])),
-                ('is_public', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('active_adapter', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='agents_app.adapterversion')),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='personas', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "slug",
+                    models.CharField(
+                        max_length=63,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9][a-z0-9_-]{1,62}$",
+                                "A slug is 2-63 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit.",
+                            )
+                        ],
+                    ),
+                ),
+                ("name", models.CharField(max_length=80)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "traits",
+                    models.JSONField(
+                        blank=True, default=list, help_text="Short trait phrases, e.g. 'gruff', 'knows the mines'."
+                    ),
+                ),
+                ("system_prompt", models.TextField(blank=True)),
+                (
+                    "allowed_actions",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text="Action names this persona may take in the world; anything else is blocked.",
+                    ),
+                ),
+                (
+                    "temperature",
+                    models.FloatField(
+                        default=0.8,
+                        validators=[
+                            django.core.validators.MinValueValidator(0.0),
+                            django.core.validators.MaxValueValidator(2.0),
+                        ],
+                    ),
+                ),
+                (
+                    "top_p",
+                    models.FloatField(
+                        default=0.95,
+                        validators=[
+                            django.core.validators.MinValueValidator(0.01),
+                            django.core.validators.MaxValueValidator(1.0),
+                        ],
+                    ),
+                ),
+                (
+                    "max_tokens",
+                    models.PositiveSmallIntegerField(
+                        default=64,
+                        validators=[
+                            django.core.validators.MinValueValidator(1),
+                            django.core.validators.MaxValueValidator(512),
+                        ],
+                    ),
+                ),
+                ("is_public", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "active_adapter",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="agents_app.adapterversion",
+                    ),
+                ),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="personas",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.AddField(
-            model_name='npc',
-            name='persona',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='npcs', to='agents_app.persona'),
+            model_name="npc",
+            name="persona",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT, related_name="npcs", to="agents_app.persona"
+            ),
         ),
         migrations.AddField(
-            model_name='exchange',
-            name='persona',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='exchanges', to='agents_app.persona'),
+            model_name="exchange",
+            name="persona",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT, related_name="exchanges", to="agents_app.persona"
+            ),
         ),
         migrations.AddField(
-            model_name='adapterversion',
-            name='persona',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='adapter_versions', to='agents_app.persona'),
+            model_name="adapterversion",
+            name="persona",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT, related_name="adapter_versions", to="agents_app.persona"
+            ),
         ),
         migrations.CreateModel(
-            name='PlayerLink',
+            name="PlayerLink",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('player_name', models.CharField(max_length=64)),
-                ('code_hash', models.CharField(blank=True, editable=False, max_length=64)),
-                ('code_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('verified_at', models.DateTimeField(blank=True, null=True)),
-                ('show_publicly', models.BooleanField(default=False, help_text='The player agrees to their name being shown on the portal.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='player_links', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("player_name", models.CharField(max_length=64)),
+                ("code_hash", models.CharField(blank=True, editable=False, max_length=64)),
+                ("code_expires_at", models.DateTimeField(blank=True, null=True)),
+                ("verified_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "show_publicly",
+                    models.BooleanField(
+                        default=False, help_text="The player agrees to their name being shown on the portal."
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="player_links",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='PolicyFlag',
+            name="PolicyFlag",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('rule', models.CharField(db_index=True, max_length=64)),
-                ('severity', models.CharField(choices=[('info', 'Info'), ('warning', 'Warning'), ('severe', 'Severe')], default='warning', max_length=8)),
-                ('action', models.JSONField(blank=True, help_text='The action the rule stopped, if any.', null=True)),
-                ('detail', models.TextField(blank=True)),
-                ('status', models.CharField(choices=[('open', 'Open'), ('confirmed', 'Confirmed'), ('dismissed', 'Dismissed')], db_index=True, default='open', max_length=10)),
-                ('reviewed_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('exchange', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='policy_flags', to='agents_app.exchange')),
-                ('reviewed_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("rule", models.CharField(db_index=True, max_length=64)),
+                (
+                    "severity",
+                    models.CharField(
+                        choices=[("info", "Info"), ("warning", "Warning"), ("severe", "Severe")],
+                        default="warning",
+                        max_length=8,
+                    ),
+                ),
+                ("action", models.JSONField(blank=True, help_text="The action the rule stopped, if any.", null=True)),
+                ("detail", models.TextField(blank=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("open", "Open"), ("confirmed", "Confirmed"), ("dismissed", "Dismissed")],
+                        db_index=True,
+                        default="open",
+                        max_length=10,
+                    ),
+                ),
+                ("reviewed_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "exchange",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="policy_flags",
+                        to="agents_app.exchange",
+                    ),
+                ),
+                (
+                    "reviewed_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Rating',
+            name="Rating",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('player_name', models.CharField(blank=True, help_text='A player not linked to a portal account, rating in game.', max_length=64)),
-                ('score', models.SmallIntegerField(choices=[(1, '👍'), (-1, '👎')])),
-                ('reason', models.CharField(blank=True, max_length=500)),
-                ('tags', models.JSONField(blank=True, default=list)),
-                ('source', models.CharField(choices=[('web', 'Web portal'), ('game', 'In game')], default='web', max_length=5)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('exchange', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='ratings', to='agents_app.exchange')),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='ratings', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "player_name",
+                    models.CharField(
+                        blank=True, help_text="A player not linked to a portal account, rating in game.", max_length=64
+                    ),
+                ),
+                ("score", models.SmallIntegerField(choices=[(1, "👍"), (-1, "👎")])),
+                ("reason", models.CharField(blank=True, max_length=500)),
+                ("tags", models.JSONField(blank=True, default=list)),
+                (
+                    "source",
+                    models.CharField(choices=[("web", "Web portal"), ("game", "In game")], default="web", max_length=5),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "exchange",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="ratings", to="agents_app.exchange"
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="ratings",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-updated_at'],
+                "ordering": ["-updated_at"],
             },
         ),
         migrations.CreateModel(
-            name='TrainingRun',
+            name="TrainingRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('night', models.DateField(help_text='The nightly slot this run belongs to; one run per persona per night.')),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('gate_rejected', 'Rejected by the gate'), ('failed', 'Failed'), ('skipped', 'Skipped (not enough data)')], db_index=True, default='queued', max_length=14)),
-                ('method', models.CharField(blank=True, choices=[('kto', 'KTO'), ('dpo', 'DPO'), ('sft', 'SFT')], max_length=4)),
-                ('rating_ids', models.JSONField(blank=True, default=list, help_text='Exactly which ratings went into the dataset.')),
-                ('pairwise_vote_ids', models.JSONField(blank=True, default=list)),
-                ('data_counts', models.JSONField(blank=True, default=dict)),
-                ('metrics_before', models.JSONField(blank=True, default=dict)),
-                ('metrics_after', models.JSONField(blank=True, default=dict)),
-                ('loss_curve', models.JSONField(blank=True, default=list)),
-                ('log', models.TextField(blank=True)),
-                ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('base_adapter', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='agents_app.adapterversion')),
-                ('persona', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='training_runs', to='agents_app.persona')),
-                ('produced_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='agents_app.adapterversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "night",
+                    models.DateField(help_text="The nightly slot this run belongs to; one run per persona per night."),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("gate_rejected", "Rejected by the gate"),
+                            ("failed", "Failed"),
+                            ("skipped", "Skipped (not enough data)"),
+                        ],
+                        db_index=True,
+                        default="queued",
+                        max_length=14,
+                    ),
+                ),
+                (
+                    "method",
+                    models.CharField(
+                        blank=True, choices=[("kto", "KTO"), ("dpo", "DPO"), ("sft", "SFT")], max_length=4
+                    ),
+                ),
+                (
+                    "rating_ids",
+                    models.JSONField(
+                        blank=True, default=list, help_text="Exactly which ratings went into the dataset."
+                    ),
+                ),
+                ("pairwise_vote_ids", models.JSONField(blank=True, default=list)),
+                ("data_counts", models.JSONField(blank=True, default=dict)),
+                ("metrics_before", models.JSONField(blank=True, default=dict)),
+                ("metrics_after", models.JSONField(blank=True, default=dict)),
+                ("loss_curve", models.JSONField(blank=True, default=list)),
+                ("log", models.TextField(blank=True)),
+                ("error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "base_adapter",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="agents_app.adapterversion",
+                    ),
+                ),
+                (
+                    "persona",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="training_runs",
+                        to="agents_app.persona",
+                    ),
+                ),
+                (
+                    "produced_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="agents_app.adapterversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.AddConstraint(
-            model_name='gameserver',
-            constraint=models.UniqueConstraint(fields=('owner', 'name'), name='game_server_name_unique_per_owner'),
+            model_name="gameserver",
+            constraint=models.UniqueConstraint(fields=("owner", "name"), name="game_server_name_unique_per_owner"),
         ),
         migrations.AddConstraint(
-            model_name='pairwisevote',
-            constraint=models.CheckConstraint(condition=models.Q(('left', models.F('right')), _negated=True), name='pairwise_distinct_exchanges'),
+            model_name="pairwisevote",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("left", models.F("right")), _negated=True), name="pairwise_distinct_exchanges"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='pairwisevote',
-            constraint=models.CheckConstraint(condition=models.Q(('outcome__in', ['left', 'right', 'tie', 'both_bad'])), name='pairwise_outcome_valid'),
+            model_name="pairwisevote",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("outcome__in", ["left", "right", "tie", "both_bad"])), name="pairwise_outcome_valid"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='pairwisevote',
-            constraint=models.UniqueConstraint(fields=('voter', 'left', 'right'), name='pairwise_one_vote_per_pair'),
+            model_name="pairwisevote",
+            constraint=models.UniqueConstraint(fields=("voter", "left", "right"), name="pairwise_one_vote_per_pair"),
         ),
         migrations.AddConstraint(
-            model_name='persona',
-            constraint=models.CheckConstraint(condition=models.Q(('temperature__gte', 0), ('temperature__lte', 2)), name='persona_temperature_range'),
+            model_name="persona",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("temperature__gte", 0), ("temperature__lte", 2)), name="persona_temperature_range"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='persona',
-            constraint=models.CheckConstraint(condition=models.Q(('top_p__gt', 0), ('top_p__lte', 1)), name='persona_top_p_range'),
+            model_name="persona",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("top_p__gt", 0), ("top_p__lte", 1)), name="persona_top_p_range"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='persona',
-            constraint=models.CheckConstraint(condition=models.Q(('max_tokens__gte', 1), ('max_tokens__lte', 512)), name='persona_max_tokens_range'),
+            model_name="persona",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("max_tokens__gte", 1), ("max_tokens__lte", 512)), name="persona_max_tokens_range"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='npc',
-            constraint=models.UniqueConstraint(fields=('game_server', 'world_id'), name='npc_unique_in_world'),
+            model_name="npc",
+            constraint=models.UniqueConstraint(fields=("game_server", "world_id"), name="npc_unique_in_world"),
         ),
         migrations.AddConstraint(
-            model_name='npc',
-            constraint=models.UniqueConstraint(condition=models.Q(('game_server__isnull', True)), fields=('world_id',), name='npc_unique_playground'),
+            model_name="npc",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("game_server__isnull", True)), fields=("world_id",), name="npc_unique_playground"
+            ),
         ),
         migrations.AddIndex(
-            model_name='exchange',
-            index=models.Index(fields=['persona', '-created_at'], name='exchange_persona_recent'),
+            model_name="exchange",
+            index=models.Index(fields=["persona", "-created_at"], name="exchange_persona_recent"),
         ),
         migrations.AddIndex(
-            model_name='exchange',
-            index=models.Index(fields=['npc', '-created_at'], name='exchange_npc_recent'),
+            model_name="exchange",
+            index=models.Index(fields=["npc", "-created_at"], name="exchange_npc_recent"),
         ),
         migrations.AddIndex(
-            model_name='exchange',
-            index=models.Index(fields=['player_name', '-created_at'], name='exchange_player_recent'),
+            model_name="exchange",
+            index=models.Index(fields=["player_name", "-created_at"], name="exchange_player_recent"),
         ),
         migrations.AddConstraint(
-            model_name='exchange',
-            constraint=models.CheckConstraint(condition=models.Q(('ttft_ms__isnull', True), ('ttft_ms__gte', 0), _connector='OR'), name='exchange_ttft_nonnegative'),
+            model_name="exchange",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("ttft_ms__isnull", True), ("ttft_ms__gte", 0), _connector="OR"),
+                name="exchange_ttft_nonnegative",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='exchange',
-            constraint=models.CheckConstraint(condition=models.Q(('total_ms__isnull', True), ('total_ms__gte', 0), _connector='OR'), name='exchange_total_nonnegative'),
+            model_name="exchange",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("total_ms__isnull", True), ("total_ms__gte", 0), _connector="OR"),
+                name="exchange_total_nonnegative",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='adapterversion',
-            constraint=models.UniqueConstraint(fields=('persona', 'version'), name='adapter_version_unique_per_persona'),
+            model_name="adapterversion",
+            constraint=models.UniqueConstraint(
+                fields=("persona", "version"), name="adapter_version_unique_per_persona"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='adapterversion',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'active')), fields=('persona',), name='adapter_one_active_per_persona'),
+            model_name="adapterversion",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "active")), fields=("persona",), name="adapter_one_active_per_persona"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='adapterversion',
-            constraint=models.CheckConstraint(condition=models.Q(('version__gte', 1)), name='adapter_version_positive'),
+            model_name="adapterversion",
+            constraint=models.CheckConstraint(condition=models.Q(("version__gte", 1)), name="adapter_version_positive"),
         ),
         migrations.AddConstraint(
-            model_name='adapterversion',
-            constraint=models.CheckConstraint(condition=models.Q(('rank__gte', 1), ('rank__lte', 256)), name='adapter_rank_range'),
+            model_name="adapterversion",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("rank__gte", 1), ("rank__lte", 256)), name="adapter_rank_range"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='adapterversion',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['uploaded', 'validated', 'approved', 'active', 'rejected', 'retired'])), name='adapter_status_valid'),
+            model_name="adapterversion",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("status__in", ["uploaded", "validated", "approved", "active", "rejected", "retired"])
+                ),
+                name="adapter_status_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='playerlink',
-            constraint=models.UniqueConstraint(condition=models.Q(('verified_at__isnull', False)), fields=('player_name',), name='player_link_one_verified_owner'),
+            model_name="playerlink",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("verified_at__isnull", False)),
+                fields=("player_name",),
+                name="player_link_one_verified_owner",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='playerlink',
-            constraint=models.UniqueConstraint(fields=('user', 'player_name'), name='player_link_unique_per_user'),
+            model_name="playerlink",
+            constraint=models.UniqueConstraint(fields=("user", "player_name"), name="player_link_unique_per_user"),
         ),
         migrations.AddConstraint(
-            model_name='policyflag',
-            constraint=models.CheckConstraint(condition=models.Q(('severity__in', ['info', 'warning', 'severe'])), name='policy_flag_severity_valid'),
+            model_name="policyflag",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("severity__in", ["info", "warning", "severe"])), name="policy_flag_severity_valid"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='policyflag',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['open', 'confirmed', 'dismissed'])), name='policy_flag_status_valid'),
+            model_name="policyflag",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["open", "confirmed", "dismissed"])), name="policy_flag_status_valid"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='rating',
-            constraint=models.CheckConstraint(condition=models.Q(('score__in', [1, -1])), name='rating_score_plus_minus_one'),
+            model_name="rating",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("score__in", [1, -1])), name="rating_score_plus_minus_one"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='rating',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('user__isnull', False), ('player_name', '')), models.Q(('user__isnull', True), models.Q(('player_name', ''), _negated=True)), _connector='OR'), name='rating_has_exactly_one_rater'),
+            model_name="rating",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("user__isnull", False), ("player_name", "")),
+                    models.Q(("user__isnull", True), models.Q(("player_name", ""), _negated=True)),
+                    _connector="OR",
+                ),
+                name="rating_has_exactly_one_rater",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='rating',
-            constraint=models.UniqueConstraint(condition=models.Q(('user__isnull', False)), fields=('exchange', 'user'), name='rating_one_per_user'),
+            model_name="rating",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("user__isnull", False)), fields=("exchange", "user"), name="rating_one_per_user"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='rating',
-            constraint=models.UniqueConstraint(condition=models.Q(('user__isnull', True)), fields=('exchange', 'player_name'), name='rating_one_per_player'),
+            model_name="rating",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("user__isnull", True)),
+                fields=("exchange", "player_name"),
+                name="rating_one_per_player",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='trainingrun',
-            constraint=models.UniqueConstraint(fields=('persona', 'night'), name='training_run_once_per_night'),
+            model_name="trainingrun",
+            constraint=models.UniqueConstraint(fields=("persona", "night"), name="training_run_once_per_night"),
         ),
     ]

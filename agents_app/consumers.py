@@ -1,0 +1,326 @@
+"""The game gateway: one WebSocket per Luanti server at /ws/luanti/, protocol version 1.
+
+The consumer authenticates, validates each frame through ``agents_app.protocol``,
+and calls services in ``agents_app.gateway``; asks go to the inference workers
+over the channel layer and their deltas stream straight back to the mod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from agents_app import gateway
+from agents_app.protocol import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    Ask,
+    Cancel,
+    CloseCode,
+    ErrorCode,
+    FrameError,
+    Hello,
+    Link,
+    Ping,
+    Rate,
+    parse_frame,
+)
+from agents_app.services import ServiceError, game_server_authenticate
+from inference.heartbeat import heartbeats
+from inference.worker import REQUEST_CHANNEL, WORKERS_GROUP, ensure_embedded_worker
+
+log = logging.getLogger("voyager.gateway")
+
+# An accepted ask whose worker stops beating for this long is answered `unavailable`.
+WATCH_INTERVAL = 0.25
+
+
+class TokenBucket:
+    """Per-connection frame budget. Overdrawn: `rate_limited`; far overdrawn: a flood."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate) - 1
+        self.stamp = now
+        return self.tokens
+
+
+@dataclass
+class PendingAsk:
+    frame: Ask
+    plan: gateway.AskPlan
+    request_id: str
+    started: float
+    deadline: float
+    worker_id: str | None = None
+    worker_channel: str | None = None
+    first_delta: float | None = None
+    done: bool = False
+    watchdog: asyncio.Task | None = field(default=None, repr=False)
+
+
+def bearer_token(scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+class LuantiGatewayConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        self.server = await database_sync_to_async(game_server_authenticate)(bearer_token(self.scope))
+        if self.server is None:
+            log.info("refused a game-server connection: bad or missing token")
+            await self.close(code=CloseCode.UNAUTHORIZED)
+            return
+        self.asks: dict[str, PendingAsk] = {}  # by the mod's ask id
+        self.by_request: dict[str, str] = {}  # worker request id → ask id
+        self.bucket = TokenBucket(settings.VOYAGER_GATEWAY_RATE, settings.VOYAGER_GATEWAY_BURST)
+        if settings.VOYAGER_EMBEDDED_WORKER:
+            await ensure_embedded_worker()
+        await self.accept()
+        await database_sync_to_async(gateway.server_seen)(self.server)
+        log.info("game server %s connected", self.server.name)
+
+    async def disconnect(self, code):
+        for ask in list(getattr(self, "asks", {}).values()):
+            await self._cancel_ask(ask)
+
+    async def send_json(self, payload: dict) -> None:
+        await self.send(text_data=json.dumps(payload, separators=(",", ":")))
+
+    async def send_error(self, code: str, message: str, frame_id: str | None = None) -> None:
+        payload = {"type": "error", "code": code, "message": message}
+        if frame_id is not None:
+            payload["id"] = frame_id
+        await self.send_json(payload)
+
+    # --- frames from the mod -------------------------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if bytes_data is not None:
+            await self.close(code=CloseCode.UNSUPPORTED)
+            return
+        if len(text_data) > MAX_FRAME_BYTES or len(text_data.encode()) > MAX_FRAME_BYTES:
+            log.warning("closing %s: a frame over %d bytes", self.server.name, MAX_FRAME_BYTES)
+            await self.close(code=CloseCode.FRAME_TOO_LARGE)
+            return
+        budget = self.bucket.take()
+        if budget < -self.bucket.burst:
+            log.warning("closing %s: frame flood", self.server.name)
+            await self.close(code=CloseCode.FLOOD)
+            return
+        try:
+            frame = parse_frame(text_data)
+        except FrameError as exc:
+            await self.send_error(ErrorCode.INVALID, str(exc), exc.frame_id)
+            return
+        if budget < 0 and not isinstance(frame, Ping):
+            await self.send_error(ErrorCode.RATE_LIMITED, "too many frames: slow down", getattr(frame, "id", None))
+            return
+        handler = {
+            Hello: self.on_hello,
+            Ask: self.on_ask,
+            Rate: self.on_rate,
+            Link: self.on_link,
+            Cancel: self.on_cancel,
+            Ping: self.on_ping,
+        }[type(frame)]
+        try:
+            await handler(frame)
+        except Exception:
+            log.exception("frame %s failed", frame.type)
+            await self.send_error(ErrorCode.INTERNAL, "the gateway failed on this frame", getattr(frame, "id", None))
+
+    async def on_hello(self, frame: Hello):
+        if frame.protocol != PROTOCOL_VERSION:
+            await self.send_error(ErrorCode.INVALID, f"protocol: version {frame.protocol} is not served (use 1)")
+            return
+        personas = await database_sync_to_async(
+            lambda: list(gateway.Persona.objects.order_by("slug").values_list("slug", flat=True))
+        )()
+        await self.send_json({"type": "welcome", "protocol": PROTOCOL_VERSION, "personas": personas})
+
+    async def on_ping(self, frame: Ping):
+        await self.send_json({"type": "pong"})
+
+    async def on_ask(self, frame: Ask):
+        if frame.id in self.asks:
+            await self.send_error(ErrorCode.INVALID, f"id: {frame.id!r} is already in flight", frame.id)
+            return
+        if len(self.asks) >= settings.VOYAGER_GATEWAY_MAX_INFLIGHT:
+            await self.send_error(ErrorCode.OVERLOADED, "too many asks in flight on this connection", frame.id)
+            return
+        started = time.monotonic()
+        try:
+            plan = await database_sync_to_async(gateway.ask_prepare)(
+                server=self.server, npc_world_id=frame.npc, persona_slug=frame.persona
+            )
+        except ServiceError as exc:
+            await self.send_error(exc.code, str(exc), frame.id)
+            return
+        if not await heartbeats().alive():
+            await self.send_error(ErrorCode.UNAVAILABLE, "no inference worker is running", frame.id)
+            return
+        timeout = settings.VOYAGER_ASK_TIMEOUT
+        ask = PendingAsk(
+            frame=frame, plan=plan, request_id=uuid.uuid4().hex, started=started, deadline=started + timeout
+        )
+        self.asks[frame.id] = ask
+        self.by_request[ask.request_id] = frame.id
+        context = frame.context.model_dump(exclude_none=True) if frame.context else {}
+        await self.channel_layer.send(
+            REQUEST_CHANNEL,
+            {
+                "type": "inference.request",
+                "request_id": ask.request_id,
+                "reply_channel": self.channel_name,
+                **plan.request,
+                "context": context,
+                "player": frame.player,
+                "text": frame.text,
+                "max_tokens": frame.max_tokens,
+                "deadline": time.time() + timeout,
+            },
+        )
+        ask.watchdog = asyncio.create_task(self._watch(ask))
+
+    async def on_cancel(self, frame: Cancel):
+        ask = self.asks.get(frame.id)
+        if ask is not None:
+            await self._cancel_ask(ask)
+
+    async def on_rate(self, frame: Rate):
+        try:
+            await database_sync_to_async(gateway.rating_from_game)(
+                server=self.server,
+                exchange_id=frame.exchange,
+                player=frame.player,
+                score=frame.score,
+                reason=frame.reason or "",
+            )
+        except ServiceError as exc:
+            await self.send_error(exc.code, str(exc))
+            return
+        await self.send_json({"type": "rated", "exchange": str(frame.exchange)})
+
+    async def on_link(self, frame: Link):
+        try:
+            await database_sync_to_async(gateway.player_link_verify)(player_name=frame.player, code=frame.code)
+        except ServiceError as exc:
+            await self.send_error(exc.code, str(exc))
+            return
+        await self.send_json({"type": "linked", "player": frame.player})
+
+    # --- messages from the inference worker ----------------------------------------------------
+
+    def _ask_for(self, message) -> PendingAsk | None:
+        ask_id = self.by_request.get(message.get("request_id"))
+        ask = self.asks.get(ask_id) if ask_id else None
+        return None if ask is None or ask.done else ask
+
+    async def inference_accepted(self, message):
+        ask = self._ask_for(message)
+        if ask:
+            ask.worker_id, ask.worker_channel = message["worker_id"], message["worker_channel"]
+
+    async def inference_delta(self, message):
+        ask = self._ask_for(message)
+        if ask and message.get("text"):
+            if ask.first_delta is None:
+                ask.first_delta = time.monotonic()
+            await self.send_json({"type": "delta", "id": ask.frame.id, "text": message["text"]})
+
+    async def inference_result(self, message):
+        ask = self._ask_for(message)
+        if ask is None:
+            return
+        self._finish(ask)
+        now = time.monotonic()
+        frame = ask.frame
+        try:
+            exchange, verdict = await database_sync_to_async(gateway.exchange_record)(
+                plan=ask.plan,
+                player=frame.player,
+                text=frame.text,
+                context=frame.context.model_dump(exclude_none=True) if frame.context else {},
+                result=message,
+                ttft_ms=None if ask.first_delta is None else (ask.first_delta - ask.started) * 1000,
+                total_ms=(now - ask.started) * 1000,
+            )
+        except Exception:
+            log.exception("could not store the exchange for ask %s", frame.id)
+            await self.send_error(ErrorCode.INTERNAL, "the reply could not be stored", frame.id)
+            return
+        await self.send_json(
+            {
+                "type": "reply",
+                "id": frame.id,
+                "exchange": str(exchange.pk),
+                "text": exchange.reply_text,
+                "actions": verdict.allowed,
+                "blocked": verdict.blocked,
+            }
+        )
+
+    async def inference_error(self, message):
+        ask = self._ask_for(message)
+        if ask is None:
+            return
+        self._finish(ask)
+        code = message.get("code", ErrorCode.INTERNAL)
+        if code == "adapter_error":  # the mod knows the protocol's codes only
+            code = ErrorCode.INTERNAL
+        await self.send_error(code, message.get("message", "inference failed"), ask.frame.id)
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def _finish(self, ask: PendingAsk) -> None:
+        ask.done = True
+        self.asks.pop(ask.frame.id, None)
+        self.by_request.pop(ask.request_id, None)
+        if ask.watchdog and ask.watchdog is not asyncio.current_task():
+            ask.watchdog.cancel()
+
+    async def _cancel_ask(self, ask: PendingAsk) -> None:
+        self._finish(ask)
+        cancel = {"type": "inference.cancel", "request_id": ask.request_id}
+        if ask.worker_channel:
+            await self.channel_layer.send(ask.worker_channel, cancel)
+        else:  # not accepted yet: whichever worker takes it must drop it
+            await self.channel_layer.group_send(WORKERS_GROUP, cancel)
+
+    async def _watch(self, ask: PendingAsk) -> None:
+        """Answer `timeout` past the deadline and `unavailable` when the worker dies mid-stream."""
+        store = heartbeats()
+        while not ask.done:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if ask.done:
+                return
+            if time.monotonic() > ask.deadline:
+                await self._cancel_ask(ask)
+                await self.send_error(ErrorCode.TIMEOUT, "no reply within the deadline", ask.frame.id)
+                return
+            if ask.worker_id is not None:
+                alive = await store.is_alive(ask.worker_id)
+            else:
+                alive = bool(await store.alive())
+            if not alive and not ask.done:
+                await self._cancel_ask(ask)
+                await self.send_error(ErrorCode.UNAVAILABLE, "the inference worker stopped answering", ask.frame.id)
+                return

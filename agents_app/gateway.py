@@ -1,0 +1,189 @@
+"""Services behind the game gateway: each runs in one transaction, called from the consumer."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from agents_app import policy
+from agents_app.models import AdapterVersion, Exchange, GameServer, Npc, Persona, PlayerLink, PolicyFlag, Rating
+from agents_app.services import ServiceError, rating_upsert
+
+
+@dataclass
+class AskPlan:
+    """Everything the consumer needs to send an ask to a worker and record its answer."""
+
+    npc_id: int
+    persona_id: int
+    adapter_version_id: int | None
+    request: dict[str, Any] = field(default_factory=dict)
+
+
+def adapter_ref(adapter: AdapterVersion | None) -> dict[str, Any] | None:
+    if adapter is None:
+        return None
+    return {"id": adapter.pk, "version": adapter.version, "path": str(adapter.absolute_path), "sha256": adapter.sha256}
+
+
+def persona_payload(persona: Persona) -> dict[str, Any]:
+    return {
+        "slug": persona.slug,
+        "name": persona.name,
+        "system_prompt": persona.system_prompt,
+        "traits": list(persona.traits or []),
+        "temperature": persona.temperature,
+        "top_p": persona.top_p,
+    }
+
+
+def npc_memory(npc: Npc, limit: int) -> list[dict[str, str]]:
+    """The NPC's last ``limit`` exchanges, oldest first, as the prompt builder wants them."""
+    if limit <= 0:
+        return []
+    recent = list(
+        Exchange.objects.filter(npc=npc)
+        .order_by("-created_at")
+        .values("player_name", "player_text", "reply_text")[:limit]
+    )
+    return [{"player": e["player_name"], "text": e["player_text"], "reply": e["reply_text"]} for e in reversed(recent)]
+
+
+@transaction.atomic
+def ask_prepare(*, server: GameServer, npc_world_id: str, persona_slug: str, display_name: str = "") -> AskPlan:
+    persona = Persona.objects.select_related("active_adapter").filter(slug=persona_slug).first()
+    if persona is None:
+        raise ServiceError(f"persona: no persona named {persona_slug!r}", code="unknown_persona")
+    npc, created = Npc.objects.select_for_update().get_or_create(
+        game_server=server, world_id=npc_world_id, defaults={"persona": persona, "display_name": display_name}
+    )
+    if npc.is_frozen():
+        raise ServiceError(f"npc: {npc_world_id!r} is frozen until {npc.frozen_until.isoformat()}", code="npc_frozen")
+    if not created and npc.persona_id != persona.pk:
+        npc.persona = persona
+        npc.save(update_fields=["persona"])
+    adapter = persona.active_adapter if persona.active_adapter_id else None
+    if adapter is not None and adapter.status != AdapterVersion.Status.ACTIVE:
+        adapter = None
+    return AskPlan(
+        npc_id=npc.pk,
+        persona_id=persona.pk,
+        adapter_version_id=adapter.pk if adapter else None,
+        request={
+            "persona": persona_payload(persona),
+            "adapter": adapter_ref(adapter),
+            "memory": npc_memory(npc, settings.VOYAGER_MEMORY_TURNS),
+        },
+    )
+
+
+@transaction.atomic
+def exchange_record(
+    *,
+    plan: AskPlan,
+    player: str,
+    text: str,
+    context: dict,
+    result: dict[str, Any],
+    ttft_ms: float | None,
+    total_ms: float,
+    source: str = Exchange.Source.GAME,
+) -> tuple[Exchange, policy.Verdict]:
+    """Run the reply's actions through the policy and store the exchange, flags included."""
+    persona = Persona.objects.get(pk=plan.persona_id)
+    verdict = policy.check_actions(persona, result.get("actions", []))
+    adapter_id = result.get("adapter_id") or plan.adapter_version_id
+    if adapter_id is not None and not AdapterVersion.objects.filter(pk=adapter_id).exists():
+        adapter_id = None
+    exchange = Exchange.objects.create(
+        npc_id=plan.npc_id,
+        persona=persona,
+        source=source,
+        player_name=player,
+        player_text=text,
+        context=context or {},
+        prompt=result.get("prompt", ""),
+        reply_text=result.get("text", ""),
+        raw_text=result.get("raw_text", ""),
+        actions=verdict.allowed,
+        blocked_actions=verdict.blocked,
+        adapter_version_id=adapter_id,
+        base_model_id=result.get("base_model_id", "")[:200],
+        finish_reason=result.get("finish_reason", "")[:16],
+        prompt_tokens=result.get("prompt_tokens", 0),
+        completion_tokens=result.get("completion_tokens", 0),
+        ttft_ms=ttft_ms,
+        total_ms=total_ms,
+    )
+    PolicyFlag.objects.bulk_create(
+        PolicyFlag(
+            exchange=exchange,
+            rule=b["rule"],
+            severity=PolicyFlag.Severity.INFO,
+            action={"name": b["name"], "args": b["args"]},
+            detail=f"{b['name']} is not allowed for {persona.slug}",
+        )
+        for b in verdict.blocked
+    )
+    Npc.objects.filter(pk=plan.npc_id).update(last_active_at=timezone.now())
+    return exchange, verdict
+
+
+def rating_from_game(*, server: GameServer, exchange_id, player: str, score: int, reason: str = "") -> Rating:
+    exchange = Exchange.objects.filter(pk=exchange_id, npc__game_server=server).first()
+    if exchange is None:
+        raise ServiceError(f"exchange: no exchange {exchange_id} on this server", code="not_found")
+    link = PlayerLink.objects.filter(player_name=player, verified_at__isnull=False).select_related("user").first()
+    rater = {"user": link.user} if link else {"player_name": player}
+    rating, _ = rating_upsert(exchange=exchange, score=score, reason=reason or "", source=Rating.Source.GAME, **rater)
+    return rating
+
+
+def _code_hash(code: str) -> str:
+    return hashlib.sha256(code.strip().upper().encode()).hexdigest()
+
+
+@transaction.atomic
+def player_link_start(*, user, player_name: str, ttl_minutes: int = 15) -> str:
+    """Issue a one-time code the player types in game (`/voyager link CODE`)."""
+    import secrets
+
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread
+    code = "".join(secrets.choice(alphabet) for _ in range(8))
+    PlayerLink.objects.update_or_create(
+        user=user,
+        player_name=player_name,
+        defaults={
+            "code_hash": _code_hash(code),
+            "code_expires_at": timezone.now() + timezone.timedelta(minutes=ttl_minutes),
+        },
+    )
+    return code
+
+
+@transaction.atomic
+def player_link_verify(*, player_name: str, code: str) -> PlayerLink:
+    link = (
+        PlayerLink.objects.select_for_update()
+        .filter(player_name=player_name, code_hash=_code_hash(code), code_expires_at__gt=timezone.now())
+        .first()
+    )
+    if link is None:
+        raise ServiceError("code: unknown or expired for this player; get a new one on the portal", code="not_found")
+    other = PlayerLink.objects.filter(player_name=player_name, verified_at__isnull=False).exclude(pk=link.pk)
+    if other.exists():
+        raise ServiceError(f"player: {player_name!r} is already linked to another account", code="invalid")
+    link.verified_at = timezone.now()
+    link.code_hash = ""
+    link.code_expires_at = None
+    link.save(update_fields=["verified_at", "code_hash", "code_expires_at"])
+    return link
+
+
+def server_seen(server: GameServer) -> None:
+    GameServer.objects.filter(pk=server.pk).update(last_seen_at=timezone.now())

@@ -1,0 +1,81 @@
+"""Which inference workers are alive, so the gateway can answer `unavailable` at once.
+
+Each worker stamps its id every second; a stamp older than ``TTL`` seconds
+means the worker is gone. With Redis (the scaled topology) the stamps live in
+one sorted set all processes read; in the embedded default, in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+
+TTL = 3.0
+INTERVAL = 1.0
+KEY = "voyager:workers"
+
+
+class LocalHeartbeats:
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+
+    async def beat(self, worker_id: str) -> None:
+        self._seen[worker_id] = time.time()
+
+    async def forget(self, worker_id: str) -> None:
+        self._seen.pop(worker_id, None)
+
+    async def alive(self) -> list[str]:
+        cutoff = time.time() - TTL
+        return [w for w, seen in self._seen.items() if seen >= cutoff]
+
+    async def is_alive(self, worker_id: str) -> bool:
+        return self._seen.get(worker_id, 0.0) >= time.time() - TTL
+
+
+class RedisHeartbeats:
+    def __init__(self, url: str, key: str = KEY) -> None:
+        self.url = url
+        self.key = key
+        # redis.asyncio connections belong to one event loop; tests and Daphne may run several.
+        self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _client(self):
+        import redis.asyncio as redis
+
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = redis.Redis.from_url(self.url)
+        return client
+
+    async def beat(self, worker_id: str) -> None:
+        now = time.time()
+        client = self._client()
+        await client.zadd(self.key, {worker_id: now})
+        await client.zremrangebyscore(self.key, 0, now - 10 * TTL)
+
+    async def forget(self, worker_id: str) -> None:
+        await self._client().zrem(self.key, worker_id)
+
+    async def alive(self) -> list[str]:
+        members = await self._client().zrangebyscore(self.key, time.time() - TTL, "+inf")
+        return [m.decode() for m in members]
+
+    async def is_alive(self, worker_id: str) -> bool:
+        score = await self._client().zscore(self.key, worker_id)
+        return score is not None and score >= time.time() - TTL
+
+
+_store = None
+
+
+def heartbeats():
+    """The store for this process's settings (Redis when REDIS_URL is set)."""
+    global _store
+    if _store is None:
+        from django.conf import settings
+
+        _store = RedisHeartbeats(settings.REDIS_URL) if settings.REDIS_URL else LocalHeartbeats()
+    return _store

@@ -1,0 +1,363 @@
+"""The inference worker: reads requests from the channel layer, streams results back.
+
+Any number of workers read the same request channel, so load spreads by
+itself. Each stamps a heartbeat (``inference.heartbeat``) so the gateway can
+tell a request with no living worker ``unavailable`` at once, and notice a
+worker that died mid-stream.
+
+Messages (all dicts with ``type``):
+
+gateway → ``REQUEST_CHANNEL``
+    ``inference.request`` {request_id, reply_channel, persona{slug, name, system_prompt,
+    traits, temperature, top_p}, adapter{id, version, path, sha256}|None, memory[{player,
+    text, reply}], context{}, player, text, max_tokens, deadline (unix time), seed?}
+worker → reply_channel
+    ``inference.accepted`` {request_id, worker_id, worker_channel}
+    ``inference.delta`` {request_id, text}            (several tokens per message under load)
+    ``inference.result`` {request_id, text, raw_text, actions, adapter_id, prompt,
+    prompt_tokens, completion_tokens, ttft_ms, total_ms, finish_reason, base_model_id}
+    ``inference.error`` {request_id, code, message}
+gateway → worker_channel
+    ``inference.cancel`` {request_id}
+anyone → group ``WORKERS_GROUP``
+    ``inference.adapter_activated`` {adapter{...}}     (warm the new version's weights)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from inference import heartbeat
+
+log = logging.getLogger("voyager.worker")
+
+REQUEST_CHANNEL = "inference.requests"
+WORKERS_GROUP = "inference.workers"
+TERMINAL = {"inference.result", "inference.error"}
+
+
+class Overloaded(Exception):
+    """The worker's queue is full: try later."""
+
+
+class Backend(Protocol):
+    """What the worker needs from a model engine. ``emit`` may be called from any thread."""
+
+    base_model_id: str
+
+    def submit(self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None: ...
+
+    def cancel(self, request_id: str) -> None: ...
+
+    def preload(self, adapter: dict[str, Any]) -> None: ...
+
+    def stop(self, *, drain: bool) -> None: ...
+
+
+class EchoBackend:
+    """Answers every request with its own words at once (or word by word with ``delay``).
+
+    For the gateway benchmark, which measures the platform without the model,
+    and for tests of the plumbing (a worker killed mid-stream).
+    """
+
+    base_model_id = "echo"
+
+    def __init__(self, *, delay: float = 0.0) -> None:
+        self.delay = delay
+        self._cancelled: set[str] = set()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+
+    def submit(self, request, emit):
+        if self._stopping:
+            raise Overloaded("the worker is shutting down")
+        if self.delay <= 0:
+            self._answer(request, emit)
+            return
+        thread = threading.Thread(target=self._answer, args=(request, emit), daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _answer(self, request, emit):
+        rid, started = request["request_id"], time.perf_counter()
+        words = request["text"].split(" ")
+        sent = []
+        ttft = None
+        for i, word in enumerate(words):
+            if rid in self._cancelled:
+                break
+            piece = word if i == 0 else " " + word
+            sent.append(piece)
+            emit({"type": "inference.delta", "request_id": rid, "text": piece})
+            ttft = ttft if ttft is not None else (time.perf_counter() - started) * 1000
+            if self.delay:
+                time.sleep(self.delay)
+        text = "".join(sent)
+        emit(
+            {
+                "type": "inference.result",
+                "request_id": rid,
+                "text": text,
+                "raw_text": text,
+                "actions": [],
+                "adapter_id": (request.get("adapter") or {}).get("id"),
+                "prompt": request["text"],
+                "prompt_tokens": len(words),
+                "completion_tokens": len(sent),
+                "ttft_ms": ttft or 0.0,
+                "total_ms": (time.perf_counter() - started) * 1000,
+                "finish_reason": "cancelled" if rid in self._cancelled else "stop",
+                "base_model_id": "echo",
+            }
+        )
+
+    def cancel(self, request_id):
+        self._cancelled.add(request_id)
+
+    def preload(self, adapter):
+        pass
+
+    def stop(self, *, drain):
+        self._stopping = True
+        for thread in self._threads:
+            thread.join()
+
+
+def _coalesce(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge consecutive deltas of one request, keeping every request's order intact."""
+    out: list[dict[str, Any]] = []
+    open_delta: dict[str, dict[str, Any]] = {}
+    for event in events:
+        rid = event["request_id"]
+        if event["type"] == "inference.delta":
+            if rid in open_delta:
+                open_delta[rid]["text"] += event["text"]
+                continue
+            event = dict(event)
+            open_delta[rid] = event
+            out.append(event)
+        else:
+            open_delta.pop(rid, None)
+            out.append(event)
+    return out
+
+
+class InferenceWorker:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        layer=None,
+        heartbeats=None,
+        worker_id: str | None = None,
+        drain_timeout: float = 120.0,
+    ) -> None:
+        from channels.layers import get_channel_layer
+
+        self.backend = backend
+        self.layer = layer or get_channel_layer()
+        self.heartbeats = heartbeats or heartbeat.heartbeats()
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.routes: dict[str, str] = {}
+        self.started = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.worker_channel = ""
+        self.served = 0
+        self.drain_timeout = drain_timeout
+        self._cancelled_early: deque[str] = deque(maxlen=1000)
+        self._held: dict[str, str] = {}  # delta text a full reply channel could not take yet
+
+    # The engine thread hands events to the loop; the sender sends them in order.
+    def _emit(self, event: dict[str, Any]) -> None:
+        self._loop.call_soon_threadsafe(self._outbox.put_nowait, event)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._outbox: asyncio.Queue = asyncio.Queue()
+        # The default prefix: channels-redis multiplexes one process-local prefix per layer, and
+        # a second one would make every receive here wait out the other's blocking pop.
+        self.worker_channel = await self.layer.new_channel()
+        await self.layer.group_add(WORKERS_GROUP, self.worker_channel)
+        await self.heartbeats.beat(self.worker_id)
+        tasks = [
+            asyncio.create_task(self._beat_forever()),
+            asyncio.create_task(self._send_forever()),
+            asyncio.create_task(self._control_forever()),
+        ]
+        self.started.set()
+        log.info("worker %s reading %s", self.worker_id, REQUEST_CHANNEL)
+        try:
+            await self._receive_until_stopped()
+            log.info("worker %s draining %d running requests", self.worker_id, len(self.routes))
+            await self._loop.run_in_executor(None, lambda: self.backend.stop(drain=True))
+            give_up = time.monotonic() + self.drain_timeout
+            while (self.routes or not self._outbox.empty()) and time.monotonic() < give_up:
+                await asyncio.sleep(0.02)
+            for rid, reply in list(self.routes.items()):
+                await self._send(reply, _error(rid, "unavailable", "the worker shut down before finishing"))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=1.0)
+            await self.heartbeats.forget(self.worker_id)
+            await self.layer.group_discard(WORKERS_GROUP, self.worker_channel)
+            log.info("worker %s stopped after %d requests", self.worker_id, self.served)
+
+    def stop(self) -> None:
+        """Take no new requests; finish the running ones (what SIGTERM does)."""
+        self.stopping.set()
+
+    async def _receive_until_stopped(self) -> None:
+        stop_wait = asyncio.create_task(self.stopping.wait())
+        try:
+            while not self.stopping.is_set():
+                receive = asyncio.create_task(self.layer.receive(REQUEST_CHANNEL))
+                done, _ = await asyncio.wait({receive, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if receive not in done:
+                    # A cancelled receive loses nothing (channels-redis keeps a backup
+                    # queue), and waiting for it would wait out its blocking pop.
+                    receive.cancel()
+                    break
+                if receive.exception() is not None:
+                    # The broker hiccuped; messages wait in Redis until we are back.
+                    log.error("receive failed: %r; retrying", receive.exception())
+                    await asyncio.sleep(0.5)
+                    continue
+                await self._on_request(receive.result())
+        finally:
+            stop_wait.cancel()
+
+    async def _on_request(self, message: dict[str, Any]) -> None:
+        rid, reply = message.get("request_id"), message.get("reply_channel")
+        if not rid or not reply:
+            log.warning("dropping a request without request_id/reply_channel: %r", list(message))
+            return
+        if rid in self._cancelled_early:
+            return
+        if message.get("deadline") and time.time() > message["deadline"]:
+            await self._send(reply, _error(rid, "timeout", "the request waited past its deadline"))
+            return
+        self.routes[rid] = reply
+        await self._send(
+            reply,
+            {
+                "type": "inference.accepted",
+                "request_id": rid,
+                "worker_id": self.worker_id,
+                "worker_channel": self.worker_channel,
+            },
+        )
+        try:
+            self.backend.submit(message, self._emit)
+        except Overloaded as exc:
+            self.routes.pop(rid, None)
+            await self._send(reply, _error(rid, "overloaded", str(exc) or "the inference queue is full"))
+        except Exception as exc:  # a bad request must not take the worker down
+            log.exception("request %s failed to start", rid)
+            self.routes.pop(rid, None)
+            await self._send(reply, _error(rid, "internal", f"the worker could not start the request: {exc}"))
+
+    async def _send_forever(self) -> None:
+        while True:
+            events = [await self._outbox.get()]
+            while not self._outbox.empty():
+                events.append(self._outbox.get_nowait())
+            for event in _coalesce(events):
+                rid = event["request_id"]
+                reply = self.routes.get(rid)
+                if reply is None:
+                    continue
+                held = self._held.pop(rid, "")
+                if event["type"] == "inference.delta":
+                    event["text"] = held + event["text"]
+                    if not await self._send(reply, event):
+                        # The gateway is behind: keep the text and send it with the next delta,
+                        # rather than stall every other stream on this one.
+                        self._held[rid] = event["text"]
+                    continue
+                self.routes.pop(rid, None)
+                self.served += 1
+                if held:
+                    await self._send(reply, {"type": "inference.delta", "request_id": rid, "text": held}, retries=20)
+                await self._send(reply, event, retries=20)
+
+    async def _send(self, channel: str, message: dict[str, Any], retries: int = 0) -> bool:
+        from channels.exceptions import ChannelFull
+
+        for attempt in range(retries + 1):
+            try:
+                await self.layer.send(channel, message)
+                return True
+            except ChannelFull:
+                if attempt < retries:
+                    await asyncio.sleep(0.05 * (attempt + 1))
+        if retries:
+            log.warning("reply channel full, dropped %s for %s", message["type"], message.get("request_id"))
+        return False
+
+    async def _control_forever(self) -> None:
+        while True:
+            message = await self.layer.receive(self.worker_channel)
+            kind = message.get("type")
+            if kind == "inference.cancel":
+                rid = message["request_id"]
+                if rid in self.routes:
+                    self.backend.cancel(rid)
+                else:  # cancelled before it reached any worker: drop it when it comes
+                    self._cancelled_early.append(rid)
+            elif kind == "inference.adapter_activated":
+                await self._loop.run_in_executor(None, self.backend.preload, message["adapter"])
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(heartbeat.INTERVAL)
+            try:
+                await self.heartbeats.beat(self.worker_id)
+            except Exception:  # Redis hiccup: try again next second
+                log.exception("heartbeat failed")
+
+
+def _error(request_id: str, code: str, message: str) -> dict[str, Any]:
+    return {"type": "inference.error", "request_id": request_id, "code": code, "message": message}
+
+
+def make_backend(kind: str | None = None) -> Backend:
+    """The backend the settings name: the model engine, or ``echo`` for plumbing tests."""
+    from django.conf import settings
+
+    kind = kind or settings.VOYAGER_INFERENCE_BACKEND
+    if kind == "echo":
+        return EchoBackend(delay=settings.VOYAGER_ECHO_DELAY)
+    from inference.service import EngineBackend
+
+    return EngineBackend.from_settings()
+
+
+_embedded: dict[int, asyncio.Task] = {}
+
+
+async def _start_embedded() -> InferenceWorker:
+    backend = await asyncio.get_running_loop().run_in_executor(None, make_backend)
+    worker = InferenceWorker(backend)
+    worker.task = asyncio.create_task(worker.run())
+    await worker.started.wait()
+    return worker
+
+
+async def ensure_embedded_worker() -> InferenceWorker:
+    """Start the in-process worker on this event loop (the embedded default), once."""
+    loop = asyncio.get_running_loop()
+    starting = _embedded.get(id(loop))
+    if starting is None or (starting.done() and (starting.exception() or starting.result().task.done())):
+        starting = _embedded[id(loop)] = loop.create_task(_start_embedded())
+    return await asyncio.shield(starting)

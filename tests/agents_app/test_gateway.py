@@ -1,0 +1,577 @@
+"""The game gateway, protocol version 1, over the real channel layer (Redis in CI)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+from django.utils import timezone
+
+from agents_app import gateway, services
+from agents_app.models import AdapterVersion, Exchange, Npc, PlayerLink, PolicyFlag, Rating
+from agents_app.protocol import MAX_FRAME_BYTES
+from inference.heartbeat import heartbeats
+from inference.worker import EchoBackend, InferenceWorker, Overloaded
+from portal.asgi import application
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ScriptedBackend:
+    """Answers with fixed deltas and actions, or misbehaves on purpose."""
+
+    base_model_id = "scripted"
+
+    def __init__(self, deltas=("Hello", " there"), actions=(), mode="answer"):
+        self.deltas, self.actions, self.mode = list(deltas), list(actions), mode
+        self.cancelled: list[str] = []
+        self.requests: list[dict] = []
+        self.emitters = {}
+
+    def submit(self, request, emit):
+        self.requests.append(request)
+        self.emitters[request["request_id"]] = emit
+        if self.mode == "overloaded":
+            raise Overloaded("the inference queue is full (2 waiting)")
+        if self.mode == "silent":
+            return
+        rid = request["request_id"]
+        for piece in self.deltas:
+            emit({"type": "inference.delta", "request_id": rid, "text": piece})
+        text = "".join(self.deltas)
+        emit(
+            {
+                "type": "inference.result",
+                "request_id": rid,
+                "text": text,
+                "raw_text": text + " [[ACTION:...]]",
+                "actions": self.actions,
+                "adapter_id": (request.get("adapter") or {}).get("id"),
+                "prompt": f"PROMPT {request['text']}",
+                "prompt_tokens": 7,
+                "completion_tokens": 3,
+                "ttft_ms": 1.0,
+                "total_ms": 2.0,
+                "finish_reason": "stop",
+                "base_model_id": "scripted",
+            }
+        )
+
+    def cancel(self, request_id):
+        # Like the engine: a cancelled request ends with a result marked cancelled.
+        self.cancelled.append(request_id)
+        if request_id in self.emitters:
+            self.emitters.pop(request_id)(
+                {
+                    "type": "inference.result",
+                    "request_id": request_id,
+                    "text": "",
+                    "raw_text": "",
+                    "actions": [],
+                    "finish_reason": "cancelled",
+                }
+            )
+
+    def preload(self, adapter):
+        pass
+
+    def stop(self, *, drain):
+        pass
+
+
+@pytest.fixture
+def clean_heartbeats():
+    async def wipe():
+        store = heartbeats()
+        for worker_id in await store.alive():
+            await store.forget(worker_id)
+
+    asyncio.run(wipe()) if not _loop_running() else None
+    yield
+
+
+def _loop_running():
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+class running_worker:
+    """An inference worker on this event loop, over the same channel layer as the gateway."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    async def __aenter__(self):
+        store = heartbeats()
+        for worker_id in await store.alive():
+            await store.forget(worker_id)
+        self.worker = InferenceWorker(self.backend)
+        self.task = asyncio.create_task(self.worker.run())
+        await self.worker.started.wait()
+        return self.worker
+
+    async def __aexit__(self, *exc):
+        self.worker.stop()
+        await asyncio.wait_for(self.task, 10)
+
+
+async def connect(token):
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    communicator = WebsocketCommunicator(application, "/ws/luanti/", headers=headers)
+    connected, code = await communicator.connect()
+    return communicator, connected, code
+
+
+async def send(communicator, frame):
+    await communicator.send_to(text_data=json.dumps(frame))
+
+
+async def recv(communicator, timeout=5):
+    return json.loads(await communicator.receive_from(timeout=timeout))
+
+
+async def collect_until(communicator, kinds=("reply", "error"), timeout=10):
+    frames = []
+    while True:
+        frame = await recv(communicator, timeout)
+        frames.append(frame)
+        if frame["type"] in kinds:
+            return frames
+
+
+def ask(text="hello Mo", id="a1", npc="npc-1", persona="miner", **extra):
+    return {"type": "ask", "id": id, "npc": npc, "persona": persona, "player": "steve", "text": text, **extra}
+
+
+no_embedded = override_settings(VOYAGER_EMBEDDED_WORKER=False)
+
+
+@pytest.fixture(autouse=True)
+def _embedded_off():
+    with no_embedded:
+        yield
+
+
+# --- handshake ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", [None, "vgs_wrong", "not-even-a-token"])
+async def test_a_bad_or_missing_token_is_refused_with_4401(game_server, token):
+    communicator, connected, code = await connect(token)
+    assert (connected, code) == (False, 4401)
+
+
+async def test_a_disabled_server_is_refused(game_server):
+    await database_sync_to_async(type(game_server).objects.filter(pk=game_server.pk).update)(enabled=False)
+    _, connected, code = await connect(game_server.raw_token)
+    assert (connected, code) == (False, 4401)
+
+
+async def test_hello_is_welcomed_with_the_personas(game_server, persona):
+    communicator, connected, _ = await connect(game_server.raw_token)
+    assert connected
+    await send(communicator, {"type": "hello", "protocol": 1, "server": "alice", "mod_version": "0.1"})
+    assert await recv(communicator) == {"type": "welcome", "protocol": 1, "personas": ["miner"]}
+    await send(communicator, {"type": "hello", "protocol": 2})
+    error = await recv(communicator)
+    assert error["code"] == "invalid" and "protocol" in error["message"]
+    await send(communicator, {"type": "ping"})
+    assert await recv(communicator) == {"type": "pong"}
+    await communicator.disconnect()
+
+
+# --- bad frames ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ("{not json", "frame is not valid JSON"),
+        ("[1, 2]", "frame must be a JSON object"),
+        ('{"type": "dance"}', "type: 'dance' is not a known frame type"),
+        (
+            json.dumps({"type": "ask", "id": "x1", "npc": "n", "persona": "miner", "player": "p"}),
+            "text: Field required",
+        ),
+        (json.dumps(ask(text="")), "text: String should have at least 1 character"),
+        (json.dumps(ask(max_tokens=10_000)), "max_tokens: Input should be less than or equal to 256"),
+        (json.dumps(ask(context={"pos": [1, 2]})), "context.pos"),
+        (
+            json.dumps({"type": "rate", "exchange": "nope", "player": "p", "score": 1}),
+            "exchange: Input should be a valid UUID",
+        ),
+        (
+            json.dumps({"type": "rate", "exchange": "8c3c9f5e-7c4a-4d1e-9f57-2f9a8d9e0a11", "player": "p", "score": 5}),
+            "score",
+        ),
+    ],
+)
+async def test_a_bad_frame_gets_an_error_naming_the_problem_and_the_connection_stays(game_server, raw, message):
+    communicator, _, _ = await connect(game_server.raw_token)
+    await communicator.send_to(text_data=raw)
+    error = await recv(communicator)
+    assert error["type"] == "error" and error["code"] == "invalid"
+    assert message in error["message"]
+    await send(communicator, {"type": "ping"})
+    assert (await recv(communicator))["type"] == "pong"
+    await communicator.disconnect()
+
+
+async def test_an_invalid_ask_echoes_its_id(game_server):
+    communicator, _, _ = await connect(game_server.raw_token)
+    await send(communicator, ask(id="q7", text=""))
+    assert (await recv(communicator))["id"] == "q7"
+    await communicator.disconnect()
+
+
+async def test_an_oversize_frame_closes_with_4413(game_server):
+    communicator, _, _ = await connect(game_server.raw_token)
+    await send(communicator, ask(text="x" * MAX_FRAME_BYTES))
+    assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": 4413}
+
+
+async def test_a_binary_frame_closes_with_4400(game_server):
+    communicator, _, _ = await connect(game_server.raw_token)
+    await communicator.send_to(bytes_data=b"\x00\x01")
+    assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": 4400}
+
+
+@override_settings(VOYAGER_GATEWAY_RATE=1.0, VOYAGER_GATEWAY_BURST=5)
+async def test_past_the_rate_frames_are_refused_and_a_flood_closes_with_4429(game_server):
+    communicator, _, _ = await connect(game_server.raw_token)
+    for _ in range(5):
+        await send(communicator, {"type": "hello", "protocol": 2})
+        assert (await recv(communicator))["code"] == "invalid"
+    await send(communicator, {"type": "hello", "protocol": 2})
+    assert (await recv(communicator))["code"] == "rate_limited"
+    for _ in range(10):
+        await send(communicator, {"type": "hello", "protocol": 2})
+    outputs = []
+    while True:
+        out = await communicator.receive_output(timeout=5)
+        outputs.append(out)
+        if out["type"] == "websocket.close":
+            break
+    assert outputs[-1] == {"type": "websocket.close", "code": 4429}
+
+
+# --- asks ---------------------------------------------------------------------------------------
+
+
+async def test_an_ask_streams_deltas_then_a_stored_reply(game_server, persona):
+    backend = ScriptedBackend(deltas=["Hel", "lo ", "steve!"], actions=[{"name": "jump", "args": []}])
+    async with running_worker(backend):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask(context={"pos": [1, 2, 3], "time_of_day": 0.5, "nearby": ["default:stone"]}))
+        frames = await collect_until(communicator)
+        await communicator.disconnect()
+    deltas = [f["text"] for f in frames if f["type"] == "delta"]
+    reply = frames[-1]
+    assert "".join(deltas) == "Hello steve!" == reply["text"]
+    assert reply["id"] == "a1" and reply["actions"] == [{"name": "jump", "args": []}] and reply["blocked"] == []
+    exchange = await database_sync_to_async(Exchange.objects.select_related("npc").get)(pk=reply["exchange"])
+    assert exchange.reply_text == "Hello steve!" and exchange.player_text == "hello Mo"
+    assert exchange.prompt == "PROMPT hello Mo" and exchange.npc.world_id == "npc-1"
+    assert exchange.context == {"pos": [1.0, 2.0, 3.0], "time_of_day": 0.5, "nearby": ["default:stone"]}
+    assert exchange.ttft_ms is not None and exchange.total_ms >= exchange.ttft_ms
+    assert backend.requests[0]["persona"]["slug"] == "miner" and backend.requests[0]["player"] == "steve"
+
+
+async def test_actions_off_the_personas_allowlist_are_blocked_and_flagged(game_server, persona):
+    actions = [{"name": "say", "args": ["hi"]}, {"name": "dig", "args": ["0", "0", "0"]}]
+    async with running_worker(ScriptedBackend(actions=actions)):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask())
+        reply = (await collect_until(communicator))[-1]
+        await communicator.disconnect()
+    assert reply["actions"] == [{"name": "say", "args": ["hi"]}]
+    assert reply["blocked"] == [{"name": "dig", "args": ["0", "0", "0"], "rule": "action_not_allowed"}]
+    flag = await database_sync_to_async(PolicyFlag.objects.get)()
+    assert flag.rule == "action_not_allowed" and flag.action == {"name": "dig", "args": ["0", "0", "0"]}
+
+
+async def test_the_active_adapter_and_the_npcs_memory_go_to_the_worker(game_server, persona, npc):
+    def setup():
+        adapter = AdapterVersion.objects.create(
+            persona=persona,
+            version=3,
+            files_path="adapters/miner/3",
+            sha256="b" * 64,
+            base_model_id="starter",
+            rank=8,
+            target_modules=["q_proj"],
+            size_bytes=10,
+            status="active",
+        )
+        persona.active_adapter = adapter
+        persona.save()
+        for i in range(6):
+            Exchange.objects.create(
+                npc=npc,
+                persona=persona,
+                player_name="alex",
+                player_text=f"q{i}",
+                prompt="p",
+                reply_text=f"r{i}",
+                created_at=timezone.now() - timezone.timedelta(minutes=10 - i),
+            )
+        return adapter
+
+    adapter = await database_sync_to_async(setup)()
+    backend = ScriptedBackend()
+    async with running_worker(backend), override_settings_async(VOYAGER_MEMORY_TURNS=3):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask())
+        reply = (await collect_until(communicator))[-1]
+        await communicator.disconnect()
+    request = backend.requests[0]
+    assert request["adapter"]["id"] == adapter.pk and request["adapter"]["version"] == 3
+    assert [m["text"] for m in request["memory"]] == ["q3", "q4", "q5"]
+    stored = await database_sync_to_async(Exchange.objects.get)(pk=reply["exchange"])
+    assert stored.adapter_version_id == adapter.pk
+
+
+class override_settings_async:
+    def __init__(self, **kwargs):
+        self.override = override_settings(**kwargs)
+
+    async def __aenter__(self):
+        self.override.enable()
+
+    async def __aexit__(self, *exc):
+        self.override.disable()
+
+
+async def test_an_unknown_persona_is_answered_unknown_persona(game_server, persona):
+    async with running_worker(ScriptedBackend()):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask(persona="nobody"))
+        error = await recv(communicator)
+        await communicator.disconnect()
+    assert error == {
+        "type": "error",
+        "code": "unknown_persona",
+        "message": "persona: no persona named 'nobody'",
+        "id": "a1",
+    }
+
+
+async def test_a_frozen_npc_is_answered_npc_frozen(game_server, npc):
+    await database_sync_to_async(Npc.objects.filter(pk=npc.pk).update)(
+        frozen_until=timezone.now() + timezone.timedelta(minutes=5)
+    )
+    async with running_worker(ScriptedBackend()):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask())
+        error = await recv(communicator)
+        await communicator.disconnect()
+    assert error["code"] == "npc_frozen" and error["id"] == "a1"
+
+
+async def test_with_no_worker_an_ask_is_answered_unavailable_at_once(game_server, persona):
+    store = heartbeats()
+    for worker_id in await store.alive():
+        await store.forget(worker_id)
+    communicator, _, _ = await connect(game_server.raw_token)
+    started = time.monotonic()
+    await send(communicator, ask())
+    error = await recv(communicator)
+    await communicator.disconnect()
+    assert error["code"] == "unavailable" and time.monotonic() - started < 2
+
+
+async def test_a_full_worker_queue_is_answered_overloaded(game_server, persona):
+    async with running_worker(ScriptedBackend(mode="overloaded")):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask())
+        error = await recv(communicator)
+        await communicator.disconnect()
+    assert error["code"] == "overloaded" and "queue is full" in error["message"]
+
+
+@override_settings(VOYAGER_ASK_TIMEOUT=0.6)
+async def test_an_ask_past_its_deadline_is_answered_timeout_and_cancelled(game_server, persona):
+    backend = ScriptedBackend(mode="silent")
+    async with running_worker(backend):
+        communicator, _, _ = await connect(game_server.raw_token)
+        started = time.monotonic()
+        await send(communicator, ask())
+        error = await recv(communicator)
+        await asyncio.sleep(0.3)
+        await communicator.disconnect()
+    assert error["code"] == "timeout" and time.monotonic() - started < 3
+    assert backend.cancelled == [backend.requests[0]["request_id"]]
+
+
+async def test_a_cancelled_ask_is_cancelled_on_the_worker(game_server, persona):
+    backend = ScriptedBackend(mode="silent")
+    async with running_worker(backend):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask())
+        for _ in range(50):
+            if backend.requests:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)  # the accepted message reaches the gateway
+        await send(communicator, {"type": "cancel", "id": "a1"})
+        await send(communicator, {"type": "ping"})
+        assert (await recv(communicator))["type"] == "pong"
+        for _ in range(50):
+            if backend.cancelled:
+                break
+            await asyncio.sleep(0.05)
+        await communicator.disconnect()
+    assert backend.cancelled == [backend.requests[0]["request_id"]]
+
+
+async def test_an_id_already_in_flight_is_refused(game_server, persona):
+    async with running_worker(ScriptedBackend(mode="silent")):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask())
+        await send(communicator, ask())
+        error = await recv(communicator)
+        await communicator.disconnect()
+    assert error["code"] == "invalid" and "already in flight" in error["message"]
+
+
+async def test_many_npcs_streaming_at_once_lose_no_delta(game_server, persona):
+    words = " ".join(f"w{i}" for i in range(60))
+    async with running_worker(EchoBackend(delay=0.001)):
+        communicator, _, _ = await connect(game_server.raw_token)
+        n = 20
+        for i in range(n):
+            await send(communicator, ask(id=f"q{i}", npc=f"npc-{i}", text=f"{words} end{i}"))
+        streamed, replies = {}, {}
+        while len(replies) < n:
+            frame = await recv(communicator, timeout=20)
+            assert frame["type"] in ("delta", "reply"), frame
+            if frame["type"] == "delta":
+                streamed[frame["id"]] = streamed.get(frame["id"], "") + frame["text"]
+            else:
+                replies[frame["id"]] = frame["text"]
+        await communicator.disconnect()
+    for i in range(n):
+        assert replies[f"q{i}"] == f"{words} end{i}"
+        assert streamed[f"q{i}"] == replies[f"q{i}"]
+    assert await database_sync_to_async(Exchange.objects.count)() == n
+
+
+# --- rate and link ------------------------------------------------------------------------------
+
+
+async def _one_exchange(game_server):
+    async with running_worker(ScriptedBackend()):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask())
+        reply = (await collect_until(communicator))[-1]
+    return communicator, reply["exchange"]
+
+
+async def test_a_player_rates_a_reply_in_game_and_may_change_it(game_server, persona):
+    communicator, exchange_id = await _one_exchange(game_server)
+    await send(communicator, {"type": "rate", "exchange": exchange_id, "player": "steve", "score": 1, "reason": "nice"})
+    assert await recv(communicator) == {"type": "rated", "exchange": exchange_id}
+    await send(communicator, {"type": "rate", "exchange": exchange_id, "player": "steve", "score": -1})
+    assert (await recv(communicator))["type"] == "rated"
+    await communicator.disconnect()
+    rating = await database_sync_to_async(Rating.objects.get)()
+    assert (rating.player_name, rating.score, rating.source, rating.user_id) == ("steve", -1, "game", None)
+
+
+async def test_a_linked_player_rates_as_their_portal_account(game_server, persona, bob):
+    def link():
+        code = gateway.player_link_start(user=bob, player_name="steve")
+        gateway.player_link_verify(player_name="steve", code=code)
+
+    await database_sync_to_async(link)()
+    communicator, exchange_id = await _one_exchange(game_server)
+    await send(communicator, {"type": "rate", "exchange": exchange_id, "player": "steve", "score": 1})
+    assert (await recv(communicator))["type"] == "rated"
+    await communicator.disconnect()
+    rating = await database_sync_to_async(Rating.objects.get)()
+    assert rating.user_id == bob.pk and rating.player_name == ""
+
+
+async def test_rating_an_exchange_of_another_server_is_not_found(game_server, persona, bob):
+    other, token = await database_sync_to_async(services.game_server_create)(name="Bob's", owner=bob)
+    communicator, exchange_id = await _one_exchange(game_server)
+    await communicator.disconnect()
+    stranger, _, _ = await connect(token)
+    await send(stranger, {"type": "rate", "exchange": exchange_id, "player": "steve", "score": 1})
+    error = await recv(stranger)
+    await stranger.disconnect()
+    assert error["code"] == "not_found"
+    assert not await database_sync_to_async(Rating.objects.exists)()
+
+
+async def test_linking_with_the_portals_code(game_server, alice):
+    code = await database_sync_to_async(gateway.player_link_start)(user=alice, player_name="steve")
+    communicator, _, _ = await connect(game_server.raw_token)
+    await send(communicator, {"type": "link", "player": "steve", "code": "WRONGCODE"})
+    assert (await recv(communicator))["code"] == "not_found"
+    await send(communicator, {"type": "link", "player": "steve", "code": code.lower()})
+    assert await recv(communicator) == {"type": "linked", "player": "steve"}
+    await send(communicator, {"type": "link", "player": "steve", "code": code})
+    assert (await recv(communicator))["code"] == "not_found"  # one time only
+    await communicator.disconnect()
+    link = await database_sync_to_async(PlayerLink.objects.get)()
+    assert link.verified and link.user_id == alice.pk
+
+
+# --- the embedded default and a real worker process ---------------------------------------------
+
+
+@pytest.mark.skipif(bool(os.environ.get("REDIS_URL")), reason="the embedded worker is the in-memory topology")
+async def test_the_embedded_default_starts_the_worker_inside_the_web_process(game_server, persona):
+    with override_settings(VOYAGER_EMBEDDED_WORKER=True, VOYAGER_INFERENCE_BACKEND="echo"):
+        communicator, connected, _ = await connect(game_server.raw_token)
+        assert connected
+        await send(communicator, ask(text="hi there"))
+        frames = await collect_until(communicator)
+        await communicator.disconnect()
+    assert frames[-1]["type"] == "reply" and frames[-1]["text"] == "hi there"
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="a worker process needs the Redis channel layer")
+async def test_a_worker_killed_mid_stream_yields_unavailable_not_silence(game_server, persona):
+    env = {**os.environ, "VOYAGER_ECHO_DELAY": "0.4", "PYTHONUNBUFFERED": "1"}
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "inference_worker", "--backend", "echo"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ready = threading.Event()
+        threading.Thread(target=lambda: (worker.stdout.readline(), ready.set()), daemon=True).start()
+        assert await asyncio.get_running_loop().run_in_executor(None, ready.wait, 60), "worker did not start"
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask(text="one two three four five six seven eight nine ten"))
+        first = await recv(communicator, timeout=10)
+        assert first["type"] == "delta"
+        worker.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        frames = await collect_until(communicator, timeout=10)
+        await communicator.disconnect()
+    finally:
+        worker.kill()
+        worker.wait()
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "unavailable"
+    assert time.monotonic() - killed < 6
