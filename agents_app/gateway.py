@@ -39,6 +39,7 @@ def persona_payload(persona: Persona) -> dict[str, Any]:
         "traits": list(persona.traits or []),
         "temperature": persona.temperature,
         "top_p": persona.top_p,
+        "max_tokens": persona.max_tokens,
     }
 
 

@@ -1,0 +1,6 @@
+describe("the test interpreter", function()
+	it("is Lua 5.1 without a bit library (the pure-Lua fallback is what runs)", function()
+		assert.equal("Lua 5.1", _VERSION)
+		assert.is_nil(rawget(_G, "bit"))
+	end)
+end)

@@ -1,0 +1,159 @@
+-- Headless driver for the voyager mod (smoke test and end-to-end test).
+-- Waits for the gateway, spawns an NPC on the ground, asks it a question
+-- through voyager.talk (what the chat handler calls), records the events,
+-- rates the reply, writes <world>/voyager_test_result.json and shuts down.
+
+local settings = core.settings
+local out_path = settings:get("voyager_test.out")
+if not out_path or out_path == "" then
+	out_path = core.get_worldpath() .. "/voyager_test_result.json"
+end
+local persona = settings:get("voyager_test.persona") or "guide"
+local question = settings:get("voyager_test.text") or "Hello! Who are you?"
+local player = settings:get("voyager_test.player") or "smoke_player"
+local do_rate = settings:get_bool("voyager_test.rate", true)
+local timeout = tonumber(settings:get("voyager_test.timeout")) or 45
+
+local started = core.get_us_time() / 1e6
+local function elapsed()
+	return math.floor((core.get_us_time() / 1e6 - started) * 1000) / 1000
+end
+
+local result = {
+	ok = false, phase = "wait_ready", connected = false, ready = false, personas = {},
+	disconnects = 0, deltas = {}, chat = {}, reply = nil, actions = {}, blocked = {},
+	errors = {}, rated = false, events = {}, ask_id = nil, npc = nil,
+}
+local phase = "wait_ready"
+local ent
+local finished = false
+
+local function set_phase(p)
+	phase = p
+	result.phase = p
+end
+
+local function finish(why)
+	if finished then return end
+	finished = true
+	result.finish_reason = why
+	result.elapsed = elapsed()
+	result.status = voyager.status()
+	if ent and ent.object:get_pos() then
+		local p = ent.object:get_pos()
+		result.npc_pos_end = {x = p.x, y = p.y, z = p.z}
+	end
+	local f = io.open(out_path, "w")
+	if f then
+		f:write(core.write_json(result, true))
+		f:close()
+	else
+		core.log("error", "[voyager_test] cannot write " .. out_path)
+	end
+	core.log("action", "[voyager_test] finished (" .. why .. "), result in " .. out_path)
+	core.request_shutdown("voyager_test done", false, 0)
+end
+
+voyager.register_on_event(function(ev)
+	if #result.events < 200 then
+		result.events[#result.events + 1] = {t = elapsed(), type = ev.type, code = ev.code,
+			name = ev.name, ok = ev.ok}
+	end
+	if ev.type == "connected" then
+		result.connected = true
+	elseif ev.type == "ready" then
+		result.ready = true
+		result.personas = ev.personas
+	elseif ev.type == "disconnected" then
+		result.disconnects = result.disconnects + 1
+	elseif ev.type == "delta" then
+		result.deltas[#result.deltas + 1] = ev.text
+	elseif ev.type == "chat" then
+		result.chat[#result.chat + 1] = ev.text
+	elseif ev.type == "reply" then
+		result.reply = {text = ev.text, exchange = ev.exchange, fallback = ev.fallback or false,
+			actions = ev.actions, blocked = ev.blocked}
+		if phase == "wait_reply" then
+			-- Give the actions a moment to play out before recording the end.
+			set_phase("after_reply")
+			core.after(1.5, function()
+				if do_rate and ev.exchange then
+					set_phase("wait_rate")
+					local ok, err = voyager.rate(player, 1, "voyager_test: good answer")
+					if not ok then
+						result.errors[#result.errors + 1] = {code = "rate", message = err}
+						finish("rate not sent")
+					end
+				else
+					result.ok = true
+					finish(ev.fallback and "fallback reply" or "reply")
+				end
+			end)
+		end
+	elseif ev.type == "action" then
+		result.actions[#result.actions + 1] = {name = ev.name, args = ev.args, ok = ev.ok, detail = ev.detail}
+	elseif ev.type == "blocked" then
+		result.blocked[#result.blocked + 1] = {name = ev.name, rule = ev.rule}
+	elseif ev.type == "error" then
+		result.errors[#result.errors + 1] = {code = ev.code, message = ev.message, request = ev.request}
+		if phase == "wait_reply" then finish("error " .. tostring(ev.code)) end
+		if phase == "wait_rate" then finish("rate error " .. tostring(ev.code)) end
+	elseif ev.type == "rated" then
+		result.rated = true
+		if phase == "wait_rate" then
+			result.ok = true
+			finish("rated")
+		end
+	end
+end)
+
+local function ground_at(x, z)
+	for y = 40, -20, -1 do
+		local p = {x = x, y = y, z = z}
+		if voyager.can_stand(p) then return p end
+	end
+end
+
+local function spawn_and_ask()
+	local feet = ground_at(0, 0)
+	if not feet then
+		result.errors[#result.errors + 1] = {code = "no_ground"}
+		finish("no ground found")
+		return
+	end
+	core.forceload_block(feet, true)
+	local spawned, err = voyager.spawn_npc({x = feet.x, y = feet.y - 0.5, z = feet.z}, persona, "Smokey")
+	if not spawned then
+		result.errors[#result.errors + 1] = {code = "spawn", message = err}
+		finish("spawn failed")
+		return
+	end
+	ent = spawned
+	result.npc = {id = ent._data.id, name = ent._data.name, persona = persona,
+		pos = {x = feet.x, y = feet.y - 0.5, z = feet.z}}
+	set_phase("wait_reply")
+	local id, why = voyager.talk(player, ent, question)
+	result.ask_id = id
+	if not id then
+		result.errors[#result.errors + 1] = {code = "talk", message = why}
+		finish("talk refused")
+	end
+end
+
+local emerging = false
+core.register_globalstep(function()
+	if finished then return end
+	if elapsed() > timeout then
+		finish("timeout in phase " .. phase)
+		return
+	end
+	local st = voyager.status()
+	if phase == "wait_ready" and (st.ready or st.fallback) and not emerging then
+		result.fallback_at_start = st.fallback
+		emerging = true
+		set_phase("emerge")
+		core.emerge_area({x = -16, y = -32, z = -16}, {x = 16, y = 47, z = 16}, function(_, _, remaining)
+			if remaining == 0 and not finished then spawn_and_ask() end
+		end)
+	end
+end)

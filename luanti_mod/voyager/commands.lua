@@ -1,0 +1,178 @@
+-- Chat commands, the talk form, `@Name text` chat, and player lifecycle.
+
+core.register_privilege("voyager_npc", {
+	description = "Can spawn and remove voyager NPCs",
+	give_to_singleplayer = true,
+	give_to_admin = true,
+})
+
+local function npc_usage()
+	return "Usage: /npc spawn <persona> [name] | /npc remove | /npc list"
+end
+
+-- A free spot two blocks in front of the player.
+local function spawn_pos(player)
+	local pos = player:get_pos()
+	local dir = player:get_look_dir()
+	local h = math.sqrt(dir.x * dir.x + dir.z * dir.z)
+	if h > 0 then dir = {x = dir.x / h * 2, z = dir.z / h * 2} else dir = {x = 2, z = 0} end
+	local base = voyager.round_pos({x = pos.x + dir.x, y = pos.y, z = pos.z + dir.z})
+	for _, off in ipairs({0, 1, -1, 2, -2}) do
+		local p = {x = base.x, y = base.y + off, z = base.z}
+		if voyager.can_stand(p) then return {x = p.x, y = p.y - 0.5, z = p.z} end
+	end
+	return {x = pos.x, y = pos.y, z = pos.z}
+end
+
+local function npc_spawn(name, params)
+	local persona, npc_name = params:match("^(%S+)%s*(%S*)$")
+	if not persona then return false, npc_usage() end
+	local player = core.get_player_by_name(name)
+	if not player then return false, "You must be in the game to spawn an NPC." end
+	local known = voyager.status().personas or {}
+	if #known > 0 then
+		local found = false
+		for _, p in ipairs(known) do if p == persona then found = true end end
+		if not found then
+			return false, "Unknown persona '" .. persona .. "'. Known: " .. table.concat(known, ", ")
+		end
+	end
+	local ent, err = voyager.spawn_npc(spawn_pos(player), persona, npc_name ~= "" and npc_name or nil)
+	if not ent then return false, "Cannot spawn: " .. err end
+	voyager.log("action", name .. " spawned NPC " .. ent._data.name .. " (" .. persona .. ", "
+		.. ent._data.id .. ")")
+	local note = #known == 0 and " (the platform is not connected: the persona is not checked)" or ""
+	return true, "Spawned " .. ent._data.name .. " [" .. persona .. "]. Talk with right-click or @"
+		.. ent._data.name .. " <text>." .. note
+end
+
+local function npc_remove(name)
+	local player = core.get_player_by_name(name)
+	if not player then return false, "You must be in the game." end
+	local pos = player:get_pos()
+	local best, best_d
+	for _, ent in ipairs(voyager.list_npcs()) do
+		local d = voyager.distance(pos, ent.object:get_pos())
+		if d <= 10 and (not best or d < best_d) then best, best_d = ent, d end
+	end
+	if not best then return false, "No NPC within 10 blocks." end
+	local label = best._data.name
+	voyager.log("action", name .. " removed NPC " .. label .. " (" .. best._data.id .. ")")
+	voyager.remove_npc(best)
+	return true, "Removed " .. label .. "."
+end
+
+local function npc_list()
+	local lines = {}
+	for _, ent in ipairs(voyager.list_npcs()) do
+		local p = voyager.round_pos(ent.object:get_pos())
+		lines[#lines + 1] = string.format("%s [%s] at %d,%d,%d", ent._data.name, ent._data.persona,
+			p.x, p.y, p.z)
+	end
+	if #lines == 0 then return true, "No NPCs loaded." end
+	return true, "Loaded NPCs:\n" .. table.concat(lines, "\n")
+end
+
+core.register_chatcommand("npc", {
+	params = "spawn <persona> [name] | remove | list",
+	description = "Manage voyager NPCs",
+	func = function(name, param)
+		local sub, rest = param:match("^%s*(%S*)%s*(.-)%s*$")
+		if sub == "list" then return npc_list() end
+		if sub ~= "spawn" and sub ~= "remove" then return false, npc_usage() end
+		if not core.check_player_privs(name, {voyager_npc = true}) then
+			return false, "You need the voyager_npc privilege."
+		end
+		if sub == "spawn" then return npc_spawn(name, rest) end
+		return npc_remove(name)
+	end,
+})
+
+core.register_chatcommand("rate", {
+	params = "up|down [reason]",
+	description = "Rate the last NPC reply you got",
+	func = function(name, param)
+		local dir, reason = param:match("^%s*(%S+)%s*(.-)%s*$")
+		local score = ({up = 1, down = -1, ["+"] = 1, ["-"] = -1})[dir or ""]
+		if not score then return false, "Usage: /rate up|down [reason]" end
+		local ok, err = voyager.rate(name, score, reason)
+		if not ok then return false, "Cannot rate: " .. err .. "." end
+		return true, "Sending your rating..."
+	end,
+})
+
+core.register_chatcommand("voyager", {
+	params = "status | link <code>",
+	description = "Voyager platform connection",
+	func = function(name, param)
+		local sub, rest = param:match("^%s*(%S*)%s*(.-)%s*$")
+		if sub == "link" then
+			if not rest:match("^[%w%-]+$") then return false, "Usage: /voyager link <code from the portal>" end
+			local ok, err = voyager.link(name, rest)
+			if not ok then return false, "Cannot link: " .. err .. "." end
+			return true, "Linking..."
+		elseif sub == "status" or sub == "" then
+			local st = voyager.status()
+			local lines = {"Voyager " .. voyager.version .. ": " .. st.state
+				.. (st.fallback and " (fallback: NPCs use scripted lines)" or "")}
+			if st.ready then
+				lines[#lines + 1] = "Personas: " .. table.concat(st.personas, ", ")
+			elseif st.next_attempt_in then
+				lines[#lines + 1] = string.format("Next connection attempt in %.0f s", st.next_attempt_in)
+			end
+			if st.last_close and not st.ready then
+				local lc = st.last_close
+				lines[#lines + 1] = "Last disconnect: " .. tostring(lc.error or lc.reason or "")
+					.. (lc.code and (" (code " .. lc.code .. ")") or "")
+			end
+			if st.queued then
+				lines[#lines + 1] = string.format("Waiting: %d queued, %d in flight", st.queued, st.pending)
+			end
+			return true, table.concat(lines, "\n")
+		end
+		return false, "Usage: /voyager status | /voyager link <code>"
+	end,
+})
+
+-- "@Name text" talks to the nearest NPC with that name.
+core.register_on_chat_message(function(name, message)
+	local target, text = message:match("^@([%w_%-]+)[,:]?%s+(.+)$")
+	if not target then return false end
+	local player = core.get_player_by_name(name)
+	local ent, dist = voyager.get_npc(target, player and player:get_pos())
+	if not ent then return false end -- not an NPC: ordinary chat
+	if player and dist and dist > voyager.TALK_RANGE then
+		voyager.notice(name, ent._data.name .. " is too far away to hear you.")
+		return true
+	end
+	core.chat_send_player(name, core.colorize("#cccccc", "You to " .. ent._data.name .. ": " .. text))
+	voyager.talk(name, ent, text)
+	return true
+end)
+
+core.register_on_player_receive_fields(function(player, formname, fields)
+	if formname ~= voyager.TALK_FORM then return false end
+	local name = player:get_player_name()
+	local id = voyager.talk_target[name]
+	voyager.talk_target[name] = nil
+	local text = fields.text
+	if not id or not text or text:match("^%s*$") or fields.quit and not (fields.say or fields.key_enter) then
+		return true
+	end
+	local ent = voyager.get_npc(id)
+	if not ent then
+		voyager.notice(name, "They are gone.")
+		return true
+	end
+	if voyager.distance(player:get_pos(), ent.object:get_pos()) > voyager.TALK_RANGE then
+		voyager.notice(name, ent._data.name .. " is too far away to hear you.")
+		return true
+	end
+	core.chat_send_player(name, core.colorize("#cccccc", "You to " .. ent._data.name .. ": " .. text))
+	voyager.talk(name, ent, text)
+	return true
+end)
+
+core.register_on_leaveplayer(function(player)
+	voyager.cancel_player(player:get_player_name())
+end)
