@@ -23,21 +23,31 @@ def base_model_id(loaded: LoadedModel) -> str:
 def adapter_ref(data: dict[str, Any] | None) -> AdapterRef | None:
     if not data:
         return None
-    return AdapterRef(id=int(data["id"]), version=int(data["version"]), path=str(data["path"]), sha256=data.get("sha256"))
+    return AdapterRef(
+        id=int(data["id"]), version=int(data["version"]), path=str(data["path"]), sha256=data.get("sha256")
+    )
 
 
 def request_from_message(message: dict[str, Any]) -> Request:
     persona = message["persona"]
     spec = PersonaSpec(
-        slug=persona["slug"], name=persona["name"], system_prompt=persona.get("system_prompt", ""),
+        slug=persona["slug"],
+        name=persona["name"],
+        system_prompt=persona.get("system_prompt", ""),
         traits=tuple(persona.get("traits") or ()),
         sampling=Sampling(temperature=float(persona.get("temperature", 0.7)), top_p=float(persona.get("top_p", 0.9))),
     )
     memory = tuple(Turn(player=m["player"], text=m["text"], reply=m["reply"]) for m in message.get("memory") or ())
     return Request(
-        request_id=message["request_id"], persona=spec, player=message.get("player", ""), text=message.get("text", ""),
-        memory=memory, context=message.get("context") or None, adapter=adapter_ref(message.get("adapter")),
-        max_tokens=int(message.get("max_tokens") or persona.get("max_tokens") or 64), seed=message.get("seed"),
+        request_id=message["request_id"],
+        persona=spec,
+        player=message.get("player", ""),
+        text=message.get("text", ""),
+        memory=memory,
+        context=message.get("context") or None,
+        adapter=adapter_ref(message.get("adapter")),
+        max_tokens=int(message.get("max_tokens") or persona.get("max_tokens") or 64),
+        seed=message.get("seed"),
     )
 
 
@@ -54,7 +64,8 @@ class EngineBackend:
 
         loaded = load_base_model(settings.VOYAGER_BASE_MODEL)
         config = EngineConfig(
-            max_queue=settings.VOYAGER_INFERENCE_QUEUE, adapter_slots=settings.VOYAGER_ADAPTER_CACHE,
+            max_queue=settings.VOYAGER_INFERENCE_QUEUE,
+            adapter_slots=settings.VOYAGER_ADAPTER_CACHE,
             max_memory_turns=settings.VOYAGER_MEMORY_TURNS,
         )
         log.info("loaded base model %s (%s)", loaded.info.path, loaded.info.architecture)
@@ -76,11 +87,19 @@ class EngineBackend:
             return {"type": "inference.delta", "request_id": event.request_id, "text": event.text}
         if isinstance(event, Result):
             return {
-                "type": "inference.result", "request_id": event.request_id, "text": event.text,
-                "raw_text": event.raw_text, "actions": [dict(a) for a in event.actions], "adapter_id": event.adapter_id,
-                "prompt": event.prompt_text, "prompt_tokens": event.prompt_tokens,
-                "completion_tokens": event.completion_tokens, "ttft_ms": event.ttft_ms, "total_ms": event.total_ms,
-                "finish_reason": event.finish_reason, "base_model_id": self.base_model_id,
+                "type": "inference.result",
+                "request_id": event.request_id,
+                "text": event.text,
+                "raw_text": event.raw_text,
+                "actions": [dict(a) for a in event.actions],
+                "adapter_id": event.adapter_id,
+                "prompt": event.prompt_text,
+                "prompt_tokens": event.prompt_tokens,
+                "completion_tokens": event.completion_tokens,
+                "ttft_ms": event.ttft_ms,
+                "total_ms": event.total_ms,
+                "finish_reason": event.finish_reason,
+                "base_model_id": self.base_model_id,
             }
         assert isinstance(event, Error)
         return _error(event.request_id, event.code, event.message)

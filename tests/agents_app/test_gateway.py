@@ -575,3 +575,35 @@ async def test_a_worker_killed_mid_stream_yields_unavailable_not_silence(game_se
         worker.wait()
     assert frames[-1]["type"] == "error" and frames[-1]["code"] == "unavailable"
     assert time.monotonic() - killed < 6
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="a worker process needs the Redis channel layer")
+async def test_sigterm_drains_the_worker_running_asks_finish_and_new_ones_get_unavailable(game_server, persona):
+    env = {**os.environ, "VOYAGER_ECHO_DELAY": "0.1", "PYTHONUNBUFFERED": "1"}
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "inference_worker", "--backend", "echo"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ready = threading.Event()
+        threading.Thread(target=lambda: (worker.stdout.readline(), ready.set()), daemon=True).start()
+        assert await asyncio.get_running_loop().run_in_executor(None, ready.wait, 60), "worker did not start"
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask(text="one two three four five six seven eight"))
+        assert (await recv(communicator, timeout=10))["type"] == "delta"
+        worker.send_signal(signal.SIGTERM)
+        frames = await collect_until(communicator, timeout=10)
+        assert frames[-1]["type"] == "reply" and frames[-1]["text"] == "one two three four five six seven eight"
+        exit_code = await asyncio.get_running_loop().run_in_executor(None, worker.wait, 10)
+        assert exit_code == 0
+        await send(communicator, ask(id="after"))
+        error = await recv(communicator)
+        await communicator.disconnect()
+    finally:
+        worker.kill()
+        worker.wait()
+    assert error["code"] == "unavailable"
