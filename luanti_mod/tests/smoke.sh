@@ -14,7 +14,6 @@
 set -eu
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-MOD="$HERE/../voyager"
 SERVER=${MINETESTSERVER:-/usr/games/minetestserver}
 LIMIT=${SMOKE_TIMEOUT:-60}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/voyager-smoke.XXXXXX")
@@ -29,10 +28,6 @@ trap cleanup EXIT INT TERM
 [ -x "$SERVER" ] || { echo "smoke: no server binary at $SERVER" >&2; exit 2; }
 
 WORLD="$TMP/world"
-mkdir -p "$WORLD/worldmods"
-cp -r "$MOD" "$WORLD/worldmods/voyager"
-cp -r "$HERE/voyager_test" "$WORLD/worldmods/voyager_test"
-printf 'gameid = devtest\nbackend = sqlite3\nplayer_backend = sqlite3\nauth_backend = sqlite3\n' > "$WORLD/world.mt"
 
 if [ -n "${VOYAGER_URL:-}" ]; then
 	MODE=e2e
@@ -56,20 +51,11 @@ else
 fi
 
 UDP_PORT=$((40000 + $$ % 20000))
-cat > "$TMP/minetest.conf" <<CONF
-secure.trusted_mods = voyager
-voyager.url = $URL
-voyager.token = $TOKEN
-voyager.fallback_after = 10
-voyager.reply_timeout = 20
-voyager_test.persona = $PERSONA
-voyager_test.timeout = $((LIMIT - 10))
-mg_name = flat
-port = $UDP_PORT
-bind_address = 127.0.0.1
-server_announce = false
-enable_damage = false
-CONF
+sh "$HERE/make_world.sh" "$WORLD" "$TMP/minetest.conf" "$URL" "$TOKEN" "$UDP_PORT" \
+	"voyager.fallback_after = 10" \
+	"voyager.reply_timeout = 20" \
+	"voyager_test.persona = $PERSONA" \
+	"voyager_test.timeout = $((LIMIT - 10))"
 
 echo "smoke: mode=$MODE url=$URL world=$WORLD"
 set +e
@@ -146,8 +132,7 @@ PY
 echo "smoke: untrusted run (fallback mode)"
 WORLD2="$TMP/world2"
 mkdir -p "$WORLD2/worldmods"
-cp -r "$MOD" "$WORLD2/worldmods/voyager"
-cp -r "$HERE/voyager_test" "$WORLD2/worldmods/voyager_test"
+cp -r "$WORLD/worldmods/voyager" "$WORLD/worldmods/voyager_test" "$WORLD2/worldmods/"
 cp "$WORLD/world.mt" "$WORLD2/world.mt"
 grep -v '^secure.trusted_mods' "$TMP/minetest.conf" | sed 's/^voyager.fallback_after.*/voyager.fallback_after = 1/' \
 	> "$TMP/minetest2.conf"
@@ -183,8 +168,7 @@ PY
 echo "smoke: refused-token run"
 WORLD3="$TMP/world3"
 mkdir -p "$WORLD3/worldmods"
-cp -r "$MOD" "$WORLD3/worldmods/voyager"
-cp -r "$HERE/voyager_test" "$WORLD3/worldmods/voyager_test"
+cp -r "$WORLD/worldmods/voyager" "$WORLD/worldmods/voyager_test" "$WORLD3/worldmods/"
 cp "$WORLD/world.mt" "$WORLD3/world.mt"
 sed -e 's/^voyager.token.*/voyager.token = wrong-token/' -e 's/^voyager.fallback_after.*/voyager.fallback_after = 1/' \
 	"$TMP/minetest.conf" > "$TMP/minetest3.conf"

@@ -1,0 +1,569 @@
+"""Benchmark: what the game gateway adds to an answer, with 100 game servers asking at once.
+
+    .venv/bin/python benchmarks/gateway.py [--clients 100] [--asks 20] [--skip-breakdown]
+
+The platform runs as in production, as separate processes: Daphne
+(``portal.asgi``) with the Redis channel layer, and ``manage.py
+inference_worker --backend echo`` (the echo backend answers at once, so what
+is measured is the platform, not a model). Each client is one WebSocket (one
+Luanti server, its own token) that sends ``--asks`` asks one after the other
+and times each from the send to its ``reply`` (the gateway stores the
+Exchange in PostgreSQL before it answers: that cost is in). The baseline is
+the same echo called in process (``EchoBackend.submit``, no network); the
+added latency is the gateway's percentile minus the baseline's.
+
+Then, unless ``--skip-breakdown``, where the time goes: one client alone
+(no queueing), a WebSocket ping through Daphne (no database, no worker), the
+two database services each ask runs (``ask_prepare``, ``exchange_record``),
+one channel-layer hop, the worker heartbeat look-up, and the CPU each process
+spent per ask during the 100-client run.
+
+Needs Redis (``REDIS_URL``, default ``redis://127.0.0.1:6379/15``) and
+PostgreSQL (``DATABASE_URL``, default
+``postgres://postgres@127.0.0.1:5432/voyager_bench``; the database is created
+and migrated when missing, and its game-facing tables are emptied each run:
+do not point it at a database you care about). Only loopback traffic.
+
+The WebSocket client is a small one written here (standard library), so the
+benchmark needs nothing beyond the project's dependencies. The last line
+printed is one JSON object: ``p50_ms``/``p99_ms`` are the added latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import secrets
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/voyager_bench"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "n=0"
+    return (
+        f"p50 {percentile(values, 0.5):7.2f} ms  p90 {percentile(values, 0.9):7.2f} ms  "
+        f"p99 {percentile(values, 0.99):7.2f} ms  max {max(values):7.2f} ms  (n={len(values)})"
+    )
+
+
+# --- setup ---------------------------------------------------------------------------------------
+
+
+def ensure_database(url: str) -> None:
+    parts = urlsplit(url)
+    if not parts.scheme.startswith("postgres"):
+        return
+    import psycopg
+
+    name = parts.path.lstrip("/")
+    admin = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+            print(f"created database {name}")
+
+
+def setup_django(prefix: str) -> None:
+    os.environ.setdefault("DATABASE_URL", DEFAULT_DB)
+    os.environ.setdefault("REDIS_URL", DEFAULT_REDIS)
+    os.environ["VOYAGER_EMBEDDED_WORKER"] = "0"
+    os.environ["VOYAGER_CHANNEL_PREFIX"] = prefix
+    os.environ["VOYAGER_INFERENCE_BACKEND"] = "echo"
+    os.environ["VOYAGER_ECHO_DELAY"] = "0"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
+    ensure_database(os.environ["DATABASE_URL"])
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def make_fixtures(clients: int) -> tuple[list[str], str]:
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from agents_app import services
+    from agents_app.models import Persona
+
+    with connection.cursor() as cursor:  # the bench database only: start from empty game tables
+        cursor.execute(
+            "TRUNCATE agents_app_policyflag, agents_app_rating, agents_app_exchange, agents_app_npc, "
+            "agents_app_gameserver CASCADE"
+        )
+    owner, _ = get_user_model().objects.get_or_create(username="bench-owner", defaults={"email": "b@example.org"})
+    Persona.objects.update_or_create(
+        slug="bench-guide",
+        defaults={"name": "Guide", "owner": owner, "allowed_actions": ["jump", "say"], "system_prompt": "Guide."},
+    )
+    tokens = [services.game_server_create(name=f"bench {i}", owner=owner)[1] for i in range(clients)]
+    return tokens, "bench-guide"
+
+
+class Processes:
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 (the process owns it)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def wait_for(self, name: str, ready, limit: float = 60.0) -> None:
+        deadline = time.monotonic() + limit
+        while not ready():
+            proc = self.procs[name]
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise SystemExit(f"{name} did not start (exit {proc.poll()}):\n{tail}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+# --- a small WebSocket client (RFC 6455, text frames, client masking) -----------------------------
+
+
+class WebSocket:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int, path: str, token: str) -> WebSocket:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(secrets.token_bytes(16)).decode()
+        writer.write(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError(f"handshake refused: {head.splitlines()[0]!r}")
+        return cls(reader, writer)
+
+    def send(self, text: str, opcode: int = 0x1) -> None:
+        payload = text.encode()
+        n = len(payload)
+        if n < 126:
+            header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+        elif n < 65536:
+            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+        mask = secrets.token_bytes(4)
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big")
+        self.writer.write(header + mask + masked)
+
+    async def recv(self) -> str:
+        parts: list[bytes] = []
+        while True:
+            b0, b1 = await self.reader.readexactly(2)
+            n = b1 & 0x7F
+            if n == 126:
+                (n,) = struct.unpack("!H", await self.reader.readexactly(2))
+            elif n == 127:
+                (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
+            payload = await self.reader.readexactly(n)
+            opcode = b0 & 0x0F
+            if opcode == 0x8:
+                raise ConnectionError(f"closed by the server: {payload[:2].hex()}")
+            if opcode == 0x9:  # ping
+                self.send(payload.decode("latin-1"), opcode=0xA)
+                continue
+            if opcode == 0xA:
+                continue
+            parts.append(payload)
+            if b0 & 0x80:
+                return b"".join(parts).decode()
+
+    async def close(self) -> None:
+        try:
+            self.send("", opcode=0x8)
+            await self.writer.drain()
+        finally:
+            self.writer.close()
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+
+def ask_frame(i: int, client: int, persona: str) -> dict:
+    return {
+        "type": "ask",
+        "id": f"c{client}-{i}",
+        "npc": f"npc-{client}",
+        "persona": persona,
+        "player": f"player{client}",
+        "text": "hello there, how are the mines today?",
+        "context": {"pos": [1, 2, 3], "time_of_day": 0.5},
+        "max_tokens": 32,
+    }
+
+
+async def run_client(
+    port, token, persona, client, asks, warmup, start, warmed, latencies, lost, firsts=None, timeout=30.0
+):
+    ws = await WebSocket.connect(port, "/ws/luanti/", token)
+    ws.send(json.dumps({"type": "hello", "protocol": 1, "server": f"bench {client}"}))
+    welcome = json.loads(await ws.recv())
+    assert welcome["type"] == "welcome", welcome
+    for i in range(warmup):  # first ask per NPC creates it: not measured
+        ws.send(json.dumps(ask_frame(-1 - i, client, persona)))
+        while json.loads(await ws.recv())["type"] not in ("reply", "error"):
+            pass
+    warmed.append(client)
+    await start.wait()
+    for i in range(asks):
+        frame = ask_frame(i, client, persona)
+        sent = time.perf_counter()
+        ws.send(json.dumps(frame, separators=(",", ":")))
+        first = None
+        try:
+            while True:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+                if msg.get("id") != frame["id"]:
+                    continue
+                if first is None:
+                    first = (time.perf_counter() - sent) * 1000
+                    if firsts is not None:
+                        firsts.append(first)
+                if msg["type"] == "reply":
+                    latencies.append((time.perf_counter() - sent) * 1000)
+                    if msg["text"] != frame["text"]:
+                        lost.append(f"wrong text: {msg['text']!r}")
+                    break
+                if msg["type"] == "error":
+                    lost.append(f"{msg['code']}: {msg['message']}")
+                    break
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            lost.append(f"no reply: {exc!r}")
+            lost.extend(["skipped after a lost connection"] * (asks - i - 1))
+            break
+    await ws.close()
+
+
+async def gateway_run(
+    port, tokens, persona, asks, warmup=2, firsts=None, on_start=None
+) -> tuple[list[float], list[str], float]:
+    latencies: list[float] = []
+    lost: list[str] = []
+    start = asyncio.Event()
+    warmed: list[int] = []
+    ready = [
+        asyncio.create_task(run_client(port, tok, persona, i, asks, warmup, start, warmed, latencies, lost, firsts))
+        for i, tok in enumerate(tokens)
+    ]
+    # Everyone connected and warmed up before the clock starts (bounded: 120 s).
+    give_up = time.monotonic() + 120
+    while len(warmed) < len(ready) and not any(t.done() for t in ready) and time.monotonic() < give_up:
+        await asyncio.sleep(0.05)
+    if on_start is not None:
+        on_start()
+    began = time.perf_counter()
+    start.set()
+    done, pending = await asyncio.wait(ready, timeout=300)
+    for task in pending:
+        task.cancel()
+        lost.append("client did not finish in 300 s")
+    for task in done:
+        if task.exception() is not None:
+            lost.append(f"client failed: {task.exception()!r}")
+    return latencies, lost, time.perf_counter() - began
+
+
+def echo_in_process(asks: int, persona: str) -> list[float]:
+    from inference.worker import EchoBackend
+
+    backend = EchoBackend()
+    latencies = []
+    for i in range(asks):
+        frame = ask_frame(i, 0, persona)
+        request = {
+            "type": "inference.request",
+            "request_id": uuid.uuid4().hex,
+            "reply_channel": "x",
+            "persona": {"slug": persona},
+            "adapter": None,
+            "memory": [],
+            "context": frame["context"],
+            "player": frame["player"],
+            "text": frame["text"],
+            "max_tokens": 32,
+            "deadline": time.time() + 30,
+        }
+        got = []
+        sent = time.perf_counter()
+        backend.submit(request, got.append)
+        assert got[-1]["type"] == "inference.result"
+        latencies.append((time.perf_counter() - sent) * 1000)
+    return latencies
+
+
+async def ping_run(port, token, n=50) -> list[float]:
+    ws = await WebSocket.connect(port, "/ws/luanti/", token)
+    out = []
+    for _ in range(n):
+        sent = time.perf_counter()
+        ws.send('{"type":"ping"}')
+        assert json.loads(await ws.recv())["type"] == "pong"
+        out.append((time.perf_counter() - sent) * 1000)
+    await ws.close()
+    return out
+
+
+def db_services(tokens, persona, n=200) -> tuple[list[float], list[float]]:
+    from agents_app import gateway, services
+
+    server = services.game_server_authenticate(tokens[0])
+    prepare, record = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        plan = gateway.ask_prepare(server=server, npc_world_id="npc-bench-db", persona_slug=persona)
+        prepare.append((time.perf_counter() - t) * 1000)
+        result = {"text": "hello", "raw_text": "hello", "actions": [], "prompt": "hello", "base_model_id": "echo"}
+        t = time.perf_counter()
+        gateway.exchange_record(
+            plan=plan, player="p", text="hello", context={}, result=result, ttft_ms=0.1, total_ms=0.2
+        )
+        record.append((time.perf_counter() - t) * 1000)
+    return prepare, record
+
+
+async def layer_hops(n=300) -> tuple[list[float], list[float]]:
+    from channels.layers import get_channel_layer
+
+    from inference.heartbeat import heartbeats
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    hops = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await layer.send(channel, {"type": "bench.hop", "t": t})
+        await layer.receive(channel)
+        hops.append((time.perf_counter() - t) * 1000)
+    store = heartbeats()
+    beats = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await store.alive()
+        beats.append((time.perf_counter() - t) * 1000)
+    return hops, beats
+
+
+def cpu_snapshot(daphne: int, worker: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of each process that serves an ask, by pid (database backends come and go)."""
+    import psutil
+
+    roles = {daphne: "daphne", worker: "worker", os.getpid(): "client (this process)"}
+    out = {}
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        name = proc.info["name"] or ""
+        role = roles.get(proc.pid) or (
+            "redis" if name.startswith("redis-server") else "postgres" if name.startswith("postgres") else None
+        )
+        if role and proc.info["cpu_times"] is not None:
+            t = proc.info["cpu_times"]
+            out[proc.pid] = (role, t.user + t.system)
+    return out
+
+
+def cpu_spent(before: dict, after: dict) -> dict[str, float]:
+    spent: dict[str, float] = {
+        "daphne": 0.0,
+        "worker": 0.0,
+        "redis": 0.0,
+        "postgres": 0.0,
+        "client (this process)": 0.0,
+    }
+    for pid, (role, seconds) in after.items():
+        spent[role] += seconds - before.get(pid, (role, 0.0))[1]
+    return spent
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--asks", type=int, default=20, help="asks per client, one after the other")
+    parser.add_argument("--skip-breakdown", action="store_true")
+    args = parser.parse_args()
+
+    prefix = f"voyager-bench-{os.getpid()}"
+    setup_django(prefix)
+    from django.db import connection
+
+    tokens, persona = make_fixtures(args.clients)
+    connection.close()
+
+    logs = Path(tempfile.mkdtemp(prefix="voyager-bench-"))
+    procs = Processes(logs)
+    port = free_port()
+    try:
+        worker = procs.start("worker", [sys.executable, "manage.py", "inference_worker", "--backend", "echo"])
+        procs.wait_for("worker", lambda: " ready" in (logs / "worker.log").read_text(errors="replace"))
+        daphne = procs.start(
+            "daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"]
+        )
+        procs.wait_for("daphne", lambda: listening(port))
+        print(f"daphne :{port} (pid {daphne.pid}), echo worker (pid {worker.pid}); logs in {logs}")
+        print(f"database {connection.settings_dict['NAME']}, redis {os.environ['REDIS_URL']}, prefix {prefix}")
+
+        # Baseline: the same echo, in process.
+        echo = echo_in_process(args.clients * args.asks, persona)
+
+        snap = {}
+        firsts: list[float] = []
+        latencies, lost, wall = asyncio.run(
+            gateway_run(
+                port,
+                tokens,
+                persona,
+                args.asks,
+                firsts=firsts,
+                on_start=lambda: snap.update(before=cpu_snapshot(daphne.pid, worker.pid)),
+            )
+        )
+        n = max(1, len(latencies))
+        spent = cpu_spent(snap["before"], cpu_snapshot(daphne.pid, worker.pid))
+        cpu_per_ask = {k: v * 1000 / n for k, v in spent.items()}
+
+        print(
+            f"\n{args.clients} clients x {args.asks} asks, {len(latencies)} replies in {wall:.2f} s "
+            f"({len(latencies) / wall:.0f} asks/s)"
+        )
+        print(f"  gateway (send -> reply)   {summary(latencies)}")
+        print(f"  first frame (delta)       {summary(firsts)}")
+        print(f"  echo in process           {summary(echo)}")
+        added50 = percentile(latencies, 0.5) - percentile(echo, 0.5)
+        added99 = percentile(latencies, 0.99) - percentile(echo, 0.99)
+        print(f"  added latency             p50 {added50:.2f} ms  p99 {added99:.2f} ms   (targets: 3 / 15 ms)")
+        print(f"  asks without a reply      {len(lost)}")
+        for reason in sorted(set(lost))[:10]:
+            print(f"    {lost.count(reason)} x {reason}")
+        print("  CPU per ask (ms, all cores): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu_per_ask.items()))
+
+        out = {
+            "p50_ms": round(added50, 3),
+            "p99_ms": round(added99, 3),
+            "lost": len(lost),
+            "clients": args.clients,
+            "asks": len(latencies),
+            "gateway_p50_ms": round(percentile(latencies, 0.5), 3),
+            "gateway_p99_ms": round(percentile(latencies, 0.99), 3),
+            "echo_p50_ms": round(percentile(echo, 0.5), 4),
+            "echo_p99_ms": round(percentile(echo, 0.99), 4),
+            "asks_per_s": round(len(latencies) / wall, 1),
+            "cpu_ms_per_ask": {k: round(v, 3) for k, v in cpu_per_ask.items()},
+            "cores": os.cpu_count(),
+        }
+
+        if not args.skip_breakdown:
+            print("\nwhere the time goes (one at a time, no queueing):")
+            solo_firsts: list[float] = []
+            solo, solo_lost, _ = asyncio.run(gateway_run(port, tokens[:1], persona, 50, firsts=solo_firsts))
+            print(f"  one client, ask -> reply  {summary(solo)}  lost {len(solo_lost)}")
+            print(f"  one client, first frame   {summary(solo_firsts)}")
+            pings = asyncio.run(ping_run(port, tokens[0]))
+            print(
+                f"  WebSocket ping -> pong    {summary(pings)}   (Daphne + consumer, no DB, no worker; "
+                "50 pings: the gateway's frame budget)"
+            )
+            prepare, record = db_services(tokens, persona)
+            print(f"  ask_prepare (DB)          {summary(prepare)}")
+            print(f"  exchange_record (DB)      {summary(record)}")
+            from django.db import connection
+
+            with connection.cursor() as cursor:  # what-if only, this session: how much is the commit's fsync
+                cursor.execute("SET synchronous_commit TO off")
+            prepare_async, record_async = db_services(tokens, persona)
+            with connection.cursor() as cursor:
+                cursor.execute("SET synchronous_commit TO on")
+            print(f"  ask_prepare, no fsync     {summary(prepare_async)}   (what-if: synchronous_commit off)")
+            print(f"  exchange_record, no fsync {summary(record_async)}")
+            hops, beats = asyncio.run(layer_hops())
+            print(
+                f"  channel layer send+recv   {summary(hops)}   (a reply needs >= 4 hops: request, "
+                "accepted, delta, result)"
+            )
+            print(f"  heartbeat alive() (Redis) {summary(beats)}")
+            out["breakdown_p50_ms"] = {
+                "one_client_ask": round(percentile(solo, 0.5), 3),
+                "one_client_added": round(percentile(solo, 0.5) - percentile(echo, 0.5), 3),
+                "ws_ping": round(percentile(pings, 0.5), 3),
+                "ask_prepare_db": round(percentile(prepare, 0.5), 3),
+                "exchange_record_db": round(percentile(record, 0.5), 3),
+                "ask_prepare_db_no_fsync": round(percentile(prepare_async, 0.5), 3),
+                "exchange_record_db_no_fsync": round(percentile(record_async, 0.5), 3),
+                "channel_hop": round(percentile(hops, 0.5), 3),
+                "heartbeat_alive": round(percentile(beats, 0.5), 3),
+            }
+            out["one_client_p99_added_ms"] = round(percentile(solo, 0.99) - percentile(echo, 0.99), 3)
+    finally:
+        procs.stop()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
