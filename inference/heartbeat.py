@@ -3,11 +3,14 @@
 Each worker stamps its id every second; a stamp older than ``TTL`` seconds
 means the worker is gone. With Redis (the scaled topology) the stamps live in
 one sorted set all processes read; in the embedded default, in this process.
+A beat may carry the worker's numbers (queue depth, tokens per second, ...),
+which the web processes export as metrics (``snapshot``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import weakref
 
@@ -19,12 +22,21 @@ KEY = "voyager:workers"
 class LocalHeartbeats:
     def __init__(self) -> None:
         self._seen: dict[str, float] = {}
+        self._stats: dict[str, dict] = {}
 
-    async def beat(self, worker_id: str) -> None:
+    async def beat(self, worker_id: str, stats: dict | None = None) -> None:
         self._seen[worker_id] = time.time()
+        if stats is not None:
+            self._stats[worker_id] = dict(stats)
 
     async def forget(self, worker_id: str) -> None:
         self._seen.pop(worker_id, None)
+        self._stats.pop(worker_id, None)
+
+    def snapshot(self) -> dict[str, dict]:
+        """The live workers and their latest numbers (callable from any thread)."""
+        cutoff = time.time() - TTL
+        return {w: dict(self._stats.get(w, {})) for w, seen in list(self._seen.items()) if seen >= cutoff}
 
     async def alive(self) -> list[str]:
         cutoff = time.time() - TTL
@@ -38,6 +50,8 @@ class RedisHeartbeats:
     def __init__(self, url: str, key: str = KEY) -> None:
         self.url = url
         self.key = key
+        self.stats_key = key + ":stats"
+        self._sync_client = None
         # redis.asyncio connections belong to one event loop; tests and Daphne may run several.
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -50,14 +64,36 @@ class RedisHeartbeats:
             client = self._clients[loop] = redis.Redis.from_url(self.url)
         return client
 
-    async def beat(self, worker_id: str) -> None:
+    async def beat(self, worker_id: str, stats: dict | None = None) -> None:
         now = time.time()
         client = self._client()
         await client.zadd(self.key, {worker_id: now})
-        await client.zremrangebyscore(self.key, 0, now - 10 * TTL)
+        if stats is not None:
+            await client.hset(self.stats_key, worker_id, json.dumps(stats))
+        gone = await client.zrangebyscore(self.key, 0, now - 10 * TTL)
+        if gone:
+            await client.zrem(self.key, *gone)
+            await client.hdel(self.stats_key, *gone)
 
     async def forget(self, worker_id: str) -> None:
         await self._client().zrem(self.key, worker_id)
+        await self._client().hdel(self.stats_key, worker_id)
+
+    def snapshot(self) -> dict[str, dict]:
+        """The live workers and their latest numbers, read synchronously (the metrics endpoint)."""
+        import redis
+
+        if self._sync_client is None:
+            self._sync_client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+        alive = [m.decode() for m in self._sync_client.zrangebyscore(self.key, time.time() - TTL, "+inf")]
+        raw = self._sync_client.hmget(self.stats_key, alive) if alive else []
+        out = {}
+        for worker, data in zip(alive, raw, strict=True):
+            try:
+                out[worker] = json.loads(data) if data else {}
+            except ValueError:
+                out[worker] = {}
+        return out
 
     async def alive(self) -> list[str]:
         members = await self._client().zrangebyscore(self.key, time.time() - TTL, "+inf")

@@ -176,6 +176,8 @@ class InferenceWorker:
         self.drain_timeout = drain_timeout
         self._cancelled_early: deque[str] = deque(maxlen=1000)
         self._held: dict[str, str] = {}  # delta text a full reply channel could not take yet
+        self.completion_tokens = 0
+        self._rate_mark = (time.monotonic(), 0)  # (when, completion_tokens then): tokens per second
 
     # The engine thread hands events to the loop; the sender sends them in order.
     def _emit(self, event: dict[str, Any]) -> None:
@@ -188,7 +190,7 @@ class InferenceWorker:
         # a second one would make every receive here wait out the other's blocking pop.
         self.worker_channel = await self.layer.new_channel()
         await self.layer.group_add(WORKERS_GROUP, self.worker_channel)
-        await self.heartbeats.beat(self.worker_id)
+        await self.heartbeats.beat(self.worker_id, self.stats())
         tasks = [
             asyncio.create_task(self._beat_forever()),
             asyncio.create_task(self._send_forever()),
@@ -217,6 +219,30 @@ class InferenceWorker:
         """Take no new requests; finish the running ones (what SIGTERM does)."""
         self.stopping.set()
 
+    def stats(self) -> dict[str, Any]:
+        """The numbers this worker puts in its heartbeat, exported by the web processes as metrics."""
+        engine_stats = {}
+        engine = getattr(self.backend, "engine", None)
+        if engine is not None and hasattr(engine, "stats"):
+            try:
+                engine_stats = engine.stats()
+            except Exception:  # numbers are a courtesy; never let them stop a beat
+                engine_stats = {}
+        now = time.monotonic()
+        then, tokens_then = self._rate_mark
+        rate = (self.completion_tokens - tokens_then) / (now - then) if now - then > 0 else 0.0
+        if now - then >= heartbeat.INTERVAL:
+            self._rate_mark = (now, self.completion_tokens)
+        return {
+            "queue_depth": engine_stats.get("waiting", 0),
+            "running": engine_stats.get("running", len(self.routes)),
+            "in_flight": len(self.routes),
+            "served": self.served,
+            "completion_tokens": self.completion_tokens,
+            "tokens_per_second": round(rate, 3),
+            "backend": getattr(self.backend, "base_model_id", ""),
+        }
+
     async def _receive_until_stopped(self) -> None:
         stop_wait = asyncio.create_task(self.stopping.wait())
         try:
@@ -244,6 +270,7 @@ class InferenceWorker:
             return
         if rid in self._cancelled_early:
             return
+        log.info("accepted request from %s", reply, extra={"request_id": rid})
         if message.get("deadline") and time.time() > message["deadline"]:
             await self._send(reply, _error(rid, "timeout", "the request waited past its deadline"))
             return
@@ -287,6 +314,13 @@ class InferenceWorker:
                     continue
                 self.routes.pop(rid, None)
                 self.served += 1
+                self.completion_tokens += int(event.get("completion_tokens") or 0)
+                log.info(
+                    "finished: %s (%s tokens)",
+                    event.get("finish_reason") or event.get("code"),
+                    event.get("completion_tokens", 0),
+                    extra={"request_id": rid},
+                )
                 if held:
                     await self._send(reply, {"type": "inference.delta", "request_id": rid, "text": held}, retries=20)
                 await self._send(reply, event, retries=20)
@@ -322,7 +356,7 @@ class InferenceWorker:
         while True:
             await asyncio.sleep(heartbeat.INTERVAL)
             try:
-                await self.heartbeats.beat(self.worker_id)
+                await self.heartbeats.beat(self.worker_id, self.stats())
             except Exception:  # Redis hiccup: try again next second
                 log.exception("heartbeat failed")
 

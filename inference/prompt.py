@@ -1,0 +1,258 @@
+"""Prompt construction: one persona, recent memory, game context, the player's words.
+
+Two renderings share one budget policy:
+
+- models with a chat template (any HF chat model) go through
+  ``tokenizer.apply_chat_template``;
+- the starter model has no template and uses its own special tokens, the same
+  format ``inference.corpus`` trains it on (``render_starter``).
+
+When the prompt is over ``max_prompt_tokens`` we drop, in order: the oldest
+memory turns, then context (farthest ``nearby`` entries first, then time, then
+position), and only as a last resort the *start* of the player's text (the end
+of a message is usually the question, so we keep it and mark the cut with
+"…").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SYSTEM = "<|system|>"
+MEMORY = "<|memory|>"
+CONTEXT = "<|context|>"
+PLAYER = "<|player|>"
+NPC = "<|npc|>"
+END = "<|end|>"
+PAD = "<|pad|>"
+# Order fixes the token ids in the starter tokenizer (pad is 0).
+SPECIAL_TOKENS = (PAD, SYSTEM, MEMORY, CONTEXT, PLAYER, NPC, END)
+# Role tokens end a reply as well as <|end|>: a model that starts a new turn is done.
+STOP_TOKENS = (END, SYSTEM, MEMORY, CONTEXT, PLAYER, NPC, PAD)
+
+DEFAULT_MAX_MEMORY_TURNS = 6
+MAX_NAME_CHARS = 40
+# Bounds the tokenizer's work on hostile input; the token budget decides the rest.
+MAX_TEXT_CHARS = 4000
+MAX_NEARBY = 16
+ELLIPSIS = "…"
+
+
+class PromptTooLong(ValueError):
+    """Even the persona header and the shortest possible player text do not fit."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7  # 0 means greedy
+    top_p: float = 0.9
+    top_k: int = 40
+
+
+@dataclass(frozen=True)
+class PersonaSpec:
+    slug: str
+    name: str
+    system_prompt: str
+    traits: tuple[str, ...] = ()
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class Turn:
+    player: str
+    text: str
+    reply: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    input_ids: list[int]
+    memory_turns: int = 0
+    context_trimmed: bool = False
+    player_text_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class GameContext:
+    pos: tuple[int, int, int] | None = None
+    time_of_day: float | None = None
+    nearby: tuple[str, ...] = ()
+
+    def is_empty(self) -> bool:
+        return self.pos is None and self.time_of_day is None and not self.nearby
+
+
+def time_word(time_of_day: float) -> str:
+    """Luanti's time of day is 0..1 from midnight; the model reads words."""
+    t = time_of_day % 1.0
+    if t < 0.22 or t >= 0.8:
+        return "night"
+    if t < 0.45:
+        return "morning"
+    if t < 0.55:
+        return "noon"
+    if t < 0.7:
+        return "afternoon"
+    return "evening"
+
+
+def context_line(ctx: GameContext) -> str:
+    parts = []
+    if ctx.pos is not None:
+        parts.append("pos {} {} {}".format(*ctx.pos))
+    if ctx.time_of_day is not None:
+        parts.append(f"time {time_word(ctx.time_of_day)}")
+    if ctx.nearby:
+        parts.append("nearby " + ", ".join(ctx.nearby))
+    return "; ".join(parts)
+
+
+def persona_header(persona: PersonaSpec) -> str:
+    header = f"You are {persona.name}. {persona.system_prompt}".strip()
+    if persona.traits:
+        header += " Traits: " + ", ".join(persona.traits) + "."
+    return header
+
+
+def render_starter(persona: PersonaSpec, memory: Sequence[Turn], ctx: GameContext, player: str, text: str) -> str:
+    """The starter model's format; ``inference.corpus`` renders training data with it."""
+    out = [f"{SYSTEM}{persona_header(persona)}{END}\n"]
+    if memory:
+        lines = "\n".join(f"{t.player}: {t.text}\n{persona.name}: {t.reply}" for t in memory)
+        out.append(f"{MEMORY}{lines}{END}\n")
+    if not ctx.is_empty():
+        out.append(f"{CONTEXT}{context_line(ctx)}{END}\n")
+    out.append(f"{PLAYER}{player}: {text}{END}\n{NPC}")
+    return "".join(out)
+
+
+def render_chat(
+    tokenizer: Any, persona: PersonaSpec, memory: Sequence[Turn], ctx: GameContext, player: str, text: str
+) -> str:
+    system = persona_header(persona)
+    if not ctx.is_empty():
+        system += f"\nWhat you see: {context_line(ctx)}."
+    messages = [{"role": "system", "content": system}]
+    for turn in memory:
+        messages.append({"role": "user", "content": f"{turn.player}: {turn.text}"})
+        messages.append({"role": "assistant", "content": turn.reply})
+    messages.append({"role": "user", "content": f"{player}: {text}"})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _special_strings(tokenizer: Any) -> list[str]:
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for tok in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        specials.add(str(tok))
+    specials.update(SPECIAL_TOKENS)
+    # Longest first so "<|end|>" is not half-removed by a shorter overlap.
+    return sorted((s for s in specials if s), key=len, reverse=True)
+
+
+def sanitize(value: str, specials: Sequence[str], limit: int) -> str:
+    """Strip control-token spellings from untrusted text so a player cannot forge turns."""
+    value = str(value)[:limit]
+    for special in specials:
+        value = value.replace(special, "")
+    return value.replace("\r", "")
+
+
+def normalize_context(context: Mapping[str, Any] | GameContext | None, specials: Sequence[str]) -> GameContext:
+    if context is None:
+        return GameContext()
+    if isinstance(context, GameContext):
+        return context
+    pos = context.get("pos")
+    pos_t: tuple[int, int, int] | None = None
+    if isinstance(pos, (list, tuple)) and len(pos) == 3:
+        pos_t = (round(float(pos[0])), round(float(pos[1])), round(float(pos[2])))
+    tod = context.get("time_of_day")
+    tod_f = float(tod) if isinstance(tod, (int, float)) and not isinstance(tod, bool) else None
+    nearby = context.get("nearby") or ()
+    nearby_t = tuple(sanitize(n, specials, MAX_NAME_CHARS) for n in list(nearby)[:MAX_NEARBY])
+    return GameContext(pos=pos_t, time_of_day=tod_f, nearby=tuple(n for n in nearby_t if n))
+
+
+def context_reductions(ctx: GameContext) -> list[GameContext]:
+    """Ever smaller contexts: farthest nearby entries go first, then time, then position."""
+    out = []
+    for k in range(len(ctx.nearby) - 1, -1, -1):
+        out.append(GameContext(ctx.pos, ctx.time_of_day, ctx.nearby[:k]))
+    if ctx.time_of_day is not None:
+        out.append(GameContext(ctx.pos, None, ()))
+    if ctx.pos is not None:
+        out.append(GameContext())
+    return out
+
+
+def build_prompt(
+    tokenizer: Any,
+    persona: PersonaSpec,
+    memory: Sequence[Turn],
+    context: Mapping[str, Any] | GameContext | None,
+    player: str,
+    text: str,
+    max_prompt_tokens: int,
+    *,
+    max_memory_turns: int = DEFAULT_MAX_MEMORY_TURNS,
+) -> Prompt:
+    specials = _special_strings(tokenizer)
+    player = sanitize(player, specials, MAX_NAME_CHARS)
+    text = sanitize(text, specials, MAX_TEXT_CHARS)
+    turns = [
+        Turn(
+            sanitize(t.player, specials, MAX_NAME_CHARS),
+            sanitize(t.text, specials, MAX_TEXT_CHARS),
+            sanitize(t.reply, specials, MAX_TEXT_CHARS),
+        )
+        for t in list(memory)[-max_memory_turns:]
+        if max_memory_turns > 0
+    ]
+    ctx = normalize_context(context, specials)
+    use_chat = bool(getattr(tokenizer, "chat_template", None))
+
+    def encode(mem: Sequence[Turn], c: GameContext, words: str) -> tuple[str, list[int]]:
+        if use_chat:
+            rendered = render_chat(tokenizer, persona, mem, c, player, words)
+        else:
+            rendered = render_starter(persona, mem, c, player, words)
+        return rendered, tokenizer.encode(rendered, add_special_tokens=False)
+
+    # 1. Oldest memory goes first.
+    for start in range(len(turns) + 1):
+        rendered, ids = encode(turns[start:], ctx, text)
+        if len(ids) <= max_prompt_tokens:
+            return Prompt(rendered, ids, memory_turns=len(turns) - start)
+    # 2. Then context, a piece at a time.
+    for smaller in context_reductions(ctx):
+        rendered, ids = encode([], smaller, text)
+        if len(ids) <= max_prompt_tokens:
+            return Prompt(rendered, ids, memory_turns=0, context_trimmed=True)
+    # 3. Last resort: keep the end of the player's words.
+    return _truncate_player_text(tokenizer, encode, text, max_prompt_tokens, bool(not ctx.is_empty()))
+
+
+def _truncate_player_text(tokenizer: Any, encode: Any, text: str, budget: int, had_context: bool) -> Prompt:
+    empty = GameContext()
+    text_ids = tokenizer.encode(text, add_special_tokens=False)
+
+    def attempt(keep: int) -> tuple[str, list[int]]:
+        tail = tokenizer.decode(text_ids[len(text_ids) - keep :]).lstrip("\ufffd").lstrip()
+        return encode([], empty, ELLIPSIS + tail)
+
+    # Token counts are nearly monotonic in ``keep``: binary search, then verify.
+    lo, hi = 0, len(text_ids)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(attempt(mid)[1]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    rendered, ids = attempt(lo)
+    if len(ids) > budget:
+        raise PromptTooLong(f"the persona header alone needs more than max_prompt_tokens={budget} tokens")
+    return Prompt(rendered, ids, memory_turns=0, context_trimmed=had_context, player_text_truncated=True)
