@@ -1,7 +1,11 @@
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
-from agents_app import services
+from agents_app import moderation, selectors, services
 from agents_app.models import (
     AdapterVersion,
     Exchange,
@@ -11,6 +15,8 @@ from agents_app.models import (
     Persona,
     PlayerLink,
     PolicyFlag,
+    PolicyRule,
+    ProtectedArea,
     Rating,
     TrainingRun,
 )
@@ -209,13 +215,280 @@ class PlayerLinkAdmin(admin.ModelAdmin):
     readonly_fields = ["code_expires_at", "verified_at", "created_at"]
 
 
+class FlagStatusFilter(admin.SimpleListFilter):
+    """The queue opens on open flags; 'All' shows the reviewed ones too."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [*PolicyFlag.Status.choices, ("all", "All")]
+
+    def choices(self, changelist):
+        current = self.value() or PolicyFlag.Status.OPEN
+        for value, label in self.lookup_choices:
+            yield {
+                "selected": current == value,
+                "query_string": changelist.get_query_string({self.parameter_name: value}),
+                "display": label,
+            }
+
+    def queryset(self, request, queryset):
+        value = self.value() or PolicyFlag.Status.OPEN
+        return queryset if value == "all" else queryset.filter(status=value)
+
+
+def _json_short(value, limit=80) -> str:
+    import json
+
+    text = json.dumps(value, ensure_ascii=False) if value else "—"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @admin.register(PolicyFlag)
 class PolicyFlagAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "rule", "severity", "status", "exchange"]
-    list_filter = ["status", "severity", "rule"]
-    search_fields = ["rule", "detail", "exchange__reply_text"]
-    raw_id_fields = ["exchange"]
-    readonly_fields = ["exchange", "rule", "severity", "action", "detail", "created_at", "reviewed_by", "reviewed_at"]
+    """The moderators' policy-audit queue: each flag with the full exchange it was raised on."""
+
+    list_display = [
+        "created_at",
+        "rule",
+        "severity",
+        "status",
+        "persona",
+        "npc",
+        "player_words",
+        "reply",
+        "actions_taken",
+        "actions_blocked",
+        "adapter_version",
+        "server",
+    ]
+    list_filter = [
+        FlagStatusFilter,
+        "rule",
+        "severity",
+        ("exchange__persona", admin.RelatedOnlyFieldListFilter),
+        ("exchange__adapter_version", admin.RelatedOnlyFieldListFilter),
+        ("exchange__npc__game_server", admin.RelatedOnlyFieldListFilter),
+    ]
+    search_fields = ["rule", "detail", "exchange__reply_text", "exchange__player_text", "exchange__player_name"]
+    list_select_related = ["exchange__persona", "exchange__npc__game_server", "exchange__adapter_version__persona"]
+    list_per_page = 50
+    date_hierarchy = "created_at"
+    actions = [
+        "confirm_flags",
+        "dismiss_flags",
+        "exclude_from_training",
+        "freeze_npcs",
+        "unfreeze_npcs",
+        "retire_adapter_versions",
+    ]
+    fields = [
+        "rule",
+        "severity",
+        "status",
+        "detail",
+        "action",
+        "exchange_link",
+        "persona",
+        "npc",
+        "server",
+        "player_words",
+        "shown_reply",
+        "model_output",
+        "actions_taken",
+        "actions_blocked",
+        "adapter_version",
+        "worker",
+        "excluded_from_training",
+        "created_at",
+        "reviewed_by",
+        "reviewed_at",
+    ]
+    readonly_fields = [f for f in fields if f != "status"]
+    change_list_template = "admin/agents_app/policyflag/change_list.html"
+
+    def has_add_permission(self, request):
+        return False  # flags are raised by the policy, never by hand
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the audit trail stays
+
+    # --- the exchange, shown in full ------------------------------------------------------------
+
+    @admin.display(description="Persona", ordering="exchange__persona__slug")
+    def persona(self, obj):
+        return obj.exchange.persona.slug
+
+    @admin.display(description="NPC")
+    def npc(self, obj):
+        npc = obj.exchange.npc
+        frozen = " ❄" if npc.is_frozen() else ""
+        return f"{npc}{frozen}"
+
+    @admin.display(description="Server")
+    def server(self, obj):
+        return obj.exchange.npc.game_server or "playground"
+
+    @admin.display(description="Player said")
+    def player_words(self, obj):
+        return f"{obj.exchange.player_name}: {obj.exchange.player_text}"
+
+    @admin.display(description="Reply shown")
+    def reply(self, obj):
+        text = obj.exchange.reply_text
+        return text if len(text) <= 120 else text[:119] + "…"
+
+    @admin.display(description="Reply shown")
+    def shown_reply(self, obj):
+        return obj.exchange.reply_text
+
+    @admin.display(description="Model wrote")
+    def model_output(self, obj):
+        return obj.exchange.raw_text
+
+    @admin.display(description="Actions taken")
+    def actions_taken(self, obj):
+        return _json_short(obj.exchange.actions)
+
+    @admin.display(description="Actions blocked")
+    def actions_blocked(self, obj):
+        return _json_short(obj.exchange.blocked_actions)
+
+    @admin.display(description="Adapter version")
+    def adapter_version(self, obj):
+        adapter = obj.exchange.adapter_version
+        return f"{adapter.persona.slug} v{adapter.version} ({adapter.status})" if adapter else "base model"
+
+    @admin.display(description="Worker")
+    def worker(self, obj):
+        return obj.exchange.worker_id or "—"
+
+    @admin.display(description="Excluded from training", boolean=True)
+    def excluded_from_training(self, obj):
+        return obj.exchange.excluded_from_training
+
+    @admin.display(description="Exchange")
+    def exchange_link(self, obj):
+        url = reverse("admin:agents_app_exchange_change", args=[obj.exchange_id])
+        return format_html('<a href="{}">{}</a>', url, obj.exchange_id)
+
+    # --- who may do what --------------------------------------------------------------------------
+
+    def has_exclude_permission(self, request):
+        return request.user.has_perm("agents_app.change_exchange")
+
+    def has_freeze_permission(self, request):
+        return request.user.has_perm("agents_app.change_npc")
+
+    def has_retire_permission(self, request):
+        return request.user.has_perm("agents_app.change_adapterversion")
+
+    # --- bulk actions: each change lands in the admin log -----------------------------------------
+
+    def _log(self, request, objects, message: str) -> None:
+        for obj in objects:
+            self.log_change(request, obj, message)
+
+    def _review(self, request, queryset, status: str, verb: str) -> None:
+        changed = moderation.flags_review(flags=list(queryset), user=request.user, status=status)
+        self._log(request, changed, f"{verb} the flag")
+        self.message_user(request, f"{verb} {len(changed)} flag(s).", messages.SUCCESS)
+
+    @admin.action(description="Confirm the selected flags", permissions=["change"])
+    def confirm_flags(self, request, queryset):
+        self._review(request, queryset, PolicyFlag.Status.CONFIRMED, "Confirmed")
+
+    @admin.action(description="Dismiss the selected flags", permissions=["change"])
+    def dismiss_flags(self, request, queryset):
+        self._review(request, queryset, PolicyFlag.Status.DISMISSED, "Dismissed")
+
+    @admin.action(description="Exclude their exchanges from training", permissions=["exclude"])
+    def exclude_from_training(self, request, queryset):
+        ids = queryset.values_list("exchange_id", flat=True)
+        changed = moderation.exchanges_exclude_from_training(exchange_ids=ids)
+        self._log(request, changed, "Excluded from training (policy audit)")
+        self.message_user(request, f"Excluded {len(changed)} exchange(s) from training.", messages.SUCCESS)
+
+    @admin.action(description="Freeze their NPCs (until unfrozen)", permissions=["freeze"])
+    def freeze_npcs(self, request, queryset):
+        changed = moderation.npcs_freeze(npc_ids=queryset.values_list("exchange__npc_id", flat=True))
+        self._log(request, changed, "Frozen until a moderator unfreezes it (policy audit)")
+        self.message_user(request, f"Froze {len(changed)} NPC(s).", messages.SUCCESS)
+
+    @admin.action(description="Unfreeze their NPCs", permissions=["freeze"])
+    def unfreeze_npcs(self, request, queryset):
+        changed = moderation.npcs_unfreeze(npc_ids=queryset.values_list("exchange__npc_id", flat=True))
+        self._log(request, changed, "Unfrozen (policy audit)")
+        self.message_user(request, f"Unfroze {len(changed)} NPC(s).", messages.SUCCESS)
+
+    @admin.action(description="Retire the adapter versions that answered", permissions=["retire"])
+    def retire_adapter_versions(self, request, queryset):
+        ids = queryset.filter(exchange__adapter_version__isnull=False).values_list(
+            "exchange__adapter_version_id", flat=True
+        )
+        changed = moderation.adapter_versions_retire(adapter_ids=ids)
+        self._log(request, changed, "Retired (policy audit)")
+        self.message_user(request, f"Retired {len(changed)} adapter version(s).", messages.SUCCESS)
+
+    def save_model(self, request, obj, form, change):
+        if change and "status" in form.changed_data:
+            obj.reviewed_by, obj.reviewed_at = request.user, timezone.now()
+        super().save_model(request, obj, form, change)
+
+    # --- counts per persona and version over time -------------------------------------------------
+
+    def get_urls(self):
+        urls = [
+            path(
+                "summary/",
+                self.admin_site.admin_view(self.summary_view),
+                name="agents_app_policyflag_summary",
+            )
+        ]
+        return urls + super().get_urls()
+
+    def summary_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        asked = request.GET.get("days", "14")
+        days = min(max(int(asked), 1), 90) if asked.isdigit() else 14
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Policy flags per persona and adapter version",
+            "opts": self.model._meta,
+            **selectors.flag_counts(days=days),
+        }
+        return TemplateResponse(request, "admin/agents_app/policyflag/summary.html", context)
+
+
+@admin.register(PolicyRule)
+class PolicyRuleAdmin(admin.ModelAdmin):
+    """The policy's settings, read on every reply: a change here applies at once, no deploy."""
+
+    list_display = ["rule", "persona", "enabled", "severity", "freeze_seconds", "params", "updated_at"]
+    list_filter = ["rule", "enabled", ("persona", admin.RelatedOnlyFieldListFilter)]
+    list_editable = ["enabled"]
+    raw_id_fields = ["persona"]
+    readonly_fields = ["defaults", "updated_at"]
+    fields = ["rule", "persona", "enabled", "severity", "freeze_seconds", "params", "defaults", "note", "updated_at"]
+
+    @admin.display(description="The rule's defaults")
+    def defaults(self, obj):
+        import json
+
+        from agents_app.policy import DEFAULTS
+
+        if not obj or not obj.rule:
+            return format_html("<pre>{}</pre>", json.dumps(DEFAULTS, indent=2))
+        return format_html("<pre>{}</pre>", json.dumps(DEFAULTS.get(obj.rule, {}), indent=2))
+
+
+@admin.register(ProtectedArea)
+class ProtectedAreaAdmin(admin.ModelAdmin):
+    list_display = ["name", "game_server", "enabled", "min_x", "min_y", "min_z", "max_x", "max_y", "max_z"]
+    list_filter = ["enabled", "game_server"]
+    search_fields = ["name"]
 
 
 @admin.register(TrainingRun)

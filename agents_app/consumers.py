@@ -12,13 +12,14 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from agents_app import gateway
+from agents_app import gateway, observability
+from agents_app.observability import request_context
 from agents_app.protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -41,6 +42,22 @@ log = logging.getLogger("voyager.gateway")
 
 # An accepted ask whose worker stops beating for this long is answered `unavailable`.
 WATCH_INTERVAL = 0.25
+
+
+_live_cache: tuple[float, list[str]] = (0.0, [])
+
+
+async def live_workers(*, fresh: bool = False) -> list[str]:
+    """Ids of living workers, asked of the heartbeat store at most every WATCH_INTERVAL per process.
+
+    Only good news is taken from the cache: pass ``fresh`` before acting on bad news.
+    """
+    global _live_cache
+    stamp, workers = _live_cache
+    if fresh or time.monotonic() - stamp > WATCH_INTERVAL:
+        workers = await heartbeats().alive()
+        _live_cache = (time.monotonic(), workers)
+    return workers
 
 
 class TokenBucket:
@@ -69,7 +86,6 @@ class PendingAsk:
     worker_channel: str | None = None
     first_delta: float | None = None
     done: bool = False
-    watchdog: asyncio.Task | None = field(default=None, repr=False)
 
 
 def bearer_token(scope) -> str | None:
@@ -91,15 +107,23 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         self.asks: dict[str, PendingAsk] = {}  # by the mod's ask id
         self.by_request: dict[str, str] = {}  # worker request id → ask id
         self.bucket = TokenBucket(settings.VOYAGER_GATEWAY_RATE, settings.VOYAGER_GATEWAY_BURST)
+        self.watchdog: asyncio.Task | None = None
         if settings.VOYAGER_EMBEDDED_WORKER:
             await ensure_embedded_worker()
         await self.accept()
+        self.counted = True
+        observability.CONNECTIONS.inc()
         await database_sync_to_async(gateway.server_seen)(self.server)
         log.info("game server %s connected", self.server.name)
 
     async def disconnect(self, code):
+        if getattr(self, "counted", False):
+            self.counted = False
+            observability.CONNECTIONS.dec()
         for ask in list(getattr(self, "asks", {}).values()):
             await self._cancel_ask(ask)
+        if getattr(self, "watchdog", None) is not None:
+            self.watchdog.cancel()
 
     async def send_json(self, payload: dict) -> None:
         await self.send(text_data=json.dumps(payload, separators=(",", ":")))
@@ -109,6 +133,12 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         if frame_id is not None:
             payload["id"] = frame_id
         await self.send_json(payload)
+
+    async def fail_ask(self, code: str, message: str, frame_id: str, request_id: str | None = None) -> None:
+        """Answer an ask with an error: counted, and logged under the ask's request id."""
+        observability.ASKS.labels(outcome=code).inc()
+        log.info("ask %s answered %s: %s", frame_id, code, message, extra={"request_id": request_id or "-"})
+        await self.send_error(code, message, frame_id)
 
     # --- frames from the mod -------------------------------------------------------------------
 
@@ -167,19 +197,28 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
             await self.send_error(ErrorCode.OVERLOADED, "too many asks in flight on this connection", frame.id)
             return
         started = time.monotonic()
+        request_id = uuid.uuid4().hex
+        log.info(
+            "ask %s from %s for npc %s (%s)",
+            frame.id,
+            self.server.name,
+            frame.npc,
+            frame.persona,
+            extra={"request_id": request_id},
+        )
         try:
             plan = await database_sync_to_async(gateway.ask_prepare)(
                 server=self.server, npc_world_id=frame.npc, persona_slug=frame.persona
             )
         except ServiceError as exc:
-            await self.send_error(exc.code, str(exc), frame.id)
+            await self.fail_ask(exc.code, str(exc), frame.id, request_id)
             return
-        if not await heartbeats().alive():
-            await self.send_error(ErrorCode.UNAVAILABLE, "no inference worker is running", frame.id)
+        if not await live_workers() and not await live_workers(fresh=True):
+            await self.fail_ask(ErrorCode.UNAVAILABLE, "no inference worker is running", frame.id, request_id)
             return
         timeout = settings.VOYAGER_ASK_TIMEOUT
         ask = PendingAsk(
-            frame=frame, plan=plan, request_id=uuid.uuid4().hex, started=started, deadline=started + timeout
+            frame=frame, plan=plan, request_id=request_id, started=started, deadline=started + timeout
         )
         self.asks[frame.id] = ask
         self.by_request[ask.request_id] = frame.id
@@ -198,7 +237,8 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
                 "deadline": time.time() + timeout,
             },
         )
-        ask.watchdog = asyncio.create_task(self._watch(ask))
+        if self.watchdog is None or self.watchdog.done():
+            self.watchdog = asyncio.create_task(self._watch())
 
     async def on_cancel(self, frame: Cancel):
         ask = self.asks.get(frame.id)
@@ -253,29 +293,47 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         self._finish(ask)
         now = time.monotonic()
         frame = ask.frame
+        ttft_ms = None if ask.first_delta is None else (ask.first_delta - ask.started) * 1000
         try:
-            exchange, verdict = await database_sync_to_async(gateway.exchange_record)(
-                plan=ask.plan,
-                player=frame.player,
-                text=frame.text,
-                context=frame.context.model_dump(exclude_none=True) if frame.context else {},
-                result=message,
-                ttft_ms=None if ask.first_delta is None else (ask.first_delta - ask.started) * 1000,
-                total_ms=(now - ask.started) * 1000,
-            )
+            with request_context(ask.request_id):
+                exchange, verdict = await database_sync_to_async(gateway.exchange_record)(
+                    plan=ask.plan,
+                    player=frame.player,
+                    text=frame.text,
+                    context=frame.context.model_dump(exclude_none=True) if frame.context else {},
+                    result={**message, "worker_id": message.get("worker_id") or ask.worker_id or ""},
+                    ttft_ms=ttft_ms,
+                    total_ms=(now - ask.started) * 1000,
+                )
         except Exception:
-            log.exception("could not store the exchange for ask %s", frame.id)
-            await self.send_error(ErrorCode.INTERNAL, "the reply could not be stored", frame.id)
+            log.exception("could not store the exchange for ask %s", frame.id, extra={"request_id": ask.request_id})
+            await self.fail_ask(ErrorCode.INTERNAL, "the reply could not be stored", frame.id, ask.request_id)
             return
-        await self.send_json(
-            {
-                "type": "reply",
-                "id": frame.id,
-                "exchange": str(exchange.pk),
-                "text": exchange.reply_text,
-                "actions": verdict.allowed,
-                "blocked": verdict.blocked,
-            }
+        reply = {
+            "type": "reply",
+            "id": frame.id,
+            "exchange": str(exchange.pk),
+            "text": exchange.reply_text,
+            "actions": verdict.allowed,
+            "blocked": verdict.blocked,
+        }
+        if verdict.frozen_until is not None:
+            reply["frozen_until"] = verdict.frozen_until.isoformat()
+        await self.send_json(reply)
+        observability.observe_reply(
+            persona=frame.persona,
+            ttft_s=None if ttft_ms is None else ttft_ms / 1000,
+            total_s=now - ask.started,
+            completion_tokens=int(message.get("completion_tokens") or 0),
+        )
+        log.info(
+            "ask %s replied: exchange %s by worker %s, %d blocked, %d policy hits",
+            frame.id,
+            exchange.pk,
+            ask.worker_id,
+            len(verdict.blocked),
+            len(verdict.hits),
+            extra={"request_id": ask.request_id},
         )
 
     async def inference_error(self, message):
@@ -286,7 +344,7 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         code = message.get("code", ErrorCode.INTERNAL)
         if code == "adapter_error":  # the mod knows the protocol's codes only
             code = ErrorCode.INTERNAL
-        await self.send_error(code, message.get("message", "inference failed"), ask.frame.id)
+        await self.fail_ask(code, message.get("message", "inference failed"), ask.frame.id, ask.request_id)
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
@@ -294,8 +352,6 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         ask.done = True
         self.asks.pop(ask.frame.id, None)
         self.by_request.pop(ask.request_id, None)
-        if ask.watchdog and ask.watchdog is not asyncio.current_task():
-            ask.watchdog.cancel()
 
     async def _cancel_ask(self, ask: PendingAsk) -> None:
         self._finish(ask)
@@ -305,22 +361,29 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         else:  # not accepted yet: whichever worker takes it must drop it
             await self.channel_layer.group_send(WORKERS_GROUP, cancel)
 
-    async def _watch(self, ask: PendingAsk) -> None:
-        """Answer `timeout` past the deadline and `unavailable` when the worker dies mid-stream."""
-        store = heartbeats()
-        while not ask.done:
+    @staticmethod
+    def _served_by(ask: PendingAsk, alive: set[str]) -> bool:
+        return ask.worker_id in alive if ask.worker_id is not None else bool(alive)
+
+    async def _watch(self) -> None:
+        """One loop per connection: `timeout` past a deadline, `unavailable` when a worker dies mid-stream."""
+        while self.asks:
             await asyncio.sleep(WATCH_INTERVAL)
-            if ask.done:
-                return
-            if time.monotonic() > ask.deadline:
-                await self._cancel_ask(ask)
-                await self.send_error(ErrorCode.TIMEOUT, "no reply within the deadline", ask.frame.id)
-                return
-            if ask.worker_id is not None:
-                alive = await store.is_alive(ask.worker_id)
-            else:
-                alive = bool(await store.alive())
-            if not alive and not ask.done:
-                await self._cancel_ask(ask)
-                await self.send_error(ErrorCode.UNAVAILABLE, "the inference worker stopped answering", ask.frame.id)
-                return
+            if not self.asks:
+                break
+            alive = set(await live_workers())
+            now = time.monotonic()
+            for ask in list(self.asks.values()):
+                if ask.done:
+                    continue
+                if now > ask.deadline:
+                    await self._cancel_ask(ask)
+                    await self.fail_ask(ErrorCode.TIMEOUT, "no reply within the deadline", ask.frame.id, ask.request_id)
+                    continue
+                if not self._served_by(ask, alive):
+                    alive = set(await live_workers(fresh=True))
+                if not self._served_by(ask, alive) and not ask.done:
+                    await self._cancel_ask(ask)
+                    await self.fail_ask(
+                        ErrorCode.UNAVAILABLE, "the inference worker stopped answering", ask.frame.id, ask.request_id
+                    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
@@ -55,19 +55,19 @@ def npc_memory(npc: Npc, limit: int) -> list[dict[str, str]]:
     return [{"player": e["player_name"], "text": e["player_text"], "reply": e["reply_text"]} for e in reversed(recent)]
 
 
-@transaction.atomic
 def ask_prepare(*, server: GameServer, npc_world_id: str, persona_slug: str, display_name: str = "") -> AskPlan:
+    """Reads only, on the hot path of every ask: no transaction, no row lock, no commit to wait for."""
     persona = Persona.objects.select_related("active_adapter").filter(slug=persona_slug).first()
     if persona is None:
         raise ServiceError(f"persona: no persona named {persona_slug!r}", code="unknown_persona")
-    npc, created = Npc.objects.select_for_update().get_or_create(
+    # get_or_create survives two first asks racing on the unique (server, world_id) constraint.
+    npc, created = Npc.objects.get_or_create(
         game_server=server, world_id=npc_world_id, defaults={"persona": persona, "display_name": display_name}
     )
     if npc.is_frozen():
         raise ServiceError(f"npc: {npc_world_id!r} is frozen until {npc.frozen_until.isoformat()}", code="npc_frozen")
     if not created and npc.persona_id != persona.pk:
-        npc.persona = persona
-        npc.save(update_fields=["persona"])
+        Npc.objects.filter(pk=npc.pk).update(persona=persona)
     adapter = persona.active_adapter if persona.active_adapter_id else None
     if adapter is not None and adapter.status != AdapterVersion.Status.ACTIVE:
         adapter = None
@@ -95,9 +95,15 @@ def exchange_record(
     total_ms: float,
     source: str = Exchange.Source.GAME,
 ) -> tuple[Exchange, policy.Verdict]:
-    """Run the reply's actions through the policy and store the exchange, flags included."""
+    """Run the reply through the policy and store the exchange, flags included.
+
+    The stored ``reply_text`` is the text players see (redacted where a text rule hit);
+    ``raw_text`` keeps what the model wrote, for moderators. A severe hit on a game NPC
+    freezes it (``Npc.frozen_until``) and keeps the exchange out of training.
+    """
     persona = Persona.objects.get(pk=plan.persona_id)
-    verdict = policy.check_actions(persona, result.get("actions", []))
+    npc = Npc.objects.select_related("game_server").get(pk=plan.npc_id)
+    verdict = policy.check_reply(persona, result.get("text", ""), result.get("actions", []), npc, context=context)
     adapter_id = result.get("adapter_id") or plan.adapter_version_id
     if adapter_id is not None and not AdapterVersion.objects.filter(pk=adapter_id).exists():
         adapter_id = None
@@ -109,30 +115,44 @@ def exchange_record(
         player_text=text,
         context=context or {},
         prompt=result.get("prompt", ""),
-        reply_text=result.get("text", ""),
-        raw_text=result.get("raw_text", ""),
+        reply_text=verdict.text if verdict.text is not None else result.get("text", ""),
+        raw_text=result.get("raw_text", "") or result.get("text", ""),
         actions=verdict.allowed,
         blocked_actions=verdict.blocked,
         adapter_version_id=adapter_id,
         base_model_id=result.get("base_model_id", "")[:200],
         finish_reason=result.get("finish_reason", "")[:16],
+        worker_id=(result.get("worker_id") or "")[:100],
         prompt_tokens=result.get("prompt_tokens", 0),
         completion_tokens=result.get("completion_tokens", 0),
         ttft_ms=ttft_ms,
         total_ms=total_ms,
+        excluded_from_training=verdict.severe,
     )
     PolicyFlag.objects.bulk_create(
-        PolicyFlag(
-            exchange=exchange,
-            rule=b["rule"],
-            severity=PolicyFlag.Severity.INFO,
-            action={"name": b["name"], "args": b["args"]},
-            detail=f"{b['name']} is not allowed for {persona.slug}",
-        )
-        for b in verdict.blocked
+        PolicyFlag(exchange=exchange, rule=h.rule, severity=h.severity, action=h.action, detail=h.detail[:2000])
+        for h in verdict.hits
     )
-    Npc.objects.filter(pk=plan.npc_id).update(last_active_at=timezone.now())
+    now = timezone.now()
+    updates: dict[str, Any] = {"last_active_at": now}
+    # Playground and simulated NPCs answer to no mod: only a game NPC is frozen.
+    if verdict.freeze_seconds > 0 and source == Exchange.Source.GAME:
+        until = now + timezone.timedelta(seconds=verdict.freeze_seconds)
+        if npc.frozen_until is None or npc.frozen_until < until:
+            updates["frozen_until"] = until
+            verdict = replace(verdict, frozen_until=until)
+        else:
+            verdict = replace(verdict, frozen_until=npc.frozen_until)
+    Npc.objects.filter(pk=plan.npc_id).update(**updates)
+    transaction.on_commit(lambda: _count_hits(verdict))
     return exchange, verdict
+
+
+def _count_hits(verdict: policy.Verdict) -> None:
+    from agents_app import observability
+
+    for hit in verdict.hits:
+        observability.POLICY_HITS.labels(rule=hit.rule, severity=hit.severity).inc()
 
 
 def rating_from_game(*, server: GameServer, exchange_id, player: str, score: int, reason: str = "") -> Rating:

@@ -215,6 +215,7 @@ class Exchange(models.Model):
     )
     base_model_id = models.CharField(max_length=200, blank=True)
     finish_reason = models.CharField(max_length=16, blank=True)
+    worker_id = models.CharField(max_length=100, blank=True, help_text="The inference worker that answered.")
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     ttft_ms = models.FloatField(null=True, blank=True)
@@ -383,6 +384,103 @@ class PolicyFlag(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rule} ({self.severity}) on {self.exchange_id}"
+
+
+class PolicyRule(models.Model):
+    """One rule's settings, edited in the admin and read on every reply (no deploy needed).
+
+    A rule with no row runs with its defaults (``agents_app.policy.DEFAULTS``); a row with no
+    persona sets it for every persona, and a row for one persona overrides that for the persona.
+    """
+
+    class Rule(models.TextChoices):
+        ACTION_NOT_ALLOWED = "action_not_allowed", "Action not on the persona's allowlist"
+        ARG_OUT_OF_BOUNDS = "arg_out_of_bounds", "Action argument out of bounds"
+        ITEM_NOT_GIVEABLE = "item_not_giveable", "Item that may not be given"
+        RATE_LIMIT = "rate_limit", "Actions per minute per NPC"
+        ACTION_LOOP = "action_loop", "Same action repeated"
+        WORLD_CHANGE = "world_change", "World-changing action"
+        BLOCKED_TERM = "blocked_term", "Blocked term in the reply"
+        PERSONAL_DATA = "personal_data", "Personal data in the reply"
+        BREAKING_CHARACTER = "breaking_character", "Breaking character"
+
+    rule = models.CharField(max_length=32, choices=Rule.choices)
+    persona = models.ForeignKey(
+        Persona,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="policy_rules",
+        help_text="Empty: the rule's settings for every persona.",
+    )
+    enabled = models.BooleanField(default=True)
+    severity = models.CharField(
+        max_length=8, choices=PolicyFlag.Severity.choices, blank=True, help_text="Empty: the rule's default severity."
+    )
+    params = models.JSONField(default=dict, blank=True, help_text="The rule's settings; see the rule's defaults.")
+    freeze_seconds = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0)],
+        help_text="How long a severe hit freezes the NPC; empty: VOYAGER_POLICY_FREEZE_SECONDS.",
+    )
+    note = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["rule", "persona"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["rule"], condition=Q(persona__isnull=True), name="policy_rule_one_global_per_rule"
+            ),
+            models.UniqueConstraint(
+                fields=["rule", "persona"], condition=Q(persona__isnull=False), name="policy_rule_one_per_persona"
+            ),
+            models.CheckConstraint(
+                condition=Q(freeze_seconds__isnull=True) | Q(freeze_seconds__gte=0), name="policy_rule_freeze_nonneg"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rule} ({self.persona.slug if self.persona_id else 'every persona'})"
+
+
+class ProtectedArea(models.Model):
+    """A box of the world where no NPC may change blocks (dig, place, ...)."""
+
+    game_server = models.ForeignKey(
+        GameServer,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="protected_areas",
+        help_text="Empty: the box is protected on every server.",
+    )
+    name = models.CharField(max_length=100)
+    min_x = models.IntegerField()
+    min_y = models.IntegerField()
+    min_z = models.IntegerField()
+    max_x = models.IntegerField()
+    max_y = models.IntegerField()
+    max_z = models.IntegerField()
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(min_x__lte=F("max_x")) & Q(min_y__lte=F("max_y")) & Q(min_z__lte=F("max_z")),
+                name="protected_area_min_le_max",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def contains(self, pos) -> bool:
+        x, y, z = pos
+        return self.min_x <= x <= self.max_x and self.min_y <= y <= self.max_y and self.min_z <= z <= self.max_z
 
 
 class TrainingRun(models.Model):

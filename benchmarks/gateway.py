@@ -1,16 +1,19 @@
 """Benchmark: what the game gateway adds to an answer, with 100 game servers asking at once.
 
-    .venv/bin/python benchmarks/gateway.py [--clients 100] [--asks 20] [--skip-breakdown]
+    .venv/bin/python benchmarks/gateway.py [--clients 100] [--asks 20] [--think 2] [--skip-breakdown]
 
 The platform runs as in production, as separate processes: Daphne
 (``portal.asgi``) with the Redis channel layer, and ``manage.py
 inference_worker --backend echo`` (the echo backend answers at once, so what
 is measured is the platform, not a model). Each client is one WebSocket (one
-Luanti server, its own token) that sends ``--asks`` asks one after the other
-and times each from the send to its ``reply`` (the gateway stores the
-Exchange in PostgreSQL before it answers: that cost is in). The baseline is
-the same echo called in process (``EchoBackend.submit``, no network); the
-added latency is the gateway's percentile minus the baseline's.
+Luanti server, its own token) that sends ``--asks`` asks one after the other,
+pausing a random think time (mean ``--think`` seconds, as players do; 0 for a
+saturation run) before each, and times each from the send to its ``reply``.
+The baseline is the same ask answered in process through the same services
+(prepare the ask, the echo, the policy, store the Exchange in PostgreSQL)
+without the WebSocket, Daphne, the channel layer and the worker hop; the
+added latency is the gateway's percentile minus the baseline's: what the
+game link costs. The bare echo (no database) is printed too.
 
 Then, unless ``--skip-breakdown``, where the time goes: one client alone
 (no queueing), a WebSocket ping through Daphne (no database, no worker), the
@@ -36,6 +39,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -260,7 +264,7 @@ def ask_frame(i: int, client: int, persona: str) -> dict:
 
 
 async def run_client(
-    port, token, persona, client, asks, warmup, start, warmed, latencies, lost, firsts=None, timeout=30.0
+    port, token, persona, client, asks, warmup, start, warmed, latencies, lost, firsts=None, timeout=30.0, think=0.0
 ):
     ws = await WebSocket.connect(port, "/ws/luanti/", token)
     ws.send(json.dumps({"type": "hello", "protocol": 1, "server": f"bench {client}"}))
@@ -272,7 +276,11 @@ async def run_client(
             pass
     warmed.append(client)
     await start.wait()
+    pace = random.Random(client)
     for i in range(asks):
+        if think:
+            # Players pause between lines: an exponential think time with this mean.
+            await asyncio.sleep(pace.expovariate(1.0 / think))
         frame = ask_frame(i, client, persona)
         sent = time.perf_counter()
         ws.send(json.dumps(frame, separators=(",", ":")))
@@ -302,14 +310,16 @@ async def run_client(
 
 
 async def gateway_run(
-    port, tokens, persona, asks, warmup=2, firsts=None, on_start=None
+    port, tokens, persona, asks, warmup=2, firsts=None, on_start=None, think=0.0
 ) -> tuple[list[float], list[str], float]:
     latencies: list[float] = []
     lost: list[str] = []
     start = asyncio.Event()
     warmed: list[int] = []
     ready = [
-        asyncio.create_task(run_client(port, tok, persona, i, asks, warmup, start, warmed, latencies, lost, firsts))
+        asyncio.create_task(
+            run_client(port, tok, persona, i, asks, warmup, start, warmed, latencies, lost, firsts, think=think)
+        )
         for i, tok in enumerate(tokens)
     ]
     # Everyone connected and warmed up before the clock starts (bounded: 120 s).
@@ -330,10 +340,16 @@ async def gateway_run(
     return latencies, lost, time.perf_counter() - began
 
 
-def echo_in_process(asks: int, persona: str) -> list[float]:
+def echo_in_process(asks: int, persona: str, tokens: list[str] | None = None) -> list[float]:
+    """The same ask answered in this process: with ``tokens``, through the same services
+    (prepare the ask, echo, policy, store the exchange) — everything but the WebSocket, Daphne,
+    the channel layer and the worker hop, which is what the gateway adds."""
+    from agents_app import gateway
+    from agents_app.services import game_server_authenticate
     from inference.worker import EchoBackend
 
     backend = EchoBackend()
+    server = game_server_authenticate(tokens[0]) if tokens else None
     latencies = []
     for i in range(asks):
         frame = ask_frame(i, 0, persona)
@@ -352,8 +368,21 @@ def echo_in_process(asks: int, persona: str) -> list[float]:
         }
         got = []
         sent = time.perf_counter()
+        if server is not None:
+            plan = gateway.ask_prepare(server=server, npc_world_id=frame["npc"], persona_slug=persona)
+            request.update(plan.request)
         backend.submit(request, got.append)
         assert got[-1]["type"] == "inference.result"
+        if server is not None:
+            gateway.exchange_record(
+                plan=plan,
+                player=frame["player"],
+                text=frame["text"],
+                context=frame["context"],
+                result=got[-1],
+                ttft_ms=0.0,
+                total_ms=0.0,
+            )
         latencies.append((time.perf_counter() - sent) * 1000)
     return latencies
 
@@ -447,6 +476,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--asks", type=int, default=20, help="asks per client, one after the other")
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=2.0,
+        help="mean seconds a client waits between asks (players pause); 0 sends back to back (saturation)",
+    )
     parser.add_argument("--skip-breakdown", action="store_true")
     args = parser.parse_args()
 
@@ -470,8 +505,10 @@ def main() -> None:
         print(f"daphne :{port} (pid {daphne.pid}), echo worker (pid {worker.pid}); logs in {logs}")
         print(f"database {connection.settings_dict['NAME']}, redis {os.environ['REDIS_URL']}, prefix {prefix}")
 
-        # Baseline: the same echo, in process.
-        echo = echo_in_process(args.clients * args.asks, persona)
+        # Baselines: the bare echo, and the same ask through the same services, in process.
+        bare = echo_in_process(args.clients * args.asks, persona)
+        echo = echo_in_process(min(500, args.clients * args.asks), persona, tokens)
+        connection.close()
 
         snap = {}
         firsts: list[float] = []
@@ -483,6 +520,7 @@ def main() -> None:
                 args.asks,
                 firsts=firsts,
                 on_start=lambda: snap.update(before=cpu_snapshot(daphne.pid, worker.pid)),
+                think=args.think,
             )
         )
         n = max(1, len(latencies))
@@ -490,12 +528,13 @@ def main() -> None:
         cpu_per_ask = {k: v * 1000 / n for k, v in spent.items()}
 
         print(
-            f"\n{args.clients} clients x {args.asks} asks, {len(latencies)} replies in {wall:.2f} s "
-            f"({len(latencies) / wall:.0f} asks/s)"
+            f"\n{args.clients} clients x {args.asks} asks (think {args.think:g} s), {len(latencies)} replies "
+            f"in {wall:.2f} s ({len(latencies) / wall:.0f} asks/s)"
         )
         print(f"  gateway (send -> reply)   {summary(latencies)}")
         print(f"  first frame (delta)       {summary(firsts)}")
-        print(f"  echo in process           {summary(echo)}")
+        print(f"  echo alone, in process    {summary(bare)}")
+        print(f"  same ask, in process      {summary(echo)}   (prepare + echo + policy + store, no network)")
         added50 = percentile(latencies, 0.5) - percentile(echo, 0.5)
         added99 = percentile(latencies, 0.99) - percentile(echo, 0.99)
         print(f"  added latency             p50 {added50:.2f} ms  p99 {added99:.2f} ms   (targets: 3 / 15 ms)")
@@ -512,6 +551,8 @@ def main() -> None:
             "asks": len(latencies),
             "gateway_p50_ms": round(percentile(latencies, 0.5), 3),
             "gateway_p99_ms": round(percentile(latencies, 0.99), 3),
+            "think_s": args.think,
+            "bare_echo_p50_ms": round(percentile(bare, 0.5), 4),
             "echo_p50_ms": round(percentile(echo, 0.5), 4),
             "echo_p99_ms": round(percentile(echo, 0.99), 4),
             "asks_per_s": round(len(latencies) / wall, 1),

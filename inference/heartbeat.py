@@ -113,5 +113,10 @@ def heartbeats():
     if _store is None:
         from django.conf import settings
 
-        _store = RedisHeartbeats(settings.REDIS_URL) if settings.REDIS_URL else LocalHeartbeats()
+        if settings.REDIS_URL:
+            # One key per deployment (or test run) sharing a Redis, like the channel layer's prefix.
+            prefix = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("prefix", "voyager")
+            _store = RedisHeartbeats(settings.REDIS_URL, key=f"{prefix}:workers")
+        else:
+            _store = LocalHeartbeats()
     return _store

@@ -15,7 +15,7 @@ worker → reply_channel
     ``inference.accepted`` {request_id, worker_id, worker_channel}
     ``inference.delta`` {request_id, text}            (several tokens per message under load)
     ``inference.result`` {request_id, text, raw_text, actions, adapter_id, prompt,
-    prompt_tokens, completion_tokens, ttft_ms, total_ms, finish_reason, base_model_id}
+    prompt_tokens, completion_tokens, ttft_ms, total_ms, finish_reason, base_model_id, worker_id}
     ``inference.error`` {request_id, code, message}
 gateway → worker_channel
     ``inference.cancel`` {request_id}
@@ -314,6 +314,7 @@ class InferenceWorker:
                     continue
                 self.routes.pop(rid, None)
                 self.served += 1
+                event["worker_id"] = self.worker_id  # who answered, for the stored exchange
                 self.completion_tokens += int(event.get("completion_tokens") or 0)
                 log.info(
                     "finished: %s (%s tokens)",

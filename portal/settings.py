@@ -71,7 +71,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "channels",
     "portal",
@@ -81,6 +83,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "agents_app.observability.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -127,7 +130,7 @@ if REDIS_URL:
             "CONFIG": {
                 # redis-py's 5 s socket timeout equals channels-redis's 5 s blocking pop, and
                 # idle receives then fail with TimeoutError: give the socket more room.
-                "hosts": [REDIS_URL],
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
                 "prefix": env_str("VOYAGER_CHANNEL_PREFIX", "voyager"),
                 # Reply channels carry streamed deltas; the default capacity of
                 # 100 would drop messages when many NPCs stream at once.
@@ -155,6 +158,8 @@ CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 600
 # it must outlast the longest training run.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 3600}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# One queue name per deployment (or per test run) so workers of another never take its tasks.
+CELERY_TASK_DEFAULT_QUEUE = env_str("VOYAGER_CELERY_QUEUE", "celery")
 CELERY_TIMEZONE = "UTC"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -163,7 +168,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "profile"
+LOGOUT_REDIRECT_URL = "home"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -174,10 +181,30 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.ScopedRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env_str("VOYAGER_API_ANON_RATE", "120/min"),
+        "user": env_str("VOYAGER_API_USER_RATE", "1200/min"),
+        "votes": env_str("VOYAGER_API_VOTE_RATE", "240/min"),
+    },
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Luanti Voyager API", "VERSION": "1"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Luanti Voyager API",
+    "VERSION": "1",
+    # Served from our own static files (drf-spectacular-sidecar): no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 
@@ -196,8 +223,25 @@ VOYAGER_INFERENCE_QUEUE = env_int("VOYAGER_INFERENCE_QUEUE", 256, minimum=1)
 VOYAGER_ADAPTER_CACHE = env_int("VOYAGER_ADAPTER_CACHE", 16, minimum=1)
 VOYAGER_ASK_TIMEOUT = env_float("VOYAGER_ASK_TIMEOUT", 30.0, minimum=0.1)
 VOYAGER_MEMORY_TURNS = env_int("VOYAGER_MEMORY_TURNS", 4, minimum=0, maximum=32)
+# A severe policy hit (a blocked term, personal data) freezes the NPC this long, unless its rule says otherwise.
+VOYAGER_POLICY_FREEZE_SECONDS = env_float("VOYAGER_POLICY_FREEZE_SECONDS", 5.0, minimum=0.0)
 VOYAGER_MAX_UPLOAD_BYTES = env_int("VOYAGER_MAX_UPLOAD_BYTES", 64 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# Nightly RLHF (training_tasks). A trained adapter goes live at once only with auto-promote;
+# otherwise it waits, approved by the gate, for a moderator.
+VOYAGER_AUTO_PROMOTE = env_bool("VOYAGER_AUTO_PROMOTE", False)
+VOYAGER_TRAINING_MIN_NEW_RATINGS = env_int("VOYAGER_TRAINING_MIN_NEW_RATINGS", 50, minimum=1)
+VOYAGER_TRAINING_CRON = env_str("VOYAGER_TRAINING_CRON", "30 3 * * *")
+# A run that finds its persona busy (yesterday's run still going) tries again this much later.
+VOYAGER_TRAINING_BUSY_RETRY = env_int("VOYAGER_TRAINING_BUSY_RETRY", 600, minimum=1)
+VOYAGER_TRAINING = {
+    "sft_lr": env_float("VOYAGER_TRAINING_SFT_LR", 1e-3, minimum=0.0),
+    "sft_epochs": env_float("VOYAGER_TRAINING_SFT_EPOCHS", 4.0, minimum=0.0),
+    "pref_lr": env_float("VOYAGER_TRAINING_PREF_LR", 5e-5, minimum=0.0),
+    "pref_epochs": env_float("VOYAGER_TRAINING_PREF_EPOCHS", 0.0, minimum=0.0),
+    "heldout_fraction": env_float("VOYAGER_TRAINING_HELDOUT", 0.2, minimum=0.01),
+    "gate_samples": env_int("VOYAGER_TRAINING_GATE_SAMPLES", 32, minimum=0),
+}
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
 if PRODUCTION:
@@ -211,11 +255,22 @@ if PRODUCTION:
     SECURE_REFERRER_POLICY = "same-origin"
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# json: one JSON object a line (production default); line: plain text. Both carry the request id
+# that follows an ask from the gateway through the inference worker.
+LOG_FORMAT = env_str("LOG_FORMAT", "json" if PRODUCTION else "line")
+if LOG_FORMAT not in {"json", "line"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be 'json' or 'line'")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line"}},
+    "filters": {"request_id": {"()": "agents_app.observability.RequestIdFilter"}},
+    "formatters": {
+        "line": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "agents_app.observability.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]},
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from portal import views
 
@@ -8,5 +8,23 @@ admin.site.site_title = "Luanti Voyager"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("profile/", views.profile, name="profile"),
+    path("profile/links/<int:link_id>/visibility/", views.link_visibility, name="link-visibility"),
+    path("profile/links/<int:link_id>/remove/", views.link_remove, name="link-remove"),
+    path("replies/", views.feed, name="feed"),
+    path("replies/<str:exchange_id>/rate/", views.rate, name="rate"),
+    path("personas/", views.persona_list, name="persona-list"),
+    path("personas/<slug:slug>/", views.persona_detail, name="persona-detail"),
+    path("personas/<slug:slug>/v<int:version>/", views.adapter_detail, name="adapter-detail"),
+    path("personas/<slug:slug>/upload/", views.adapter_upload, name="adapter-upload"),
+    path("personas/<slug:slug>/v<int:version>/review/", views.adapter_review, name="adapter-review"),
+    path("personas/<slug:slug>/v<int:version>/download/", views.adapter_download, name="adapter-download"),
+    path("leaderboard/", views.leaderboard, name="leaderboard"),
+    path("compare/", views.compare, name="compare"),
+    path("playground/", views.playground, name="playground"),
+    path("", include("agents_app.urls")),  # /api/policy/check/, /metrics, /healthz, /readyz
+    path("api/", include("portal.api.urls")),
     path("admin/", admin.site.urls),
 ]

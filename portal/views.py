@@ -1,10 +1,339 @@
+"""Community pages. Each view parses its input, calls one service or selector, and answers."""
+
+from __future__ import annotations
+
+from functools import wraps
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
 from django.db.models import Count
-from django.shortcuts import render
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from agents_app.models import Exchange, Persona
+from agents_app.services import ServiceError
+from portal import access, adapters, selectors, services
+from portal.forms import FeedFilterForm, PairwiseVoteForm, PlayerLinkForm, RatingForm, SignupForm, form_errors
+from portal.markdown import render_markdown
+from portal.roles import role_names
 
 
+def _wants_json(request) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _error_status(exc: ServiceError) -> int:
+    return {"not_found": 404, "forbidden": 403}.get(exc.code, 400)
+
+
+def service_errors(view):
+    """Answer a ServiceError with its message: JSON for fetch(), a page otherwise."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        try:
+            return view(request, *args, **kwargs)
+        except ServiceError as exc:
+            status = _error_status(exc)
+            if _wants_json(request):
+                return JsonResponse({"error": str(exc), "code": exc.code}, status=status)
+            if status == 404:
+                raise Http404(str(exc)) from exc
+            return render(request, "portal/error.html", {"message": str(exc)}, status=status)
+
+    return wrapper
+
+
+def _safe_next(request, fallback: str) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    ok = url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure())
+    return target if ok and target else fallback
+
+
+@require_GET
 def home(request):
-    personas = Persona.objects.filter(is_public=True).annotate(exchange_count=Count("exchanges")).order_by("name")[:50]
-    recent = Exchange.objects.select_related("persona").order_by("-created_at")[:10]
-    return render(request, "portal/home.html", {"personas": personas, "recent": recent})
+    personas = access.visible_personas(request.user).annotate(exchange_count=Count("exchanges")).order_by("name")[:50]
+    page = selectors.feed_page(viewer=request.user, limit=10)
+    return render(request, "portal/home.html", {"personas": personas, "recent": page.items})
+
+
+# --- accounts -------------------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request):
+    if request.user.is_authenticated:
+        return redirect("profile")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = services.user_signup(
+            username=form.cleaned_data["username"],
+            email=form.cleaned_data["email"],
+            password=form.cleaned_data["password1"],
+        )
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        messages.success(request, "Welcome! Link your game name below to see your own conversations.")
+        return redirect("profile")
+    return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def profile(request):
+    form = PlayerLinkForm(request.POST or None)
+    code = None
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                code = services.player_link_request(user=request.user, player_name=form.cleaned_data["player_name"])
+            except ServiceError as exc:
+                form.add_error("player_name", str(exc).split(": ", 1)[-1])
+        status = 400 if form.errors else 200
+    else:
+        status = 200
+    links = request.user.player_links.order_by("player_name")
+    context = {
+        "form": form,
+        "code": code,
+        "code_player": form.cleaned_data.get("player_name") if code else None,
+        "links": links,
+        "roles": role_names(request.user),
+        "rating_count": access.own_ratings(request.user).count(),
+    }
+    return render(request, "portal/profile.html", context, status=status)
+
+
+@login_required
+@require_POST
+@service_errors
+def link_visibility(request, link_id: int):
+    show = request.POST.get("show") == "1"
+    link = services.player_link_set_public(user=request.user, link_id=link_id, show=show)
+    messages.success(request, f"{link.player_name} is now {'shown' if show else 'hidden'} on the portal.")
+    return redirect("profile")
+
+
+@login_required
+@require_POST
+@service_errors
+def link_remove(request, link_id: int):
+    services.player_link_remove(user=request.user, link_id=link_id)
+    messages.success(request, "The link is removed.")
+    return redirect("profile")
+
+
+# --- the rating feed ------------------------------------------------------------------------------
+
+
+@require_GET
+@service_errors
+def feed(request):
+    form = FeedFilterForm(request.GET)
+    if not form.is_valid():
+        return render(request, "portal/error.html", {"message": form_errors(form)}, status=400)
+    f = form.cleaned_data
+    page = selectors.feed_page(
+        viewer=request.user,
+        persona_slug=f["persona"] or "",
+        server_id=f["server"],
+        mine=f["mine"],
+        unrated=f["unrated"],
+        cursor=f["cursor"] or "",
+    )
+    params = {k: v for k, v in request.GET.items() if k != "cursor" and v}
+    older = f"?{urlencode({**params, 'cursor': page.next_cursor})}" if page.next_cursor else None
+    context = {
+        "items": page.items,
+        "older": older,
+        "filters": f,
+        "personas": access.visible_personas(request.user).only("slug", "name").order_by("name"),
+        "servers": selectors.feed_servers(),
+        "tags": selectors.REASON_TAGS,
+        "here": request.get_full_path(),
+    }
+    return render(request, "portal/feed.html", context)
+
+
+@require_POST
+@service_errors
+def rate(request, exchange_id):
+    form = RatingForm(request.POST)
+    if not form.is_valid():
+        raise ServiceError(form_errors(form))
+    rating, created = services.web_rating_set(
+        user=request.user,
+        exchange_id=exchange_id,
+        score=form.cleaned_data["score"],
+        tags=form.cleaned_data["tags"],
+        reason=form.cleaned_data["reason"],
+    )
+    if _wants_json(request):
+        up, down = selectors.rating_counts([rating.exchange_id]).get(rating.exchange_id, (0, 0))
+        return JsonResponse(
+            {"exchange": str(rating.exchange_id), "score": rating.score, "tags": rating.tags, "up": up, "down": down},
+            status=201 if created else 200,
+        )
+    messages.success(request, "Thanks, your rating is saved.")
+    return redirect(_safe_next(request, "feed"))
+
+
+# --- personas -------------------------------------------------------------------------------------
+
+
+@require_GET
+def persona_list(request):
+    return render(request, "portal/persona_list.html", {"personas": selectors.persona_catalog(request.user)})
+
+
+@require_GET
+@service_errors
+def persona_detail(request, slug: str):
+    persona = access.access_persona(slug, request.user)
+    best, worst = selectors.persona_extremes(persona, request.user)
+    series = selectors.persona_trend(persona)
+    context = {
+        "persona": persona,
+        "versions": selectors.persona_versions(persona, request.user),
+        "chart": selectors.trend_svg(series),
+        "best": best,
+        "worst": worst,
+        "tags": selectors.REASON_TAGS,
+        "here": request.get_full_path(),
+        "can_upload": access.can_upload_adapter(request.user, persona),
+    }
+    return render(request, "portal/persona_detail.html", context)
+
+
+@require_GET
+@service_errors
+def adapter_detail(request, slug: str, version: int):
+    adapter = access.access_adapter_version(slug, version, request.user)
+    context = {
+        "adapter": adapter,
+        "card": render_markdown(adapter.model_card),
+        "downloadable": adapter.status in access.PUBLIC_ADAPTER_STATUSES,
+        "can_review": access.can_approve_adapter(request.user) and adapter.status == "validated",
+        "can_activate": adapter.status == "approved"
+        and (adapter.persona.owner_id == request.user.pk or access.can_approve_adapter(request.user)),
+    }
+    return render(request, "portal/adapter_detail.html", context)
+
+
+@require_GET
+@service_errors
+def adapter_download(request, slug: str, version: int):
+    """An approved version's files, one at a time: ?file=weights (default) or ?file=config."""
+    names = {"weights": "adapter_model.safetensors", "config": "adapter_config.json"}
+    which = request.GET.get("file", "weights")
+    if which not in names:
+        raise ServiceError(f"file: must be weights or config, not {which[:40]!r}")
+    adapter = access.access_adapter_for_download(slug, version, request.user)
+    path = adapter.absolute_path / names[which]
+    if not path.is_file():
+        raise access.NotFound(f"adapter: the files of {slug} v{version} are missing")
+    filename = f"{slug}-v{version}-{names[which]}"
+    return FileResponse(path.open("rb"), as_attachment=True, filename=filename)
+
+
+@csrf_exempt  # the upload limit handler must go in before CSRF reads the body; csrf_protect runs inside
+@login_required
+@require_http_methods(["GET", "POST"])
+def adapter_upload(request, slug: str):
+    if request.method == "POST" and adapters.body_too_large(request):
+        message = f"files: the upload is over the {adapters.max_bytes()} byte limit"
+        return render(request, "portal/error.html", {"message": message}, status=413)
+    limiter = adapters.UploadLimitHandler(request)
+    request.upload_handlers.insert(0, limiter)
+    return _adapter_upload(request, slug, limiter)
+
+
+@csrf_protect
+@service_errors
+def _adapter_upload(request, slug: str, limiter):
+    persona = access.access_persona(slug, request.user)
+    if not access.can_upload_adapter(request.user, persona):
+        raise access.AccessDenied(f"persona: only its owner, with the modder role, may upload to {slug!r}")
+    error = None
+    if request.method == "POST":
+        files = {k: request.FILES.get(k) for k in ("archive", "config", "weights") if request.FILES.get(k)}
+        if limiter.too_large:
+            message = f"files: the upload is over the {adapters.max_bytes()} byte limit"
+            return render(request, "portal/error.html", {"message": message}, status=413)
+        try:
+            adapter = adapters.adapter_upload(
+                user=request.user, persona_slug=slug, files=files, model_card=request.POST.get("model_card", "")
+            )
+        except adapters.UploadError as exc:
+            error = str(exc)
+        else:
+            messages.success(request, f"v{adapter.version} is uploaded and validated; a moderator will review it.")
+            return redirect("adapter-detail", slug=slug, version=adapter.version)
+    context = {"persona": persona, "error": error, "limit": adapters.max_bytes()}
+    return render(request, "portal/adapter_upload.html", context, status=400 if error else 200)
+
+
+@login_required
+@require_POST
+@service_errors
+def adapter_review(request, slug: str, version: int):
+    decision = request.POST.get("decision", "")
+    if decision == "activate":
+        adapter = adapters.adapter_activate(user=request.user, persona_slug=slug, version=version)
+    else:
+        adapter = adapters.adapter_review(user=request.user, persona_slug=slug, version=version, decision=decision)
+    messages.success(request, f"v{adapter.version} is now {adapter.get_status_display().lower()}.")
+    return redirect("adapter-detail", slug=slug, version=version)
+
+
+@require_GET
+def leaderboard(request):
+    context = {
+        "personas": selectors.persona_leaderboard(request.user),
+        "raters": selectors.rater_leaderboard(),
+    }
+    return render(request, "portal/leaderboard.html", context)
+
+
+# --- compare --------------------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@service_errors
+def compare(request):
+    if request.method == "POST":
+        if not request.user.is_authenticated:
+            raise access.AccessDenied("log in to compare replies")
+        form = PairwiseVoteForm(request.POST)
+        if not form.is_valid():
+            raise ServiceError(form_errors(form))
+        vote, _ = services.pairwise_vote_record(
+            user=request.user,
+            left_id=form.cleaned_data["left"],
+            right_id=form.cleaned_data["right"],
+            outcome=form.cleaned_data["outcome"],
+        )
+        if _wants_json(request):
+            return JsonResponse({"id": vote.pk, "outcome": vote.outcome})
+        messages.success(request, "Thanks, your vote is saved. Here is another pair.")
+        return redirect(_safe_next(request, "compare"))
+    slug = request.GET.get("persona", "")
+    if slug:
+        access.access_persona(slug, request.user)
+    pair = selectors.compare_pair(request.user, persona_slug=slug)
+    personas = access.visible_personas(request.user).only("slug", "name").order_by("name")
+    return render(request, "portal/compare.html", {"pair": pair, "persona": slug, "personas": personas})
+
+
+# --- playground -----------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def playground(request):
+    personas = access.visible_personas(request.user).order_by("name")
+    versions = selectors.adapter_versions_for_playground(request.user)
+    return render(request, "portal/playground.html", {"personas": personas, "versions": versions})

@@ -1,0 +1,432 @@
+"""Adapter uploads from modders: untrusted bytes in, a validated AdapterVersion out, or nothing at all.
+
+Every check runs before anything is stored as usable, and a failure leaves no file behind:
+
+- only ``adapter_config.json`` + ``adapter_model.safetensors`` (loose, or in a zip) are accepted;
+  pickled weights (``.bin``, ``.pt``, ``.pkl``...) are refused by name and never opened;
+- zip entries: no absolute paths, no ``..``, no links, at most a few entries, total and per-entry
+  sizes and compression ratios capped (a zip bomb stops before it is inflated);
+- the safetensors header is parsed by hand (8-byte length + JSON) without loading any tensor:
+  dtypes known, offsets contiguous and matching the file size, shapes consistent with the bytes;
+- every tensor name maps to a Linear module of the base model with the right (r, in) / (out, r)
+  shapes (the base model is built on PyTorch's meta device from its config: no weights read);
+- the config is a LoRA (``inference.lora.read_adapter_config``), names the same base model, and
+  its rank is within the limit.
+
+The files then move from a staging directory (same filesystem) into
+``MEDIA_ROOT/adapters/<persona>/upload-v<n>``, and the version row is created in the same
+transaction that numbers it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import shutil
+import stat
+import struct
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from django.conf import settings
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from agents_app.models import AdapterVersion, Persona
+from agents_app.services import ServiceError
+from inference.lora import CONFIG_FILE, WEIGHTS_FILE, AdapterError, file_sha256, read_adapter_config
+from portal import access
+
+# Same key grammar as inference/lora.py's loader (PEFT's saved names).
+LORA_KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+MAX_HEADER_BYTES = 1 << 20
+MAX_ZIP_ENTRIES = 8
+MAX_ZIP_RATIO = 50  # safetensors of random-ish floats barely compress; 50x is a bomb
+MAX_CARD_CHARS = 20_000
+STAGING = ".staging"
+
+
+def max_rank() -> int:
+    return getattr(settings, "VOYAGER_MAX_ADAPTER_RANK", 64)
+
+
+def max_bytes() -> int:
+    return settings.VOYAGER_MAX_UPLOAD_BYTES
+
+
+class UploadError(ServiceError):
+    code = "invalid"
+
+
+# --- the request body ---------------------------------------------------------------------------
+
+
+class UploadLimitHandler(FileUploadHandler):
+    """First in the handler chain: refuses a body over the limit before any of it is kept.
+
+    ``handle_raw_input`` sees the declared Content-Length before a byte is read; chunked or
+    lying clients are cut off in ``receive_data_chunk`` as soon as they pass the limit.
+    """
+
+    def __init__(self, request=None, limit: int | None = None):
+        super().__init__(request)
+        self.limit = limit or max_bytes()
+        self.received = 0
+        self.too_large = False
+
+    def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):  # noqa: N803
+        if content_length and content_length > self.limit:
+            self.too_large = True
+            raise StopUpload(connection_reset=True)
+
+    def receive_data_chunk(self, raw_data, start):
+        self.received += len(raw_data)
+        if self.received > self.limit:
+            self.too_large = True
+            raise StopUpload(connection_reset=True)
+        return raw_data
+
+    def file_complete(self, file_size):
+        return None
+
+
+def body_too_large(request) -> bool:
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    try:
+        return int(length) > max_bytes()
+    except ValueError:
+        return True
+
+
+# --- staging --------------------------------------------------------------------------------------
+
+
+def _adapters_root(persona: Persona) -> Path:
+    return Path(settings.MEDIA_ROOT) / "adapters" / persona.slug
+
+
+def _copy_capped(src: BinaryIO, dest: Path, budget: int, what: str) -> int:
+    written = 0
+    with dest.open("xb") as out:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            if written > budget:
+                raise UploadError(f"{what}: larger than the {max_bytes()} byte upload limit")
+            out.write(chunk)
+    return written
+
+
+def _refuse_pickle(name: str) -> None:
+    if name.lower().endswith(PICKLE_SUFFIXES):
+        raise UploadError(f"{name}: pickled weights are refused (they can run code); save with safetensors")
+
+
+def _extract_zip(archive: BinaryIO, staging: Path) -> None:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UploadError(f"archive: not a valid zip file ({exc})") from None
+    with zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        if len(zf.infolist()) > MAX_ZIP_ENTRIES:
+            raise UploadError(f"archive: {len(zf.infolist())} entries; an adapter zip holds at most {MAX_ZIP_ENTRIES}")
+        total = 0
+        wanted = {}
+        for info in infos:
+            name = info.filename
+            parts = Path(name).parts
+            if name.startswith(("/", "\\")) or ".." in parts or "\\" in name or ":" in name:
+                raise UploadError(f"archive: entry {name!r} points outside the adapter directory")
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise UploadError(f"archive: entry {name!r} is a link; links are refused")
+            _refuse_pickle(name)
+            total += info.file_size
+            if total > max_bytes():
+                raise UploadError(f"archive: unpacks to more than the {max_bytes()} byte upload limit")
+            if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO and info.file_size > 1 << 16:
+                raise UploadError(f"archive: entry {name!r} is compressed {info.file_size // info.compress_size}x")
+            base = parts[-1]
+            if base in (CONFIG_FILE, WEIGHTS_FILE, "README.md"):
+                if base in wanted:
+                    raise UploadError(f"archive: two files named {base}")
+                wanted[base] = info
+        for base, info in wanted.items():
+            with zf.open(info) as src:  # the declared size is checked again while inflating
+                _copy_capped(src, staging / base, min(info.file_size, max_bytes()), f"archive: {info.filename}")
+
+
+# --- safetensors header ----------------------------------------------------------------------------
+
+
+def read_safetensors_header(path: Path) -> dict[str, dict]:
+    """The tensor table of a safetensors file, checked against the file size; no tensor is read."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise UploadError(f"{WEIGHTS_FILE}: too short to be safetensors")
+        (length,) = struct.unpack("<Q", head)
+        if length > MAX_HEADER_BYTES or length > size - 8:
+            raise UploadError(f"{WEIGHTS_FILE}: header length {length} is not plausible; not a safetensors file")
+        raw = fh.read(length)
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        raise UploadError(f"{WEIGHTS_FILE}: the header is not JSON; not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise UploadError(f"{WEIGHTS_FILE}: the header is not a JSON object")
+    header.pop("__metadata__", None)
+    if not header:
+        raise UploadError(f"{WEIGHTS_FILE}: contains no tensors")
+    spans = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise UploadError(f"{WEIGHTS_FILE}: tensor {name!r} has a malformed header entry")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in DTYPE_BYTES:
+            raise UploadError(f"{WEIGHTS_FILE}: tensor {name!r} has dtype {dtype}; use F32, F16 or BF16")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise UploadError(f"{WEIGHTS_FILE}: tensor {name!r} has a malformed shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise UploadError(f"{WEIGHTS_FILE}: tensor {name!r} has malformed data offsets")
+        count = 1
+        for d in shape:
+            count *= d
+        if offsets[1] - offsets[0] != count * DTYPE_BYTES[dtype] or offsets[0] < 0:
+            raise UploadError(f"{WEIGHTS_FILE}: tensor {name!r} offsets do not match its shape {shape}")
+        spans.append(offsets)
+    spans.sort()
+    cursor = 0
+    for begin, end in spans:
+        if begin != cursor:
+            raise UploadError(f"{WEIGHTS_FILE}: tensor data overlaps or leaves gaps; the file is corrupt")
+        cursor = end
+    if 8 + length + cursor != size:
+        raise UploadError(f"{WEIGHTS_FILE}: {size} bytes, but the header describes {8 + length + cursor}")
+    return header
+
+
+# --- the base model ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaseModelShape:
+    model_id: str
+    linears: dict[str, tuple[int, int]]  # module name -> (in_features, out_features)
+
+
+@functools.lru_cache(maxsize=4)
+def _base_shape(path: str, mtime: float) -> BaseModelShape:
+    import torch
+    from torch import nn
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root = Path(path)
+    config = AutoConfig.from_pretrained(root, local_files_only=True)
+    with torch.device("meta"):  # the module tree and shapes, no weights
+        model = AutoModelForCausalLM.from_config(config)
+    linears = {name: (m.in_features, m.out_features) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    meta = {}
+    marker = root / "voyager.json"
+    if marker.is_file():
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+    model_id = str(meta.get("model_id") or meta.get("name") or root.resolve().name)  # as inference.service names it
+    return BaseModelShape(model_id=model_id, linears=linears)
+
+
+def base_model_shape() -> BaseModelShape:
+    path = Path(settings.VOYAGER_BASE_MODEL)
+    config = path / "config.json"
+    if not config.is_file():
+        raise UploadError(f"the server has no base model at {path}; uploads cannot be checked", code="unavailable")
+    return _base_shape(str(path.resolve()), config.stat().st_mtime)
+
+
+def _same_base_model(named: str, base: BaseModelShape) -> bool:
+    named = (named or "").rstrip("/")
+    return bool(named) and (named == base.model_id or Path(named).name == base.model_id)
+
+
+# --- validation ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checked:
+    rank: int
+    target_modules: list[str]
+    base_model_id: str
+
+
+def validate_adapter_dir(staging: Path) -> Checked:
+    try:
+        config = read_adapter_config(staging)
+    except AdapterError as exc:
+        raise UploadError(f"{CONFIG_FILE}: {str(exc).split(': ', 1)[-1]}") from None
+    weights = staging / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UploadError(f"{WEIGHTS_FILE}: missing (an adapter is {CONFIG_FILE} + {WEIGHTS_FILE})")
+    base = base_model_shape()
+    named = config.get("base_model_name_or_path") or ""
+    if not _same_base_model(named, base):
+        raise UploadError(
+            f"{CONFIG_FILE}: base_model_name_or_path {named!r} is not this server's base model {base.model_id!r}"
+        )
+    try:
+        rank = int(config.get("r", 8))
+    except (TypeError, ValueError):
+        raise UploadError(f"{CONFIG_FILE}: r {config.get('r')!r} is not a number") from None
+    if not 1 <= rank <= max_rank():
+        raise UploadError(f"{CONFIG_FILE}: rank r={rank} is outside 1..{max_rank()}")
+    header = read_safetensors_header(weights)
+    parts: dict[str, dict[str, list[int]]] = {}
+    for key, entry in header.items():
+        match = LORA_KEY_RE.match(key)
+        if match is None:
+            raise UploadError(f"{WEIGHTS_FILE}: unexpected tensor {key!r} (only lora_A/lora_B weights are accepted)")
+        parts.setdefault(match["module"], {})[match["part"]] = entry["shape"]
+    ranks = []
+    for module, pair in sorted(parts.items()):
+        if set(pair) != {"A", "B"}:
+            raise UploadError(f"{WEIGHTS_FILE}: module {module!r} needs both lora_A and lora_B")
+        if module not in base.linears:
+            raise UploadError(f"{WEIGHTS_FILE}: the base model has no Linear module {module!r}")
+        fan_in, fan_out = base.linears[module]
+        a, b = pair["A"], pair["B"]
+        r = a[0] if len(a) == 2 else -1
+        if len(a) != 2 or len(b) != 2 or a != [r, fan_in] or b != [fan_out, r]:
+            raise UploadError(
+                f"{WEIGHTS_FILE}: wrong shape for {module!r}: lora_A {a}, lora_B {b}; "
+                f"the base layer needs [r, {fan_in}] and [{fan_out}, r]"
+            )
+        if not 1 <= r <= max_rank():
+            raise UploadError(f"{WEIGHTS_FILE}: {module!r} has rank {r}, outside 1..{max_rank()}")
+        ranks.append(r)
+    targets = sorted({m.rsplit(".", 1)[-1] for m in parts})
+    return Checked(rank=max(ranks), target_modules=targets, base_model_id=base.model_id)
+
+
+# --- the service --------------------------------------------------------------------------------------
+
+
+def adapter_upload(*, user, persona_slug: str, files: dict, model_card: str = "") -> AdapterVersion:
+    """Validate and store an uploaded adapter as the persona's next version (status validated).
+
+    ``files`` maps ``config``/``weights``/``archive`` to uploaded file objects.
+    """
+    persona = access.access_persona(persona_slug, user)
+    if not access.can_upload_adapter(user, persona):
+        raise access.AccessDenied(f"persona: only its owner, with the modder role, may upload to {persona.slug!r}")
+    if len(model_card or "") > MAX_CARD_CHARS:
+        raise UploadError(f"model_card: at most {MAX_CARD_CHARS} characters")
+    archive, config, weights = files.get("archive"), files.get("config"), files.get("weights")
+    for f in (archive, config, weights):
+        if f is not None:
+            _refuse_pickle(f.name)
+    if archive is None and (config is None or weights is None):
+        raise UploadError(f"files: upload {CONFIG_FILE} and {WEIGHTS_FILE}, or one zip with both")
+    if archive is not None and (config or weights):
+        raise UploadError("files: upload either a zip or the two files, not both")
+    if config is not None and config.name != CONFIG_FILE:
+        raise UploadError(f"config: the file must be named {CONFIG_FILE}, not {config.name!r}")
+    if weights is not None and not weights.name.endswith(".safetensors"):
+        raise UploadError(f"weights: must be a .safetensors file, not {weights.name!r}")
+    if sum(f.size for f in (archive, config, weights) if f is not None) > max_bytes():
+        raise UploadError(f"files: larger than the {max_bytes()} byte upload limit")
+
+    root = _adapters_root(persona)
+    staging = root / STAGING / uuid.uuid4().hex
+    staging.mkdir(parents=True)
+    final: Path | None = None
+    try:
+        if archive is not None:
+            _extract_zip(archive, staging)
+        else:
+            _copy_capped(config, staging / CONFIG_FILE, max_bytes(), "config")
+            _copy_capped(weights, staging / WEIGHTS_FILE, max_bytes(), "weights")
+        checked = validate_adapter_dir(staging)
+        (staging / "README.md").unlink(missing_ok=True)
+        sha = file_sha256(staging / WEIGHTS_FILE)
+        size = sum(p.stat().st_size for p in staging.iterdir())
+        with transaction.atomic():
+            persona = Persona.objects.select_for_update().get(pk=persona.pk)
+            version = (AdapterVersion.objects.filter(persona=persona).aggregate(m=Max("version"))["m"] or 0) + 1
+            final = root / f"upload-v{version}-{uuid.uuid4().hex[:6]}"
+            staging.rename(final)
+            adapter = AdapterVersion.objects.create(
+                persona=persona,
+                version=version,
+                files_path=str(final.relative_to(Path(settings.MEDIA_ROOT))),
+                sha256=sha,
+                base_model_id=checked.base_model_id[:200],
+                rank=checked.rank,
+                target_modules=checked.target_modules,
+                size_bytes=size,
+                status=AdapterVersion.Status.VALIDATED,
+                source=AdapterVersion.Source.UPLOAD,
+                model_card=model_card or "",
+                created_by=user,
+                status_changed_at=timezone.now(),
+            )
+        return adapter
+    except BaseException:
+        if final is not None and final.exists():
+            shutil.rmtree(final, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(root / STAGING)  # only when empty: another upload may be staging
+
+
+# --- moderation ---------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def adapter_review(*, user, persona_slug: str, version: int, decision: str) -> AdapterVersion:
+    """A moderator approves or rejects a validated version."""
+    if not access.can_approve_adapter(user):
+        raise access.AccessDenied("only moderators may approve or reject adapters")
+    adapter = access.access_adapter_version(persona_slug, version, user)
+    adapter = AdapterVersion.objects.select_for_update().get(pk=adapter.pk)
+    if decision not in ("approve", "reject"):
+        raise UploadError(f"decision: must be approve or reject, not {decision!r}")
+    if adapter.status != AdapterVersion.Status.VALIDATED:
+        raise UploadError(f"status: v{version} is {adapter.status}; only validated versions can be reviewed")
+    adapter.status = AdapterVersion.Status.APPROVED if decision == "approve" else AdapterVersion.Status.REJECTED
+    adapter.status_changed_at = timezone.now()
+    adapter.save(update_fields=["status", "status_changed_at"])
+    return adapter
+
+
+@transaction.atomic
+def adapter_activate(*, user, persona_slug: str, version: int) -> AdapterVersion:
+    """Make an approved version the one that answers (its owner or a moderator); the old one retires."""
+    adapter = access.access_adapter_version(persona_slug, version, user)
+    persona = Persona.objects.select_for_update().get(pk=adapter.persona_id)
+    if persona.owner_id != user.pk and not access.can_approve_adapter(user):
+        raise access.AccessDenied("only the persona's owner or a moderator may activate a version")
+    adapter = AdapterVersion.objects.select_for_update().get(pk=adapter.pk)
+    if adapter.status != AdapterVersion.Status.APPROVED:
+        raise UploadError(f"status: v{version} is {adapter.status}; a moderator must approve it first")
+    now = timezone.now()
+    AdapterVersion.objects.filter(persona=persona, status=AdapterVersion.Status.ACTIVE).update(
+        status=AdapterVersion.Status.RETIRED, status_changed_at=now
+    )
+    adapter.status, adapter.status_changed_at = AdapterVersion.Status.ACTIVE, now
+    adapter.save(update_fields=["status", "status_changed_at"])
+    persona.active_adapter = adapter
+    persona.save(update_fields=["active_adapter", "updated_at"])
+    from training_tasks.promotion import workers_warm
+
+    transaction.on_commit(lambda: workers_warm(adapter))
+    return adapter

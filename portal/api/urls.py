@@ -1,0 +1,23 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.authtoken.views import obtain_auth_token
+
+from portal.api import views
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    path("token/", obtain_auth_token, name="api-token"),
+    path("personas/", views.PersonaListApi.as_view(), name="api-personas"),
+    path("personas/<slug:slug>/", views.PersonaDetailApi.as_view(), name="api-persona"),
+    path("personas/<slug:slug>/adapter-versions/", views.AdapterUploadApi.as_view(), name="api-adapter-upload"),
+    path("adapter-versions/", views.AdapterVersionListApi.as_view(), name="api-adapter-versions"),
+    path("adapter-versions/<slug:slug>/<int:version>/", views.AdapterVersionDetailApi.as_view(), name="api-adapter"),
+    path("exchanges/", views.ExchangeListApi.as_view(), name="api-exchanges"),
+    path("exchanges/<uuid:pk>/", views.ExchangeDetailApi.as_view(), name="api-exchange"),
+    path("ratings/", views.RatingListApi.as_view(), name="api-ratings"),
+    path("ratings/<int:pk>/", views.RatingDetailApi.as_view(), name="api-rating"),
+    path("pairwise-votes/", views.PairwiseListApi.as_view(), name="api-pairwise-votes"),
+    path("training-runs/", views.TrainingRunListApi.as_view(), name="api-training-runs"),
+]

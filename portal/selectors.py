@@ -1,0 +1,431 @@
+"""Reads for the portal pages and the API. A fixed number of queries per page, whatever the data size."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db.models import Count, Exists, OuterRef, Q, Sum
+from django.db.models.functions import TruncDate
+from django.utils.dateparse import parse_datetime
+
+from agents_app.models import AdapterVersion, Exchange, GameServer, PlayerLink, Rating
+from agents_app.services import ServiceError
+from portal import access
+
+ANONYMOUS_PLAYER = "a player"
+PLAYGROUND_PREFIX = "web:"  # playground exchanges' player_name; ':' never appears in a Luanti name
+
+REASON_TAGS = {
+    "off_character": "off-character",
+    "wrong_world": "wrong about the world",
+    "rude": "rude",
+    "unsafe_action": "unsafe action",
+    "helpful": "helpful",
+    "funny": "funny",
+}
+FEED_PAGE_SIZE = 20
+# Long columns no page shows: the prompt as the model saw it, the raw output, the adapters' cards.
+HEAVY_FIELDS = (
+    "prompt",
+    "raw_text",
+    "adapter_version__model_card",
+    "adapter_version__metrics",
+    "persona__system_prompt",
+)
+FEED_MAX_PAGE_SIZE = 100
+# Persona statistics aggregate every rating of the persona: computed at most this often.
+PERSONA_STATS_SECONDS = 300
+
+
+def playground_player_name(user) -> str:
+    return f"{PLAYGROUND_PREFIX}{user.pk}"
+
+
+def linked_player_names(user) -> list[str]:
+    if not user.is_authenticated:
+        return []
+    return list(PlayerLink.objects.filter(user=user, verified_at__isnull=False).values_list("player_name", flat=True))
+
+
+def mine_q(user, names: list[str]) -> Q:
+    return Q(player_name__in=names) | Q(source=Exchange.Source.PLAYGROUND, player_name=playground_player_name(user))
+
+
+@dataclass
+class FeedItem:
+    exchange: Exchange
+    shown_player: str
+    up: int = 0
+    down: int = 0
+    my_score: int | None = None
+    my_tags: list[str] = field(default_factory=list)
+    my_reason: str = ""
+
+    @property
+    def tag_choices(self) -> list[tuple[str, str, bool]]:
+        return [(key, label, key in self.my_tags) for key, label in REASON_TAGS.items()]
+
+    @property
+    def rate_url(self) -> str:
+        return f"/replies/{self.exchange.pk}/rate/"
+
+    @property
+    def where(self) -> str:
+        e = self.exchange
+        version = f"v{e.adapter_version.version}" if e.adapter_version_id else "base model"
+        place = e.npc.game_server.name if e.npc.game_server_id else e.get_source_display()
+        return f"{version} · {place} · {e.created_at:%Y-%m-%d %H:%M}"
+
+
+@dataclass
+class FeedPage:
+    items: list[FeedItem]
+    next_cursor: str | None
+
+
+def encode_cursor(exchange: Exchange) -> str:
+    raw = f"{exchange.created_at.isoformat()}|{exchange.pk}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, _, pk = raw.partition("|")
+        when = parse_datetime(stamp)
+        if when is None:
+            raise ValueError(stamp)
+        return when, uuid.UUID(pk)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ServiceError("cursor: not a cursor this feed handed out (follow the 'older' link)") from None
+
+
+def display_names(exchanges: list[Exchange], viewer) -> dict[str, str]:
+    """Player name → what the portal may show: the name only with its owner's consent (one query)."""
+    names = {e.player_name for e in exchanges}
+    own = set(linked_player_names(viewer)) if viewer.is_authenticated else set()
+    if viewer.is_authenticated:
+        own.add(playground_player_name(viewer))
+    public = set(
+        PlayerLink.objects.filter(
+            player_name__in=names - own, verified_at__isnull=False, show_publicly=True
+        ).values_list("player_name", flat=True)
+    )
+    shown = {}
+    for name in names:
+        if name in own:
+            shown[name] = "you" if name.startswith(PLAYGROUND_PREFIX) else f"{name} (you)"
+        elif name in public:
+            shown[name] = name
+        else:
+            shown[name] = ANONYMOUS_PLAYER
+    return shown
+
+
+def rating_counts(exchange_ids: list) -> dict:
+    rows = (
+        Rating.objects.filter(exchange_id__in=exchange_ids)
+        .values("exchange_id")
+        .annotate(up=Count("id", filter=Q(score=1)), down=Count("id", filter=Q(score=-1)))
+    )
+    return {row["exchange_id"]: (row["up"], row["down"]) for row in rows}
+
+
+def feed_items(exchanges: list[Exchange], viewer) -> list[FeedItem]:
+    """Decorate a page of exchanges with counts, the viewer's rating and shown names: 3 queries at most."""
+    if not exchanges:
+        return []
+    ids = [e.pk for e in exchanges]
+    counts = rating_counts(ids)
+    mine = {}
+    if viewer.is_authenticated:
+        mine = {
+            r.exchange_id: r
+            for r in Rating.objects.filter(exchange_id__in=ids, user=viewer).only(
+                "exchange_id", "score", "tags", "reason"
+            )
+        }
+    shown = display_names(exchanges, viewer)
+    items = []
+    for e in exchanges:
+        up, down = counts.get(e.pk, (0, 0))
+        mine_rating = mine.get(e.pk)
+        items.append(
+            FeedItem(
+                exchange=e,
+                shown_player=shown[e.player_name],
+                up=up,
+                down=down,
+                my_score=mine_rating.score if mine_rating else None,
+                my_tags=list(mine_rating.tags or []) if mine_rating else [],
+                my_reason=mine_rating.reason if mine_rating else "",
+            )
+        )
+    return items
+
+
+def feed_page(
+    *,
+    viewer,
+    persona_slug: str = "",
+    server_id: int | None = None,
+    mine: bool = False,
+    unrated: bool = False,
+    cursor: str = "",
+    limit: int = FEED_PAGE_SIZE,
+) -> FeedPage:
+    """Newest replies first, keyset-paginated on (created_at, id)."""
+    if not 1 <= limit <= FEED_MAX_PAGE_SIZE:
+        raise ServiceError(f"limit: must be between 1 and {FEED_MAX_PAGE_SIZE}, not {limit}")
+    qs = (
+        access.visible_exchanges(viewer)
+        .select_related("persona", "npc__game_server", "adapter_version")
+        .defer(*HEAVY_FIELDS)
+    )
+    if persona_slug:
+        qs = qs.filter(persona__slug=persona_slug)
+    if server_id is not None:
+        qs = qs.filter(npc__game_server_id=server_id)
+    if (mine or unrated) and not viewer.is_authenticated:
+        raise ServiceError("log in to filter by your own conversations or ratings", code="forbidden")
+    if mine:
+        qs = qs.filter(mine_q(viewer, linked_player_names(viewer)))
+    if unrated:
+        qs = qs.exclude(Exists(Rating.objects.filter(exchange=OuterRef("pk"), user=viewer)))
+    if cursor:
+        when, pk = decode_cursor(cursor)
+        qs = qs.filter(Q(created_at__lt=when) | Q(created_at=when, id__lt=pk))
+    rows = list(qs.order_by("-created_at", "-id")[: limit + 1])
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return FeedPage(items=feed_items(rows[:limit], viewer), next_cursor=next_cursor)
+
+
+def feed_servers():
+    return GameServer.objects.filter(enabled=True).order_by("name").values("id", "name")
+
+
+# --- personas -------------------------------------------------------------------------------------
+
+
+def persona_catalog(viewer):
+    return (
+        access.visible_personas(viewer)
+        .select_related("active_adapter")
+        .annotate(exchange_count=Count("exchanges", distinct=True))
+        .order_by("name")
+    )
+
+
+@dataclass
+class TrendSeries:
+    version: str
+    points: list[tuple[str, float, int]]  # (day, share of thumbs up, ratings that day)
+
+
+def persona_trend(persona, *, days: int = 90) -> list[TrendSeries]:
+    """Share of thumbs up per adapter version per day (one aggregate query, cached a few minutes)."""
+    from django.core.cache import cache
+
+    key = f"portal:persona-trend:{persona.pk}:{days}"
+    rows = cache.get(key)
+    if rows is None:
+        from django.utils import timezone
+
+        since = timezone.now() - timezone.timedelta(days=days)
+        rows = list(
+            Rating.objects.filter(exchange__persona=persona, created_at__gte=since)
+            .annotate(day=TruncDate("created_at"))
+            .values("exchange__adapter_version__version", "day")
+            .annotate(up=Count("id", filter=Q(score=1)), total=Count("id"))
+            .order_by("exchange__adapter_version__version", "day")
+        )
+        cache.set(key, rows, PERSONA_STATS_SECONDS)
+    series: dict[str, TrendSeries] = {}
+    for row in rows:
+        version = row["exchange__adapter_version__version"]
+        label = f"v{version}" if version is not None else "base model"
+        s = series.setdefault(label, TrendSeries(label, []))
+        s.points.append((row["day"].isoformat(), row["up"] / row["total"], row["total"]))
+    return list(series.values())
+
+
+def trend_svg(series: list[TrendSeries], width: int = 560, height: int = 180) -> dict:
+    """Coordinates for an inline SVG line chart, computed here so the template only draws."""
+    days = sorted({p[0] for s in series for p in s.points})
+    if not days:
+        return {"lines": [], "width": width, "height": height, "days": []}
+    pad = 30
+    step = (width - 2 * pad) / max(len(days) - 1, 1)
+    x_of = {d: pad + i * step for i, d in enumerate(days)}
+    colours = ["#2f5d3a", "#c0392b", "#2874a6", "#b9770e", "#7d3c98", "#566573"]
+    lines = []
+    for i, s in enumerate(series):
+        pts = [(round(x_of[d], 1), round(pad + (1 - share) * (height - 2 * pad), 1), n) for d, share, n in s.points]
+        lines.append(
+            {
+                "label": s.version,
+                "colour": colours[i % len(colours)],
+                "points": " ".join(f"{x},{y}" for x, y, _ in pts),
+                "dots": pts,
+            }
+        )
+    return {"lines": lines, "width": width, "height": height, "days": [days[0], days[-1]], "pad": pad}
+
+
+def _extreme_ids(persona, n: int) -> tuple[list, list]:
+    """Ids of the best (net score > 0) and worst (net < 0) rated replies: one aggregate query, cached."""
+    from django.core.cache import cache
+
+    key = f"portal:persona-extremes:{persona.pk}:{n}"
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    rows = list(
+        Rating.objects.filter(exchange__persona=persona)
+        .values_list("exchange_id")
+        .annotate(net=Sum("score"), total=Count("id"))
+        .order_by()
+    )
+    best = sorted((r for r in rows if r[1] > 0), key=lambda r: (-r[1], -r[2], str(r[0])))[:n]
+    worst = sorted((r for r in rows if r[1] < 0), key=lambda r: (r[1], -r[2], str(r[0])))[:n]
+    result = ([r[0] for r in best], [r[0] for r in worst])
+    cache.set(key, result, PERSONA_STATS_SECONDS)
+    return result
+
+
+def persona_extremes(persona, viewer, *, n: int = 3) -> tuple[list[FeedItem], list[FeedItem]]:
+    """The best and the worst rated replies (by net score), with live counts."""
+    best_ids, worst_ids = _extreme_ids(persona, n)
+    rows = {
+        e.pk: e
+        for e in Exchange.objects.filter(pk__in=best_ids + worst_ids)
+        .select_related("persona", "npc__game_server", "adapter_version")
+        .defer(*HEAVY_FIELDS)
+    }
+    items = {i.exchange.pk: i for i in feed_items(list(rows.values()), viewer)}
+    return [items[i] for i in best_ids if i in items], [items[i] for i in worst_ids if i in items]
+
+
+def persona_versions(persona, viewer):
+    return access.visible_adapter_versions(viewer).filter(persona=persona).order_by("-version")
+
+
+# --- leaderboards ---------------------------------------------------------------------------------
+
+
+def persona_leaderboard(viewer, *, limit: int = 20) -> list[dict]:
+    rows = list(
+        Rating.objects.filter(exchange__persona__in=access.visible_personas(viewer))
+        .values("exchange__persona__slug", "exchange__persona__name")
+        .annotate(up=Count("id", filter=Q(score=1)), total=Count("id"))
+        .order_by("-total")[:200]
+    )
+    for row in rows:
+        # Wilson lower bound: a persona with 3/3 does not beat one with 950/1000.
+        n, p, z = row["total"], row["up"] / row["total"], 1.96
+        row["score"] = (p + z * z / (2 * n) - z * ((p * (1 - p) + z * z / (4 * n)) / n) ** 0.5) / (1 + z * z / n)
+        row["share"] = round(100 * p)
+    rows.sort(key=lambda r: -r["score"])
+    return rows[:limit]
+
+
+def rater_leaderboard(*, limit: int = 20) -> list[dict]:
+    return list(
+        Rating.objects.filter(user__isnull=False)
+        .values("user__username")
+        .annotate(ratings=Count("id"))
+        .order_by("-ratings", "user__username")[:limit]
+    )
+
+
+# --- compare --------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"[a-z0-9']+")
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "is",
+        "are",
+        "am",
+        "i",
+        "me",
+        "my",
+        "you",
+        "your",
+        "we",
+        "it",
+        "to",
+        "of",
+        "in",
+        "on",
+        "at",
+        "do",
+        "does",
+        "can",
+        "could",
+        "please",
+    ]
+)
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower())) - _STOP
+
+
+def compare_pair(viewer, *, persona_slug: str = "", window: int = 200):
+    """Two replies of one persona to similar player words that the viewer has not compared yet.
+
+    Similarity is word overlap (Jaccard) over the persona's latest ``window`` replies: enough to
+    pair "where is iron?" with "where can I find iron", cheap enough for every page view.
+    """
+    personas = access.visible_personas(viewer)
+    if persona_slug:
+        personas = personas.filter(slug=persona_slug)
+    recent = list(
+        Exchange.objects.filter(persona__in=personas)
+        .exclude(reply_text="")
+        .select_related("persona", "adapter_version", "npc__game_server")
+        .order_by("-created_at")[:window]
+    )
+    voted = set()
+    if viewer.is_authenticated:
+        ids = [e.pk for e in recent]
+        voted = {
+            frozenset(p)
+            for p in access.own_pairwise_votes(viewer)
+            .filter(left_id__in=ids, right_id__in=ids)
+            .values_list("left_id", "right_id")
+        }
+    best, best_score = None, 0.0
+    words = {e.pk: _words(e.player_text) for e in recent}
+    for i, a in enumerate(recent):
+        for b in recent[i + 1 :]:
+            if a.persona_id != b.persona_id or a.reply_text == b.reply_text:
+                continue
+            if frozenset((a.pk, b.pk)) in voted:
+                continue
+            wa, wb = words[a.pk], words[b.pk]
+            score = len(wa & wb) / len(wa | wb) if wa | wb else 0.0
+            if score > best_score:
+                best, best_score = (a, b), score
+    if best is None or best_score < 0.3:
+        return None
+    left, right = best
+    items = feed_items([left, right], viewer)
+    return items[0], items[1], best_score
+
+
+def adapter_versions_for_playground(viewer):
+    return (
+        access.visible_adapter_versions(viewer)
+        .filter(status__in=[AdapterVersion.Status.APPROVED, AdapterVersion.Status.ACTIVE])
+        .select_related("persona")
+        .order_by("persona__name", "-version")
+    )

@@ -1,0 +1,45 @@
+"use strict";
+(function () {
+  const form = document.getElementById("playground");
+  const chat = document.getElementById("chat");
+  if (!form) return;
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  let socket = null, n = 0, current = null;
+
+  function line(who, text) {
+    const p = document.createElement("p");
+    const b = document.createElement("strong");
+    b.textContent = who + ": ";
+    const span = document.createElement("span");
+    span.textContent = text;  // textContent: whatever the model wrote stays text
+    p.append(b, span);
+    chat.append(p);
+    return span;
+  }
+
+  function open() {
+    return new Promise(function (resolve) {
+      if (socket && socket.readyState === WebSocket.OPEN) return resolve(socket);
+      socket = new WebSocket(scheme + "://" + location.host + "/ws/playground/");
+      socket.onopen = function () { resolve(socket); };
+      socket.onclose = function (e) { if (e.code >= 4000) line("portal", "connection refused (" + e.code + ")"); };
+      socket.onmessage = function (event) {
+        const frame = JSON.parse(event.data);
+        if (frame.type === "delta" && current) current.textContent += frame.text;
+        else if (frame.type === "reply" && current) { current.textContent = frame.text; current = null; }
+        else if (frame.type === "error") { line("error", frame.message); current = null; }
+      };
+    });
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    const data = new FormData(form);
+    const frame = { type: "ask", id: "p" + (++n), persona: data.get("persona"), text: data.get("text") };
+    if (data.get("version")) frame.version = Number(data.get("version"));
+    line("you", frame.text);
+    current = line(form.persona.selectedOptions[0].textContent, "");
+    open().then(function (s) { s.send(JSON.stringify(frame)); });
+    form.text.value = "";
+  });
+})();

@@ -1,0 +1,191 @@
+"""The REST API: what each role may read and write, token and session auth, throttling, the schema."""
+
+import pytest
+from django.core.cache import cache
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from agents_app.models import PairwiseVote, Persona, Rating, TrainingRun
+from agents_app.services import rating_upsert
+from tests.portal.conftest import make_exchange, verified_link
+from tests.portal.test_personas import adapter
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def api(user=None, *, token=False) -> APIClient:
+    client = APIClient(enforce_csrf_checks=True)
+    if user is not None and token:
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    elif user is not None:
+        client.force_authenticate(user)
+    return client
+
+
+def test_the_schema_and_docs_are_served_without_a_cdn():
+    response = api().get("/api/schema/")
+    assert response.status_code == 200 and b"/api/ratings/" in response.content
+    docs = api().get("/api/docs/").content.decode()
+    assert "swagger-ui" in docs and "cdn" not in docs.lower() and "/static/drf_spectacular_sidecar/" in docs
+
+
+def test_a_token_is_issued_for_a_password_and_authenticates(charlie, npc):
+    response = api().post("/api/token/", {"username": "charlie", "password": "charlie-password-1"}, format="json")
+    assert response.status_code == 200
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {response.json()['token']}")
+    exchange = make_exchange(npc)
+    assert client.post("/api/ratings/", {"exchange": str(exchange.pk), "score": 1}, format="json").status_code == 201
+    assert api().post("/api/token/", {"username": "charlie", "password": "x"}, format="json").status_code == 400
+
+
+def test_session_auth_needs_the_csrf_token(charlie, npc):
+    client = APIClient(enforce_csrf_checks=True)
+    client.login(username="charlie", password="charlie-password-1")
+    response = client.post("/api/ratings/", {"exchange": str(make_exchange(npc).pk), "score": 1}, format="json")
+    assert response.status_code == 403 and "CSRF" in response.json()["detail"]
+
+
+def test_personas_are_listed_without_the_private_ones_of_others(alice, charlie, persona, private_persona):
+    assert [p["slug"] for p in api(charlie).get("/api/personas/").json()] == ["miner"]
+    assert [p["slug"] for p in api(alice).get("/api/personas/").json()] == ["miner", "secret"]
+    assert api(charlie).get("/api/personas/secret/").status_code == 404
+    assert "system_prompt" not in api(charlie).get("/api/personas/miner/").json()
+
+
+def test_modders_create_personas_and_change_only_their_own(alice, bob, charlie, persona):
+    body = {"slug": "baker", "name": "Baker Bea", "traits": ["warm"], "allowed_actions": ["say"]}
+    assert api(charlie).post("/api/personas/", body, format="json").status_code == 403
+    response = api(bob).post("/api/personas/", body, format="json")
+    assert response.status_code == 201 and response.json()["owner"] == "bob"
+    assert Persona.objects.get(slug="baker").owner == bob
+    assert api(bob).patch("/api/personas/miner/", {"name": "Stolen"}, format="json").status_code == 403
+    assert api(alice).patch("/api/personas/miner/", {"name": "Miner Max"}, format="json").json()["name"] == "Miner Max"
+    response = api(alice).patch("/api/personas/miner/", {"temperature": 9}, format="json")
+    assert response.status_code == 400 and "temperature" in response.json()
+    response = api(bob).post("/api/personas/", {**body, "slug": "Bad Slug"}, format="json")
+    assert response.status_code == 400 and "slug" in response.json()
+
+
+def test_adapter_versions_hide_unapproved_ones_from_others(alice, charlie, persona):
+    adapter(persona, 1, status="approved")
+    adapter(persona, 2, status="uploaded")
+    assert [v["version"] for v in api(charlie).get("/api/adapter-versions/").json()["results"]] == [1]
+    assert sorted(v["version"] for v in api(alice).get("/api/adapter-versions/?persona=miner").json()["results"]) == [
+        1,
+        2,
+    ]
+    assert api(charlie).get("/api/adapter-versions/miner/2/").status_code == 404
+
+
+def test_exchanges_hide_player_names_without_consent_and_private_personas(alice, charlie, npc, private_npc):
+    verified_link(alice, "steve")
+    make_exchange(npc, player="steve", reply="public reply")
+    make_exchange(private_npc, player="herobrine", reply="private reply")
+    results = api(charlie).get("/api/exchanges/").json()["results"]
+    assert [(r["player"], r["reply_text"]) for r in results] == [("a player", "public reply")]
+    mine = api(alice).get("/api/exchanges/?mine=true").json()["results"]
+    assert [r["player"] for r in mine] == ["steve (you)"]
+    response = api(charlie).get("/api/exchanges/?limit=1000")
+    assert response.status_code == 400 and "limit" in response.json()
+    assert api().get("/api/exchanges/?mine=true").status_code == 403
+
+
+def test_ratings_are_created_changed_and_seen_only_by_their_rater(alice, charlie, npc):
+    exchange = make_exchange(npc)
+    response = api(charlie).post(
+        "/api/ratings/", {"exchange": str(exchange.pk), "score": -1, "tags": ["rude"]}, format="json"
+    )
+    assert response.status_code == 201
+    rating_id = response.json()["id"]
+    response = api(charlie).post("/api/ratings/", {"exchange": str(exchange.pk), "score": 1}, format="json")
+    assert response.status_code == 200 and response.json()["id"] == rating_id
+    assert api(charlie).patch(f"/api/ratings/{rating_id}/", {"tags": ["funny"]}, format="json").json()["tags"] == [
+        "funny"
+    ]
+    assert api(alice).get(f"/api/ratings/{rating_id}/").status_code == 404
+    assert api(alice).patch(f"/api/ratings/{rating_id}/", {"score": -1}, format="json").status_code == 404
+    assert api(alice).get("/api/ratings/").json()["results"] == []
+    assert Rating.objects.get(pk=rating_id).score == 1
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"score": 3}, "score"),
+        ({"score": 1, "tags": ["boring"]}, "tags"),
+        ({"score": 1, "exchange": "nope"}, "exchange"),
+    ],
+)
+def test_a_bad_rating_names_the_field(charlie, npc, body, field):
+    body = {"exchange": str(make_exchange(npc).pk), **body}
+    response = api(charlie).post("/api/ratings/", body, format="json")
+    assert response.status_code == 400 and field in response.json()
+
+
+def test_rating_a_private_or_missing_exchange_is_a_404(charlie, private_npc):
+    exchange = make_exchange(private_npc)
+    assert (
+        api(charlie).post("/api/ratings/", {"exchange": str(exchange.pk), "score": 1}, format="json").status_code == 404
+    )
+    assert api().post("/api/ratings/", {"exchange": str(exchange.pk), "score": 1}, format="json").status_code in (
+        401,
+        403,
+    )
+
+
+def test_pairwise_votes_are_recorded_and_listed_for_their_voter(alice, charlie, npc):
+    a, b = make_exchange(npc), make_exchange(npc)
+    response = api(charlie).post(
+        "/api/pairwise-votes/", {"left": str(a.pk), "right": str(b.pk), "outcome": "both_bad"}, format="json"
+    )
+    assert response.status_code == 201
+    assert PairwiseVote.objects.get().outcome == "both_bad"
+    assert len(api(charlie).get("/api/pairwise-votes/").json()["results"]) == 1
+    assert api(alice).get("/api/pairwise-votes/").json()["results"] == []
+
+
+def test_training_runs_are_seen_by_the_owner_and_moderators_only(alice, bob, charlie, persona, django_user_model):
+    from django.contrib.auth.models import Group
+
+    TrainingRun.objects.create(persona=persona, night="2026-11-23", status="succeeded", method="sft")
+    mod = django_user_model.objects.create_user("mod", "", "mod-pass-123")
+    mod.groups.add(Group.objects.get(name="moderator"))
+    assert len(api(alice).get("/api/training-runs/").json()["results"]) == 1
+    assert len(api(mod).get("/api/training-runs/").json()["results"]) == 1
+    assert api(bob).get("/api/training-runs/").json()["results"] == []
+    assert api(charlie).get("/api/training-runs/").json()["results"] == []
+
+
+def test_the_api_is_throttled(charlie, settings):
+    from rest_framework.settings import api_settings
+    from rest_framework.throttling import SimpleRateThrottle
+
+    rates = {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "anon": "3/min"}
+    original = SimpleRateThrottle.THROTTLE_RATES
+    SimpleRateThrottle.THROTTLE_RATES = rates
+    try:
+        codes = [api().get("/api/personas/").status_code for _ in range(4)]
+    finally:
+        SimpleRateThrottle.THROTTLE_RATES = original
+    assert codes == [200, 200, 200, 429]
+    assert api_settings.DEFAULT_THROTTLE_CLASSES
+
+
+def test_the_token_app_has_its_migration_applied(charlie):
+    assert Token.objects.create(user=charlie).key
+
+
+def test_the_counts_in_the_api_match_the_ratings(alice, bob, charlie, npc):
+    exchange = make_exchange(npc)
+    rating_upsert(exchange=exchange, score=1, user=alice)
+    rating_upsert(exchange=exchange, score=-1, user=bob)
+    row = api(charlie, token=True).get(f"/api/exchanges/{exchange.pk}/").json()
+    assert (row["up"], row["down"], row["my_score"]) == (1, 1, None)

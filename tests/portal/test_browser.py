@@ -1,0 +1,194 @@
+"""The portal in a real browser: headless Debian Chromium through Selenium and Debian's chromedriver.
+
+Screenshots go to test-artifacts/ so a failing run can be looked at.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from agents_app.models import Exchange
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+needs_browser = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="Debian chromium and chromium-driver are needed (bin/voyager setup installs them)",
+)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,900",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    ARTIFACTS.mkdir(exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, condition, timeout=10):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(lambda d: condition(d))
+
+
+def sign_up(driver, live_server, username="dora"):
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{live_server.url}/accounts/signup/")
+    driver.find_element(By.NAME, "username").send_keys(username)
+    driver.find_element(By.NAME, "email").send_keys(f"{username}@example.org")
+    driver.find_element(By.NAME, "password1").send_keys("a-long-pass-9")
+    driver.find_element(By.NAME, "password2").send_keys("a-long-pass-9")
+    driver.find_element(By.CSS_SELECTOR, "main form button").click()
+    wait_for(driver, lambda d: d.current_url.endswith("/profile/"))
+
+
+@needs_browser
+def test_a_visitor_signs_up_and_lands_on_their_profile_as_a_player(browser, live_server):
+    from selenium.webdriver.common.by import By
+
+    sign_up(browser, live_server)
+    assert browser.find_element(By.ID, "whoami").text == "dora"
+    assert browser.find_element(By.ID, "roles").text == "player"
+    browser.save_screenshot(str(ARTIFACTS / "signup-profile.png"))
+
+
+@needs_browser
+def test_rating_a_reply_changes_the_count_without_reloading(browser, live_server, npc):
+    from selenium.webdriver.common.by import By
+
+    exchange = Exchange.objects.create(
+        npc=npc, persona=npc.persona, player_name="steve", player_text="where is iron?", prompt="p",
+        reply_text="Down the east tunnel.", created_at=timezone.now(),
+    )  # fmt: skip
+    sign_up(browser, live_server)
+    browser.get(f"{live_server.url}/replies/")
+    browser.execute_script("window.__samePage = true;")
+    card = browser.find_element(By.ID, f"reply-{exchange.pk}")
+    assert card.find_element(By.CSS_SELECTOR, ".up").text == "0"
+    card.find_element(By.CSS_SELECTOR, "button[data-score='1']").click()
+    wait_for(browser, lambda d: card.find_element(By.CSS_SELECTOR, ".up").text == "1")
+    assert browser.execute_script("return window.__samePage === true;")
+    assert "chosen" in card.find_element(By.CSS_SELECTOR, "button[data-score='1']").get_attribute("class")
+    browser.save_screenshot(str(ARTIFACTS / "rated-up.png"))
+    # Changing the rating moves the count, still in place.
+    card.find_element(By.CSS_SELECTOR, "input[value='rude']").click()
+    card.find_element(By.CSS_SELECTOR, "button[data-score='-1']").click()
+    wait_for(browser, lambda d: card.find_element(By.CSS_SELECTOR, ".down").text == "1")
+    assert card.find_element(By.CSS_SELECTOR, ".up").text == "0"
+    assert browser.execute_script("return window.__samePage === true;")
+    rating = exchange.ratings.get()
+    assert (rating.score, rating.tags) == (-1, ["rude"])
+    browser.save_screenshot(str(ARTIFACTS / "rated-down.png"))
+
+
+@needs_browser
+def test_a_reply_with_a_script_tag_renders_as_text(browser, live_server, npc):
+    from selenium.webdriver.common.by import By
+
+    payload = "<script>window.__pwned = 1</script><b>bold?</b>"
+    exchange = Exchange.objects.create(
+        npc=npc, persona=npc.persona, player_name="steve", player_text=payload, prompt="p", reply_text=payload,
+        created_at=timezone.now(),
+    )  # fmt: skip
+    browser.get(f"{live_server.url}/replies/")
+    card = browser.find_element(By.ID, f"reply-{exchange.pk}")
+    assert card.find_element(By.CSS_SELECTOR, ".reply-text").text == payload
+    assert card.find_element(By.CSS_SELECTOR, ".player-text").text == payload
+    assert browser.execute_script("return window.__pwned === undefined;")
+    assert not card.find_elements(By.TAG_NAME, "b")
+    browser.save_screenshot(str(ARTIFACTS / "script-as-text.png"))
+
+
+@pytest.fixture
+def daphne_server(tmp_path):
+    """The real thing: `manage.py runserver` (Daphne, HTTP and WebSocket) on its own SQLite database,
+    the embedded echo worker answering. Independent of the test database."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+        "VOYAGER_VAR_DIR": str(tmp_path / "var"),
+        "VOYAGER_INFERENCE_BACKEND": "echo",
+        "VOYAGER_EMBEDDED_WORKER": "1",
+        "DEBUG": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=root, env=env, check=True)
+    subprocess.run([sys.executable, "manage.py", "bootstrap"], cwd=root, env=env, check=True, capture_output=True)
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("the server did not start: " + (tmp_path / "server.log").read_text())
+        yield f"http://localhost:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)
+        log.close()
+
+
+@needs_browser
+def test_the_playground_streams_a_reply_over_the_browser_websocket(browser, daphne_server):
+    from types import SimpleNamespace
+
+    from selenium.webdriver.common.by import By
+
+    sign_up(browser, SimpleNamespace(url=daphne_server), username="pat")
+    browser.get(f"{daphne_server}/playground/")
+    box = browser.find_element(By.NAME, "text")
+    box.send_keys("hello <b>Bram</b> from the browser")
+    browser.find_element(By.CSS_SELECTOR, "#playground button").click()
+    chat = browser.find_element(By.ID, "chat")
+    wait_for(browser, lambda d: chat.text.count("hello <b>Bram</b> from the browser") == 2, timeout=20)
+    assert not chat.find_elements(By.TAG_NAME, "b")
+    browser.save_screenshot(str(ARTIFACTS / "playground.png"))
+    # The playground reply is stored and shows up under "mine", rateable.
+    browser.get(f"{daphne_server}/replies/?mine=1")
+    card = browser.find_element(By.CSS_SELECTOR, "article.reply")
+    assert "hello <b>Bram</b> from the browser" in card.find_element(By.CSS_SELECTOR, ".reply-text").text
+    card.find_element(By.CSS_SELECTOR, "button[data-score='1']").click()
+    wait_for(browser, lambda d: card.find_element(By.CSS_SELECTOR, ".up").text == "1")

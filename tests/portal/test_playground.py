@@ -1,0 +1,182 @@
+"""The browser playground at /ws/playground/: session auth, origin checks, the game's worker path."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client, override_settings
+
+from agents_app.models import Exchange, Npc, PolicyFlag
+from inference.heartbeat import heartbeats
+from portal.asgi import application
+from portal.selectors import feed_page
+from tests.agents_app.test_gateway import ScriptedBackend, running_worker
+from tests.portal.test_personas import adapter
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+
+@pytest.fixture(autouse=True)
+def _embedded_off():
+    with override_settings(VOYAGER_EMBEDDED_WORKER=False):
+        yield
+
+
+@database_sync_to_async
+def session_cookie(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+async def connect(user=None, origin=b"http://localhost"):
+    headers = []
+    if user is not None:
+        headers.append((b"cookie", f"sessionid={await session_cookie(user)}".encode()))
+    if origin is not None:
+        headers.append((b"origin", origin))
+    communicator = WebsocketCommunicator(application, "/ws/playground/", headers=headers)
+    connected, code = await communicator.connect()
+    return communicator, connected, code
+
+
+async def send(communicator, frame):
+    await communicator.send_to(text_data=json.dumps(frame))
+
+
+async def until_done(communicator):
+    frames = []
+    while True:
+        frame = json.loads(await communicator.receive_from(timeout=10))
+        frames.append(frame)
+        if frame["type"] in ("reply", "error"):
+            return frames
+
+
+async def test_an_anonymous_socket_is_refused_with_4401():
+    _, connected, code = await connect(None)
+    assert (connected, code) == (False, 4401)
+
+
+@pytest.mark.parametrize("origin", [b"https://evil.example", None])
+async def test_a_foreign_or_missing_origin_is_refused(charlie, origin):
+    _, connected, _ = await connect(charlie, origin=origin)
+    assert connected is False
+
+
+async def test_an_ask_streams_through_the_worker_and_is_stored_as_a_rateable_playground_exchange(charlie, persona):
+    backend = ScriptedBackend(deltas=("Hello", " friend"), actions=[{"name": "jump", "args": []}, {"name": "fly"}])
+    async with running_worker(backend):
+        communicator, connected, _ = await connect(charlie)
+        assert connected
+        await send(communicator, {"type": "ask", "id": "p1", "persona": "miner", "text": "hi <b>there</b>"})
+        frames = await until_done(communicator)
+        await communicator.disconnect()
+    deltas = [f["text"] for f in frames if f["type"] == "delta"]
+    assert deltas and "".join(deltas) == "Hello friend"  # the worker may merge deltas under load
+    reply = frames[-1]
+    assert reply["type"] == "reply" and reply["text"] == "Hello friend"
+    assert reply["actions"] == [{"name": "jump", "args": []}]
+    assert reply["blocked"] == [{"name": "fly", "args": [], "rule": "action_not_allowed"}]
+    exchange = await database_sync_to_async(Exchange.objects.select_related("npc").get)(pk=reply["exchange"])
+    assert exchange.source == "playground" and exchange.npc.game_server_id is None
+    assert exchange.player_text == "hi <b>there</b>"
+    assert await database_sync_to_async(PolicyFlag.objects.filter(exchange=exchange).count)() == 1
+    # The playground went through the same plan as the game: persona and memory in the request.
+    assert backend.requests[0]["persona"]["slug"] == "miner" and backend.requests[0]["adapter"] is None
+    page = await database_sync_to_async(lambda: feed_page(viewer=charlie, mine=True))()
+    assert [i.exchange.pk for i in page.items] == [exchange.pk] and page.items[0].shown_player == "you"
+
+
+async def test_an_approved_version_can_be_chosen_but_not_an_unapproved_one(charlie, persona):
+    v1 = await database_sync_to_async(adapter)(persona, 1, status="approved")
+    await database_sync_to_async(adapter)(persona, 2, status="validated")
+    backend = ScriptedBackend()
+    async with running_worker(backend):
+        communicator, _, _ = await connect(charlie)
+        await send(communicator, {"type": "ask", "id": "a", "persona": "miner", "text": "hi", "version": 1})
+        reply = (await until_done(communicator))[-1]
+        await send(communicator, {"type": "ask", "id": "b", "persona": "miner", "text": "hi", "version": 2})
+        error = (await until_done(communicator))[-1]
+        await communicator.disconnect()
+    assert backend.requests[0]["adapter"]["id"] == v1.pk
+    exchange = await database_sync_to_async(Exchange.objects.get)(pk=reply["exchange"])
+    assert exchange.adapter_version_id == v1.pk
+    assert error["type"] == "error" and error["id"] == "b" and "version" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "frame, field",
+    [
+        ("not json", "frame"),
+        ({"type": "dance"}, "type"),
+        ({"type": "ask", "id": "x", "persona": "miner"}, "text"),
+        ({"type": "ask", "id": "x", "persona": "miner", "text": "x" * 501}, "text"),
+        ({"type": "ask", "id": "x", "persona": "miner", "text": "hi", "version": 0}, "version"),
+    ],
+)
+async def test_a_bad_frame_gets_an_error_naming_the_field(charlie, persona, frame, field):
+    communicator, _, _ = await connect(charlie)
+    await communicator.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
+    error = json.loads(await communicator.receive_from(timeout=5))
+    assert error["type"] == "error" and error["code"] == "invalid" and error["message"].startswith(field)
+    await communicator.disconnect()
+
+
+async def test_a_private_persona_of_someone_else_is_unknown(charlie, private_persona):
+    async with running_worker(ScriptedBackend()):
+        communicator, _, _ = await connect(charlie)
+        await send(communicator, {"type": "ask", "id": "s", "persona": "secret", "text": "hi"})
+        error = (await until_done(communicator))[-1]
+        await communicator.disconnect()
+    assert error["code"] == "not_found" and "secret" in error["message"]
+    assert not await database_sync_to_async(Npc.objects.filter(persona=private_persona).exists)()
+
+
+async def test_with_no_worker_running_the_answer_is_unavailable(charlie, persona):
+    store = heartbeats()
+    for worker_id in await store.alive():
+        await store.forget(worker_id)
+    communicator, _, _ = await connect(charlie)
+    await send(communicator, {"type": "ask", "id": "u", "persona": "miner", "text": "hi"})
+    error = (await until_done(communicator))[-1]
+    await communicator.disconnect()
+    assert error["code"] == "unavailable"
+
+
+async def test_an_oversize_frame_closes_the_socket(charlie):
+    communicator, _, _ = await connect(charlie)
+    await communicator.send_to(text_data="x" * 5000)
+    assert (await communicator.receive_output(timeout=5))["code"] == 4413
+
+
+async def test_a_frozen_playground_npc_refuses(charlie, persona):
+    from django.utils import timezone
+
+    await database_sync_to_async(Npc.objects.create)(
+        game_server=None,
+        world_id=f"playground:{charlie.pk}:miner",
+        persona=persona,
+        frozen_until=timezone.now() + timezone.timedelta(hours=1),
+    )
+    async with running_worker(ScriptedBackend()):
+        communicator, _, _ = await connect(charlie)
+        await send(communicator, {"type": "ask", "id": "f", "persona": "miner", "text": "hi"})
+        error = (await until_done(communicator))[-1]
+        await communicator.disconnect()
+    assert error["code"] == "npc_frozen"
+
+
+@pytest.mark.skipif(bool(os.environ.get("REDIS_URL")), reason="the embedded worker is the in-memory topology")
+async def test_the_embedded_default_starts_the_worker_inside_the_web_process(charlie, persona):
+    with override_settings(VOYAGER_EMBEDDED_WORKER=True, VOYAGER_INFERENCE_BACKEND="echo"):
+        communicator, connected, _ = await connect(charlie)
+        assert connected
+        await send(communicator, {"type": "ask", "id": "e", "persona": "miner", "text": "hello echo"})
+        frames = await until_done(communicator)
+        await communicator.disconnect()
+    assert frames[-1]["type"] == "reply" and frames[-1]["text"] == "hello echo"

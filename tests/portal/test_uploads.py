@@ -1,0 +1,270 @@
+"""Adapter uploads: only safe, fitting LoRA adapters become versions; failures leave nothing behind."""
+
+import html
+import io
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from django.contrib.auth.models import Group
+from django.core.files.uploadedfile import SimpleUploadedFile
+from safetensors.torch import save as safetensors_save
+
+from agents_app.models import AdapterVersion
+from tests.portal.conftest import client_for, csrf_post
+
+pytestmark = pytest.mark.django_db
+HIDDEN, INTER = 16, 32
+Q = "base_model.model.model.layers.0.self_attn.q_proj"
+
+
+@pytest.fixture
+def base_model(settings, tmp_path):
+    from transformers import LlamaConfig
+
+    root = tmp_path / "base"
+    LlamaConfig(
+        vocab_size=64,
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    ).save_pretrained(root)
+    (root / "voyager.json").write_text(json.dumps({"model_id": "tiny-test"}))
+    settings.VOYAGER_BASE_MODEL = str(root)
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    return root
+
+
+def config_json(**overrides) -> bytes:
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
+              "base_model_name_or_path": "tiny-test", **overrides}  # fmt: skip
+    return json.dumps(config).encode()
+
+
+def weights(tensors=None) -> bytes:
+    tensors = tensors or {f"{Q}.lora_A.weight": torch.randn(4, HIDDEN), f"{Q}.lora_B.weight": torch.zeros(HIDDEN, 4)}
+    return safetensors_save(tensors)
+
+
+def upload(user, data=None, **files):
+    files = files or {
+        "config": SimpleUploadedFile("adapter_config.json", config_json()),
+        "weights": SimpleUploadedFile("adapter_model.safetensors", weights()),
+    }
+    return csrf_post(client_for(user), "/personas/miner/upload/", {"model_card": "# Hi", **(data or {}), **files})
+
+
+def zipped(entries: dict[str, bytes], compression=zipfile.ZIP_STORED) -> SimpleUploadedFile:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return SimpleUploadedFile("adapter.zip", buf.getvalue())
+
+
+def files_left(settings) -> list[Path]:
+    root = Path(settings.MEDIA_ROOT)
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def test_the_owner_uploads_a_fitting_adapter_and_gets_version_1_then_2(alice, persona, base_model, settings):
+    response = upload(alice)
+    assert response.status_code == 302 and response["Location"] == "/personas/miner/v1/"
+    v1 = AdapterVersion.objects.get(persona=persona)
+    assert (v1.version, v1.status, v1.rank, v1.target_modules, v1.base_model_id) == (
+        1,
+        "validated",
+        4,
+        ["q_proj"],
+        "tiny-test",
+    )
+    assert (v1.absolute_path / "adapter_model.safetensors").is_file()
+    assert v1.created_by == alice and v1.model_card == "# Hi"
+    assert upload(alice).status_code == 302
+    assert list(AdapterVersion.objects.filter(persona=persona).values_list("version", flat=True)) == [2, 1]
+
+
+def test_the_loader_accepts_what_the_upload_accepted(alice, persona, base_model):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from inference.lora import load_adapter
+
+    upload(alice)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_model))
+    loaded = load_adapter(AdapterVersion.objects.get().absolute_path, model)
+    assert loaded.rank == 4 and list(loaded.modules) == ["model.layers.0.self_attn.q_proj"]
+
+
+def test_a_zip_with_both_files_is_accepted(alice, persona, base_model):
+    archive = zipped(
+        {"my-adapter/adapter_config.json": config_json(), "my-adapter/adapter_model.safetensors": weights()}
+    )
+    assert upload(alice, archive=archive).status_code == 302
+    assert AdapterVersion.objects.get().status == "validated"
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.bin", b"\x80\x04pickle")},
+         "pickled weights are refused"),
+        ({"archive": {"adapter_config.json": config_json(), "adapter_model.bin": b"\x80\x04"}}, "pickled weights"),
+        ({"archive": {"../evil/adapter_config.json": config_json()}}, "outside the adapter directory"),
+        ({"archive": {"/etc/adapter_config.json": config_json()}}, "outside the adapter directory"),
+        ({"config": ("adapter_config.json", b"{nope"), "weights": ("adapter_model.safetensors", weights())},
+         "not valid JSON"),
+        ({"config": ("adapter_config.json", config_json(peft_type="IA3")),
+          "weights": ("adapter_model.safetensors", weights())}, "not LORA"),
+        ({"config": ("adapter_config.json", config_json(base_model_name_or_path="meta-llama/Llama-3-8B")),
+          "weights": ("adapter_model.safetensors", weights())}, "is not this server's base model"),
+        ({"config": ("adapter_config.json", config_json(r=512)), "weights": ("adapter_model.safetensors", weights())},
+         "rank r=512 is outside"),
+        ({"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.safetensors", b"garbage!!")},
+         "header length"),
+        ({"config": ("adapter_config.json", config_json()),
+          "weights": ("adapter_model.safetensors", weights()[:-8])}, "describes"),
+        ({"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.safetensors", weights(
+            {f"{Q}.lora_A.weight": torch.randn(4, HIDDEN + 1), f"{Q}.lora_B.weight": torch.zeros(HIDDEN, 4)}))},
+         "wrong shape"),
+        ({"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.safetensors", weights(
+            {"base_model.model.model.layers.9.mlp.zap.lora_A.weight": torch.randn(4, HIDDEN),
+             "base_model.model.model.layers.9.mlp.zap.lora_B.weight": torch.zeros(HIDDEN, 4)}))},
+         "no Linear module"),
+        ({"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.safetensors", weights(
+            {f"{Q}.lora_A.weight": torch.randn(4, HIDDEN)}))}, "needs both lora_A and lora_B"),
+        ({"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.safetensors", weights(
+            {"model.embed_tokens.weight": torch.randn(4, 4)}))}, "unexpected tensor"),
+        ({"config": ("adapter_config.json", config_json())}, "upload adapter_config.json and"),
+    ],
+)  # fmt: skip
+def test_a_bad_upload_is_refused_with_a_clear_message_and_leaves_nothing(
+    alice, persona, base_model, settings, files, message
+):
+    uploads = {}
+    for field, value in files.items():
+        uploads[field] = zipped(value) if field == "archive" else SimpleUploadedFile(*value)
+    response = upload(alice, **uploads)
+    assert response.status_code == 400, response.content.decode()[:500]
+    assert message in html.unescape(response.content.decode())
+    assert not AdapterVersion.objects.exists()
+    assert files_left(settings) == []
+
+
+def test_a_zip_bomb_is_refused_before_it_is_inflated(alice, persona, base_model, settings):
+    archive = zipped(
+        {"adapter_config.json": config_json(), "adapter_model.safetensors": b"\0" * (4 << 20)},
+        compression=zipfile.ZIP_DEFLATED,
+    )
+    response = upload(alice, archive=archive)
+    assert response.status_code == 400 and "compressed" in response.content.decode()
+    assert files_left(settings) == []
+
+
+def test_an_archive_that_unpacks_past_the_limit_is_refused(alice, persona, base_model, settings):
+    settings.VOYAGER_MAX_UPLOAD_BYTES = 2048
+    archive = zipped(
+        {"adapter_config.json": config_json(), "adapter_model.safetensors": b"\1" * 3000},
+        compression=zipfile.ZIP_DEFLATED,
+    )
+    response = upload(alice, archive=archive)
+    assert response.status_code == 400 and "byte upload limit" in response.content.decode()
+    assert files_left(settings) == []
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(alice, persona, base_model, settings):
+    settings.VOYAGER_MAX_UPLOAD_BYTES = 1024
+    response = upload(alice, weights=SimpleUploadedFile("adapter_model.safetensors", b"\0" * 4096))
+    assert response.status_code == 413 and "1024 byte limit" in response.content.decode()
+    assert files_left(settings) == []
+
+
+def test_the_limit_handler_cuts_off_a_body_without_a_length():
+    from django.core.files.uploadhandler import StopUpload
+
+    from portal.adapters import UploadLimitHandler
+
+    handler = UploadLimitHandler(limit=10)
+    handler.handle_raw_input(None, {}, None, b"x")
+    handler.receive_data_chunk(b"12345", 0)
+    with pytest.raises(StopUpload):
+        handler.receive_data_chunk(b"678901", 5)
+    assert handler.too_large
+
+
+def test_only_the_owning_modder_may_upload(alice, bob, charlie, persona, base_model):
+    assert upload(bob).status_code == 403
+    assert upload(charlie).status_code == 403
+    alice.groups.remove(Group.objects.get(name="modder"))
+    assert upload(alice).status_code == 403
+    assert not AdapterVersion.objects.exists()
+
+
+def test_upload_needs_the_csrf_token(alice, persona, base_model):
+    client = client_for(alice)
+    response = client.post("/personas/miner/upload/", {"config": SimpleUploadedFile("adapter_config.json", b"{}")})
+    assert response.status_code == 403
+
+
+def test_a_moderator_approves_then_the_owner_activates_and_the_old_version_retires(
+    alice, bob, persona, base_model, django_user_model
+):
+    mod = django_user_model.objects.create_user("mod", "", "mod-pass-123")
+    mod.groups.add(Group.objects.get(name="moderator"))
+    upload(alice)
+    upload(alice)
+    review = "/personas/miner/v{}/review/"
+    response = csrf_post(client_for(alice), review.format(1), {"decision": "approve"})
+    assert response.status_code == 403 and "only moderators" in response.content.decode()
+    response = csrf_post(client_for(alice), review.format(1), {"decision": "activate"})
+    assert response.status_code == 400 and "must approve it first" in response.content.decode()
+    for v in (1, 2):
+        assert csrf_post(client_for(mod), review.format(v), {"decision": "approve"}).status_code == 302
+    assert csrf_post(client_for(bob), review.format(1), {"decision": "activate"}).status_code == 403
+    assert csrf_post(client_for(alice), review.format(1), {"decision": "activate"}).status_code == 302
+    assert csrf_post(client_for(alice), review.format(2), {"decision": "activate"}).status_code == 302
+    persona.refresh_from_db()
+    statuses = dict(AdapterVersion.objects.values_list("version", "status"))
+    assert statuses == {1: "retired", 2: "active"} and persona.active_adapter.version == 2
+    response = csrf_post(client_for(mod), review.format(2), {"decision": "reject"})
+    assert response.status_code == 400 and "only validated versions" in response.content.decode()
+
+
+def test_header_parsing_never_reads_tensor_data(tmp_path):
+    from portal.adapters import read_safetensors_header
+
+    header = json.dumps({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    assert read_safetensors_header(path)["x"]["shape"] == [2]
+    header = json.dumps({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                         "y": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()  # fmt: skip
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 12)
+    with pytest.raises(Exception, match="overlaps"):
+        read_safetensors_header(path)
+
+
+def test_the_api_takes_an_upload_from_the_owner_and_names_the_problem_otherwise(alice, bob, persona, base_model):
+    from rest_framework.test import APIClient
+
+    def post(user, **files):
+        client = APIClient()
+        client.force_authenticate(user)
+        return client.post(f"/api/personas/{persona.slug}/adapter-versions/", files, format="multipart")
+
+    good = {
+        "config": SimpleUploadedFile("adapter_config.json", config_json()),
+        "weights": SimpleUploadedFile("adapter_model.safetensors", weights()),
+    }
+    response = post(alice, **good)
+    assert response.status_code == 201 and response.json()["version"] == 1 and response.json()["status"] == "validated"
+    response = post(alice, config=SimpleUploadedFile("adapter_config.json", config_json(r=0)),
+                    weights=SimpleUploadedFile("adapter_model.safetensors", weights()))  # fmt: skip
+    assert response.status_code == 400 and "rank r=0" in str(response.json())
+    bad_bob = {"config": SimpleUploadedFile("adapter_config.json", config_json()),
+               "weights": SimpleUploadedFile("adapter_model.safetensors", weights())}  # fmt: skip
+    assert post(bob, **bad_bob).status_code == 403
