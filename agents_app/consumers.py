@@ -86,6 +86,7 @@ class PendingAsk:
     worker_channel: str | None = None
     first_delta: float | None = None
     done: bool = False
+    workers_at_send: frozenset[str] = frozenset()
 
 
 def bearer_token(scope) -> str | None:
@@ -218,7 +219,12 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
             return
         timeout = settings.VOYAGER_ASK_TIMEOUT
         ask = PendingAsk(
-            frame=frame, plan=plan, request_id=request_id, started=started, deadline=started + timeout
+            frame=frame,
+            plan=plan,
+            request_id=request_id,
+            started=started,
+            deadline=started + timeout,
+            workers_at_send=frozenset(await live_workers()),
         )
         self.asks[frame.id] = ask
         self.by_request[ask.request_id] = frame.id
@@ -362,6 +368,13 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_send(WORKERS_GROUP, cancel)
 
     @staticmethod
+    def _lost_with_a_worker(ask: PendingAsk, alive: set[str]) -> bool:
+        """Not yet accepted, and a worker that was alive when it was sent has died since: the dying
+        worker's connection may have taken it off the channel, and nobody will ever answer."""
+        waited = time.monotonic() - ask.started
+        return ask.worker_id is None and waited > 1.0 and bool(ask.workers_at_send - alive)
+
+    @staticmethod
     def _served_by(ask: PendingAsk, alive: set[str]) -> bool:
         return ask.worker_id in alive if ask.worker_id is not None else bool(alive)
 
@@ -380,9 +393,9 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
                     await self._cancel_ask(ask)
                     await self.fail_ask(ErrorCode.TIMEOUT, "no reply within the deadline", ask.frame.id, ask.request_id)
                     continue
-                if not self._served_by(ask, alive):
+                if not self._served_by(ask, alive) or self._lost_with_a_worker(ask, alive):
                     alive = set(await live_workers(fresh=True))
-                if not self._served_by(ask, alive) and not ask.done:
+                if (not self._served_by(ask, alive) or self._lost_with_a_worker(ask, alive)) and not ask.done:
                     await self._cancel_ask(ask)
                     await self.fail_ask(
                         ErrorCode.UNAVAILABLE, "the inference worker stopped answering", ask.frame.id, ask.request_id

@@ -607,3 +607,30 @@ async def test_sigterm_drains_the_worker_running_asks_finish_and_new_ones_get_un
         worker.kill()
         worker.wait()
     assert error["code"] == "unavailable"
+
+
+async def test_an_ask_taken_by_a_dying_worker_is_answered_unavailable_not_left_to_time_out(game_server, persona):
+    store = heartbeats()
+    for worker_id in await store.alive():
+        await store.forget(worker_id)
+    await store.beat("ghost")  # alive when the ask is sent, but it never takes the ask
+
+    async def bystander():  # another worker stays alive throughout (and is busy elsewhere)
+        while True:
+            await store.beat("bystander")
+            await asyncio.sleep(0.5)
+
+    beating = asyncio.create_task(bystander())
+    try:
+        communicator, _, _ = await connect(game_server.raw_token)
+        started = time.monotonic()
+        await send(communicator, ask())
+        await asyncio.sleep(0.3)
+        await store.forget("ghost")  # ...and then it is gone
+        error = await recv(communicator, timeout=10)
+        await communicator.disconnect()
+    finally:
+        beating.cancel()
+        await store.forget("bystander")
+    assert error["code"] == "unavailable" and error["id"] == "a1"
+    assert time.monotonic() - started < 4  # far from VOYAGER_ASK_TIMEOUT

@@ -196,9 +196,8 @@ def test_asks_spread_over_two_workers_and_a_killed_worker_loses_no_exchange(topo
         streaming = sum(1 for m, a in long if any(f["type"] == "delta" for f in m.frames.get(a, [])))
         topology.procs["worker1"].send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        # New asks once it is dead: the survivor answers them. (A request that reaches Redis while the
-        # killed process is still being torn down can be popped by its dying connection; the gateway
-        # then answers it `timeout` only at VOYAGER_ASK_TIMEOUT. Known gap: see docs/deploy.md.)
+        # New asks once it is dead: the survivor answers them. (A request popped by the dying
+        # connection is answered `unavailable` by the gateway's watchdog: see docs/deploy.md.)
         await asyncio.get_running_loop().run_in_executor(None, topology.procs["worker1"].wait, 10)
         after = [(mods[i % 2], f"after{i}") for i in range(6)]
         for mod, ask_id in after:
