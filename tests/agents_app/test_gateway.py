@@ -547,6 +547,13 @@ async def test_the_embedded_default_starts_the_worker_inside_the_web_process(gam
     assert frames[-1]["type"] == "reply" and frames[-1]["text"] == "hi there"
 
 
+def wait_for_ready_line(worker, ready: threading.Event) -> None:
+    """The worker prints system-check warnings first (no model built yet, say): wait for its own line."""
+    for line in worker.stdout:  # read to the end, so a full pipe never blocks the worker's logging
+        if " ready" in line:
+            ready.set()
+
+
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="a worker process needs the Redis channel layer")
 async def test_a_worker_killed_mid_stream_yields_unavailable_not_silence(game_server, persona):
     env = {**os.environ, "VOYAGER_ECHO_DELAY": "0.4", "PYTHONUNBUFFERED": "1"}
@@ -560,7 +567,7 @@ async def test_a_worker_killed_mid_stream_yields_unavailable_not_silence(game_se
     )
     try:
         ready = threading.Event()
-        threading.Thread(target=lambda: (worker.stdout.readline(), ready.set()), daemon=True).start()
+        threading.Thread(target=wait_for_ready_line, args=(worker, ready), daemon=True).start()
         assert await asyncio.get_running_loop().run_in_executor(None, ready.wait, 60), "worker did not start"
         communicator, _, _ = await connect(game_server.raw_token)
         await send(communicator, ask(text="one two three four five six seven eight nine ten"))
@@ -590,7 +597,7 @@ async def test_sigterm_drains_the_worker_running_asks_finish_and_new_ones_get_un
     )
     try:
         ready = threading.Event()
-        threading.Thread(target=lambda: (worker.stdout.readline(), ready.set()), daemon=True).start()
+        threading.Thread(target=wait_for_ready_line, args=(worker, ready), daemon=True).start()
         assert await asyncio.get_running_loop().run_in_executor(None, ready.wait, 60), "worker did not start"
         communicator, _, _ = await connect(game_server.raw_token)
         await send(communicator, ask(text="one two three four five six seven eight"))
