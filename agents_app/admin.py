@@ -20,6 +20,7 @@ from agents_app.models import (
     Rating,
     TrainingRun,
 )
+from training_tasks.admin import TrainingRunChartsMixin
 
 
 @admin.register(Persona)
@@ -492,12 +493,14 @@ class ProtectedAreaAdmin(admin.ModelAdmin):
 
 
 @admin.register(TrainingRun)
-class TrainingRunAdmin(admin.ModelAdmin):
+class TrainingRunAdmin(TrainingRunChartsMixin, admin.ModelAdmin):
     list_display = ["persona", "night", "status", "method", "produced_version", "started_at", "finished_at"]
     list_filter = ["status", "method", "persona"]
     search_fields = ["persona__slug", "log", "error"]
     list_select_related = ["persona", "produced_version"]
     readonly_fields = [
+        "loss_chart",
+        "metrics_table",
         "persona",
         "night",
         "status",

@@ -1,0 +1,373 @@
+"""The nightly pipeline for real: Redis broker, a `celery worker -P solo` process, PostgreSQL, a tiny model.
+
+The worker reads the test database (DATABASE_URL built from this process's
+connection) and its own queue, so a worker of another suite on the same Redis
+never takes these tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+
+from agents_app.models import AdapterVersion, Exchange, Npc, Persona, PolicyFlag, Rating, TrainingRun
+from inference.prompt import GameContext, PersonaSpec, render_starter
+from training_tasks import services
+from training_tasks.gate import GateConfig, gate_decide
+
+ROOT = Path(__file__).resolve().parents[2]
+NIGHT = "2026-11-24"
+PLAYERS = ["alice", "bob", "Steve", "kim", "luna", "noor", "Ravi", "emma"]
+QUESTIONS = ["hello", "can you jump?", "where is the forge?", "follow me", "tell me about yourself", "bye"]
+
+needs_backends = pytest.mark.skipif(
+    not (os.environ.get("REDIS_URL") and os.environ.get("DATABASE_URL", "").startswith("postgres")),
+    reason="needs REDIS_URL and a PostgreSQL DATABASE_URL (a real broker and a database a worker process can share)",
+)
+
+
+# --- pure parts: no database -------------------------------------------------------------------
+
+
+def test_the_gate_refuses_a_candidate_that_ranks_held_out_replies_worse():
+    before = {"pref_accuracy": 0.70, "reward_margin": 0.30, "blocked_rate": 0.0, "empty_rate": 0.0}
+    worse = {"pref_accuracy": 0.55, "reward_margin": 0.10, "blocked_rate": 0.0, "empty_rate": 0.0}
+    better = {"pref_accuracy": 0.80, "reward_margin": 0.50, "blocked_rate": 0.03, "empty_rate": 0.0}
+    assert gate_decide(before, worse, GateConfig())[0] is False
+    assert gate_decide(before, better, GateConfig()) == (True, [])
+
+
+def test_the_gate_refuses_a_candidate_that_breaks_the_policy_more_often():
+    before = {"pref_accuracy": 0.6, "reward_margin": 0.1, "blocked_rate": 0.0}
+    after = {"pref_accuracy": 0.9, "reward_margin": 0.9, "blocked_rate": 0.25}
+    passed, reasons = gate_decide(before, after, GateConfig())
+    assert not passed and "blocked_rate" in reasons[0]
+
+
+def test_one_reply_of_difference_is_noise_not_a_reason_to_refuse():
+    before = {"pref_accuracy": 0.6, "reward_margin": 0.1, "policy_hit_rate": 0.0, "samples": 10}
+    after = {"pref_accuracy": 0.7, "reward_margin": 0.3, "policy_hit_rate": 0.1, "samples": 10}
+    assert gate_decide(before, after, GateConfig()) == (True, [])
+
+
+def test_the_gate_fails_closed_without_held_out_data():
+    assert gate_decide({}, {"reward_margin": 1.0}, GateConfig())[0] is False
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def media(tmp_path, tiny_model):
+    with override_settings(MEDIA_ROOT=str(tmp_path / "media"), VOYAGER_BASE_MODEL=str(tiny_model)):
+        yield tmp_path / "media"
+
+
+def blacksmith(owner) -> Persona:
+    return Persona.objects.create(
+        slug="brann",
+        name="Brann",
+        system_prompt="You are the village blacksmith.",
+        traits=["gruff"],
+        owner=owner,
+        allowed_actions=["say", "jump", "face", "follow", "stop_following", "move", "give"],
+    )
+
+
+def seed_ratings(persona: Persona, n: int = 120, liked: str = "Well met, {player}. Steel does not lie.") -> list:
+    """Rated exchanges whose prompts are rendered the way the engine renders them."""
+    npc = Npc.objects.create(world_id=f"sim-{persona.slug}-{uuid.uuid4().hex[:6]}", persona=persona)
+    spec = PersonaSpec(persona.slug, persona.name, persona.system_prompt, tuple(persona.traits))
+    ratings = []
+    for i in range(n):
+        player, question = PLAYERS[i % len(PLAYERS)], QUESTIONS[(i // len(PLAYERS)) % len(QUESTIONS)]
+        good = i % 3 == 0
+        raw = liked.format(player=player) if good else ["No.", "Hm. Mind the anvil.", "[[ACTION:jump]] Fine."][i % 3]
+        exchange = Exchange.objects.create(
+            npc=npc,
+            persona=persona,
+            source=Exchange.Source.SIMULATION,
+            player_name=player,
+            player_text=question,
+            prompt=render_starter(spec, [], GameContext(), player, f"{question} ({i})"),
+            raw_text=raw,
+            reply_text=raw,
+        )
+        ratings.append(Rating.objects.create(exchange=exchange, player_name=player, score=1 if good else -1))
+    return ratings
+
+
+def register_active_adapter(persona: Persona, media: Path, tiny_model: Path) -> AdapterVersion:
+    """An uploaded v1, live before any training: what every failure must leave alone."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from inference.lora import WEIGHTS_FILE, file_sha256
+
+    out = media / "adapters" / persona.slug / "upload-v1"
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"])
+    )
+    model.save_pretrained(out)
+    adapter = AdapterVersion.objects.create(
+        persona=persona,
+        version=1,
+        files_path=str(out.relative_to(media)),
+        sha256=file_sha256(out / WEIGHTS_FILE),
+        base_model_id=services.base_model_id(),
+        rank=4,
+        target_modules=["q_proj"],
+        size_bytes=(out / WEIGHTS_FILE).stat().st_size,
+        status=AdapterVersion.Status.ACTIVE,
+    )
+    persona.active_adapter = adapter
+    persona.save()
+    return adapter
+
+
+class Worker:
+    """A `celery -A portal worker -P solo` process on this test database and its own queue."""
+
+    def __init__(self, media: Path, model: Path, log_path: Path, **env: str) -> None:
+        db = connection.settings_dict
+        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+        self.queue = f"voyager-test-{uuid.uuid4().hex[:8]}"
+        environment = {
+            **os.environ,
+            "DATABASE_URL": f"postgres://{db['USER']}{password}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
+            "VOYAGER_CELERY_QUEUE": self.queue,
+            "VOYAGER_MEDIA_ROOT": str(media),
+            "VOYAGER_BASE_MODEL": str(model),
+            "VOYAGER_AUTO_PROMOTE": "1",
+            "VOYAGER_TRAINING_GATE_SAMPLES": "16",
+            "VOYAGER_TRAINING_BUSY_RETRY": "2",
+            # The tiny model needs bolder steps than the starter model to move in a few seconds.
+            "VOYAGER_TRAINING_SFT_EPOCHS": "8",
+            "VOYAGER_TRAINING_SFT_LR": "3e-3",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.log_path = log_path
+        self.log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "portal", "worker", "-P", "solo", "-Q", self.queue, "-l", "info"]
+            + ["--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT,
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while "ready." not in log_path.read_text():
+            assert self.proc.poll() is None, f"the worker exited:\n{log_path.read_text()}"
+            assert time.monotonic() < deadline, f"the worker did not start:\n{log_path.read_text()}"
+            time.sleep(0.2)
+
+    def send(self, task, *args, **kwargs) -> None:
+        task.apply_async(args=args, kwargs=kwargs, queue=self.queue)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.log.close()
+
+    def forget_queue(self) -> None:
+        """Drop this run's queue from Redis (a killed worker's unacknowledged message included)."""
+        import redis
+
+        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        client.delete(self.queue, f"_kombu.binding.{self.queue}", f"_kombu.binding_permanent.{self.queue}")
+        client.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text()[-6000:]
+
+
+@pytest.fixture
+def start_worker(media, tiny_model, tmp_path):
+    workers = []
+
+    def start(**env) -> Worker:
+        worker = Worker(media, tiny_model, tmp_path / f"worker-{len(workers)}.log", **env)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.kill()
+        worker.forget_queue()
+
+
+def wait_for(predicate, worker: Worker, timeout: float = 120.0, what: str = "the run"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; worker output:\n{worker.output()}")
+
+
+def finished(run_pk: int):
+    run = TrainingRun.objects.get(pk=run_pk)
+    return run if run.status in services.TERMINAL else None
+
+
+def temp_dirs(media: Path, persona: Persona) -> list[str]:
+    root = media / "adapters" / persona.slug
+    return sorted(p.name for p in root.glob(".tmp-*")) if root.exists() else []
+
+
+# --- the pipeline through a real worker ---------------------------------------------------------
+
+
+@needs_backends
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_the_nightly_task_trains_gates_promotes_and_tells_the_workers(alice, start_worker, media, tiny_model):
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    from inference.worker import WORKERS_GROUP
+    from training_tasks.tasks import nightly_training, train_persona
+
+    persona = blacksmith(alice)
+    v1 = register_active_adapter(persona, media, tiny_model)
+    ratings = seed_ratings(persona)
+    hidden = ratings[3].exchange  # a moderator keeps this one out
+    hidden.excluded_from_training = True
+    hidden.save()
+    flagged = ratings[4].exchange
+    PolicyFlag.objects.create(exchange=flagged, rule="action_not_allowed", status=PolicyFlag.Status.CONFIRMED)
+    quiet = Persona.objects.create(slug="quiet", name="Quiet", owner=alice)  # no ratings: no run
+    layer = get_channel_layer()
+    listener = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(WORKERS_GROUP, listener)
+
+    worker = start_worker()
+    worker.send(nightly_training, night=NIGHT, min_new_ratings=20)
+    run = wait_for(lambda: TrainingRun.objects.filter(persona=persona).first(), worker, what="the nightly fan-out")
+    run = wait_for(lambda: finished(run.pk), worker, timeout=240)
+
+    assert run.status == TrainingRun.Status.SUCCEEDED, f"{run.status}: {run.error}\n{run.log}"
+    assert not TrainingRun.objects.filter(persona=quiet).exists()
+    persona.refresh_from_db()
+    v1.refresh_from_db()
+    v2 = persona.active_adapter
+    assert v2.version == 2 and v2.status == "active" and v2.source == "training" and run.produced_version == v2
+    assert v1.status == "retired" and run.base_adapter == v1
+    assert (v2.absolute_path / "adapter_model.safetensors").is_file() and temp_dirs(media, persona) == []
+    from inference.lora import file_sha256
+
+    assert file_sha256(v2.absolute_path / "adapter_model.safetensors") == v2.sha256
+    assert hidden.ratings.get().pk not in run.rating_ids and ratings[4].pk not in run.rating_ids
+    assert set(run.rating_ids) <= {r.pk for r in ratings}
+    assert run.method == "sft" and run.loss_curve and run.metrics_before["pref_accuracy"] is not None
+    assert (
+        run.metrics_after["gate"]["passed"] and run.metrics_after["reward_margin"] > run.metrics_before["reward_margin"]
+    )
+    warm = async_to_sync(layer.receive)(listener)
+    assert warm == {
+        "type": "inference.adapter_activated",
+        "adapter": {"id": v2.pk, "version": 2, "path": str(v2.absolute_path), "sha256": v2.sha256},
+    }
+
+    # The same night again, and the same run again: nothing new.
+    worker.send(nightly_training, night=NIGHT, min_new_ratings=20)
+    worker.send(train_persona, run.pk)
+    time.sleep(3)
+    assert TrainingRun.objects.filter(persona=persona).count() == 1
+    assert AdapterVersion.objects.filter(persona=persona).count() == 2
+    assert TrainingRun.objects.get(pk=run.pk).finished_at == run.finished_at
+
+
+@needs_backends
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_one_run_per_persona_at_a_time(alice, start_worker, media):
+    from training_tasks.tasks import train_persona
+
+    persona = blacksmith(alice)
+    seed_ratings(persona)
+    run = TrainingRun.objects.create(persona=persona, night=NIGHT)
+    worker = start_worker()
+    with services.persona_training_lock(persona.pk) as got:  # another run holds the persona
+        assert got
+        worker.send(train_persona, run.pk)
+        wait_for(lambda: "PersonaBusy" in worker.output() or "Retry" in worker.output(), worker, what="a busy retry")
+        time.sleep(1)
+        run.refresh_from_db()
+        assert run.status == TrainingRun.Status.QUEUED and run.started_at is None
+        assert temp_dirs(media, persona) == []
+    # Released: the retry (2 s later here) runs it, once.
+    run = wait_for(lambda: finished(run.pk), worker, timeout=240)
+    assert run.status == TrainingRun.Status.SUCCEEDED, f"{run.status}: {run.error}\n{run.log}"
+    assert run.log.count("dataset:") == 1
+
+
+@needs_backends
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_training_leaves_the_active_version_and_the_next_run_cleans_up(
+    alice, start_worker, media, tiny_model
+):
+    from training_tasks.tasks import train_persona
+
+    persona = blacksmith(alice)
+    v1 = register_active_adapter(persona, media, tiny_model)
+    seed_ratings(persona, n=90)
+    run = TrainingRun.objects.create(persona=persona, night=NIGHT)
+    slow = start_worker(VOYAGER_TRAINING_SFT_EPOCHS="400")
+    slow.send(train_persona, run.pk)
+    wait_for(lambda: "sft step" in TrainingRun.objects.get(pk=run.pk).log, slow, timeout=120, what="training")
+    slow.kill()
+
+    run.refresh_from_db()
+    persona.refresh_from_db()
+    assert run.status == TrainingRun.Status.RUNNING
+    assert persona.active_adapter == v1 and AdapterVersion.objects.get(pk=v1.pk).status == "active"
+    assert AdapterVersion.objects.filter(persona=persona).count() == 1
+    leftovers = temp_dirs(media, persona)
+    assert leftovers, "the dead run's temp directory should be there until the next run"
+
+    fresh = start_worker()
+    fresh.send(train_persona, run.pk)
+    run = wait_for(lambda: finished(run.pk), fresh, timeout=240)
+    assert run.status == TrainingRun.Status.SUCCEEDED, f"{run.status}: {run.error}\n{run.log}"
+    assert "previous attempt died" in run.log and all(name in run.log for name in leftovers)
+    assert temp_dirs(media, persona) == []
+    persona.refresh_from_db()
+    assert persona.active_adapter.version == 2 and AdapterVersion.objects.get(pk=v1.pk).status == "retired"
+
+
+@needs_backends
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_the_gate_refuses_a_candidate_that_learned_a_forbidden_action(alice, start_worker, media):
+    """Players loved the NPC dancing; the policy forbids it: the candidate must not go live."""
+    from training_tasks.tasks import train_persona
+
+    persona = blacksmith(alice)
+    seed_ratings(persona, n=150, liked="[[ACTION:dance wildly]] Ha!")
+    run = TrainingRun.objects.create(persona=persona, night=NIGHT)
+    worker = start_worker(VOYAGER_TRAINING_SFT_EPOCHS="10")
+    worker.send(train_persona, run.pk)
+    run = wait_for(lambda: finished(run.pk), worker, timeout=240)
+
+    assert run.status == TrainingRun.Status.GATE_REJECTED, f"{run.status}: {run.error}\n{run.log}"
+    reasons = run.metrics_after["gate"]["reasons"]
+    assert any("blocked_rate" in reason for reason in reasons), (run.metrics_before, run.metrics_after)
+    persona.refresh_from_db()
+    assert persona.active_adapter is None and not AdapterVersion.objects.filter(persona=persona).exists()
+    assert run.produced_version is None and temp_dirs(media, persona) == []

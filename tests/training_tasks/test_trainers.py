@@ -1,0 +1,65 @@
+"""The TRL stages on the tiny model: SFT, then KTO for thumbs or DPO for pairs, with the SFT model as reference."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference.loading import load_base_model
+from inference.lora import load_adapter
+from training_tasks.trainers import TrainConfig, TrainingData, train_adapter
+
+PROMPT = "<|system|>You are Brann.<|end|>\n<|player|>bob: hi {i}<|end|>\n<|npc|>"
+SFT = [{"prompt": PROMPT.format(i=i), "completion": "Well met."} for i in range(16)]
+KTO = [
+    {"prompt": PROMPT.format(i=i), "completion": "Well met." if i % 2 else "No.", "label": bool(i % 2)}
+    for i in range(32)
+]
+DPO = [{"prompt": PROMPT.format(i=i), "chosen": "Well met.", "rejected": "No."} for i in range(16)]
+QUICK = TrainConfig(sft_epochs=1, pref_epochs=1)
+
+
+@pytest.mark.parametrize(
+    ("data", "stages"),
+    [
+        (TrainingData(sft=SFT), ["sft"]),
+        (TrainingData(sft=SFT, kto=KTO), ["sft", "kto"]),
+        (TrainingData(sft=SFT, kto=KTO, dpo=DPO), ["sft", "dpo"]),
+    ],
+    ids=["sft-only", "sft-then-kto", "sft-then-dpo"],
+)
+def test_each_stage_trains_a_peft_adapter_the_engine_can_load(tiny_model, tmp_path, data, stages):
+    result = train_adapter(
+        base_model_path=tiny_model, init_adapter=None, data=data, out_dir=tmp_path / "a", config=QUICK
+    )
+    assert result.stages == stages and result.method == stages[-1]
+    assert {p["stage"] for p in result.loss_curve} == set(stages)
+    if stages[-1] != "sft":
+        # The reference is the SFT model, so the preference stage starts from a zero margin.
+        first = next(p for p in result.loss_curve if p["stage"] == stages[-1])
+        assert first.get("rewards/margins", 0.0) == pytest.approx(0.0, abs=1e-4)
+    adapter = load_adapter(tmp_path / "a", load_base_model(tiny_model).model)
+    assert adapter.rank == QUICK.lora_r and "model.layers.0.self_attn.q_proj" in adapter.modules
+
+
+def test_training_continues_from_the_active_adapter(tiny_model, tmp_path):
+    first = tmp_path / "v1"
+    train_adapter(
+        base_model_path=tiny_model, init_adapter=None, data=TrainingData(sft=SFT), out_dir=first, config=QUICK
+    )
+    train_adapter(
+        base_model_path=tiny_model,
+        init_adapter=first,
+        data=TrainingData(sft=SFT),
+        out_dir=tmp_path / "v2",
+        config=QUICK,
+    )
+    base = load_base_model(tiny_model).model
+    a, b = load_adapter(first, base), load_adapter(tmp_path / "v2", base)
+    assert a.modules.keys() == b.modules.keys()
+    name = next(iter(a.modules))
+    assert not (a.modules[name][1] == b.modules[name][1]).all()
+
+
+def test_nothing_to_learn_from_is_an_error(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="nothing to train on"):
+        train_adapter(base_model_path=tiny_model, init_adapter=None, data=TrainingData(), out_dir=tmp_path / "a")

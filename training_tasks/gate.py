@@ -1,0 +1,217 @@
+"""The evaluation gate: a candidate adapter replaces the active one only if it is not worse.
+
+Two measurements, both on data the trainer never saw:
+
+- preference, by log-probability: the mean per-token log-probability of each
+  held-out reply under the adapter. ``pref_accuracy`` is the chance that a
+  random liked reply scores above a random disliked one (AUC; same-prompt pairs
+  count too); ``reward_margin`` is mean(liked) − mean(disliked).
+- behaviour, on sampled replies: held-out prompts are answered through the
+  serving engine with the adapter, and each reply goes through the serving
+  policy (``agents_app.policy.check_reply``: actions and text rules);
+  ``blocked_rate`` is the share of replies with a blocked action,
+  ``policy_hit_rate`` the share with any rule hit, ``empty_rate`` the share
+  with no visible text.
+
+The gate refuses when preference accuracy drops beyond a tolerance, when the
+margin does not grow, or when the blocked, policy-hit or empty rate rises
+beyond a tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from training_tasks.dataset import HeldOut
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    accuracy_tolerance: float = 0.02
+    min_margin_gain: float = 0.0
+    behaviour_tolerance: float = 0.05
+    samples: int = 32
+    max_tokens: int = 48
+
+
+def _score(model, tokenizer, items: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float]:
+    """Mean log-probability per token of ``completion + eos`` after ``prompt``."""
+    eos = tokenizer.eos_token or ""
+    out: list[float] = []
+    dev = next(model.parameters()).device
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        seqs, spans = [], []
+        for prompt, completion in chunk:
+            p = tokenizer.encode(prompt, add_special_tokens=False)
+            c = tokenizer.encode(completion + eos, add_special_tokens=False)
+            ids = (p + c)[-512:]
+            seqs.append(ids)
+            spans.append(min(len(c), len(ids) - 1))
+        width = max(len(s) for s in seqs)
+        pad = tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = input_ids[:, 1:].to(dev)
+        token_logp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        for i, s in enumerate(seqs):
+            n = spans[i]
+            out.append(float(token_logp[i, len(s) - 1 - n : len(s) - 1].mean()))
+    return out
+
+
+def _auc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def preference_metrics(model, tokenizer, heldout: HeldOut) -> dict[str, Any]:
+    liked = _score(model, tokenizer, [(e.prompt, e.completion) for e in heldout.liked])
+    disliked = _score(model, tokenizer, [(e.prompt, e.completion) for e in heldout.disliked])
+    metrics: dict[str, Any] = {"heldout_liked": len(liked), "heldout_disliked": len(disliked)}
+    auc = _auc(liked, disliked)
+    if heldout.pairs:
+        chosen = _score(model, tokenizer, [(p["prompt"], p["chosen"]) for p in heldout.pairs])
+        rejected = _score(model, tokenizer, [(p["prompt"], p["rejected"]) for p in heldout.pairs])
+        wins = sum((c > r) + 0.5 * (c == r) for c, r in zip(chosen, rejected))
+        metrics["pair_accuracy"] = round(wins / len(chosen), 4)
+        # Pairs weigh like the pairs inside the AUC.
+        auc_pairs = len(liked) * len(disliked)
+        auc = (((auc or 0) * auc_pairs) + wins) / (auc_pairs + len(chosen))
+    metrics["pref_accuracy"] = None if auc is None else round(auc, 4)
+    if liked and disliked:
+        metrics["liked_logp"] = round(sum(liked) / len(liked), 4)
+        metrics["disliked_logp"] = round(sum(disliked) / len(disliked), 4)
+        metrics["reward_margin"] = round(metrics["liked_logp"] - metrics["disliked_logp"], 4)
+    return metrics
+
+
+def sample_replies(
+    base_model_path: str | os.PathLike[str],
+    adapter_path: str | None,
+    prompts: Sequence[str],
+    persona_spec,
+    *,
+    max_tokens: int = 48,
+    seed: int = 0,
+) -> list[Any]:
+    """Answer ``prompts`` (already rendered) through the serving engine; returns engine Results."""
+    from inference.engine import AdapterRef, Engine, EngineConfig, Error, Request, Result
+    from inference.loading import load_base_model
+    from inference.prompt import Prompt
+
+    loaded = load_base_model(base_model_path)
+    engine = Engine(loaded, EngineConfig(max_batch_size=16, max_queue=max(64, len(prompts)), adapter_slots=1))
+    ref = AdapterRef(id=1, version=1, path=str(adapter_path)) if adapter_path else None
+    done: dict[str, Any] = {}
+    cond = threading.Condition()
+
+    def collect(event) -> None:
+        if isinstance(event, (Result, Error)):
+            with cond:
+                done[event.request_id] = event
+                cond.notify_all()
+
+    try:
+        for i, text in enumerate(prompts):
+            ids = loaded.tokenizer.encode(text, add_special_tokens=False)
+            request = Request(
+                request_id=f"gate-{i}",
+                persona=persona_spec,
+                prompt=Prompt(text=text, input_ids=ids),
+                adapter=ref,
+                max_tokens=max_tokens,
+                seed=seed + i,
+            )
+            engine.submit(request, collect)
+        with cond:
+            if not cond.wait_for(lambda: len(done) == len(prompts), timeout=600):
+                raise RuntimeError("sampling replies for the gate took over 10 minutes")
+    finally:
+        engine.stop(drain=False, timeout=30)
+    errors = [e for e in done.values() if isinstance(e, Error)]
+    if errors:
+        raise RuntimeError(f"sampling for the gate failed: {errors[0].code}: {errors[0].message}")
+    return [done[f"gate-{i}"] for i in range(len(prompts))]
+
+
+def behaviour_metrics(results: Sequence[Any], check: Callable[[str, list[dict[str, Any]]], Any]) -> dict[str, Any]:
+    """``check(text, actions)`` is the serving policy (``agents_app.policy.check_reply``)."""
+    n = max(1, len(results))
+    verdicts = [check(r.text, [dict(a) for a in r.actions]) for r in results]
+    blocked = sum(1 for v in verdicts if v.blocked)
+    flagged = sum(1 for v in verdicts if v.hits)
+    empty = sum(1 for r in results if not r.text.strip())
+    # Not gated, shown to moderators: a model that opens every reply the same way has collapsed.
+    openings = {" ".join(r.text.lower().split()[:2]) for r in results}
+    return {
+        "samples": len(results),
+        "blocked_rate": round(blocked / n, 4),
+        "policy_hit_rate": round(flagged / n, 4),
+        "empty_rate": round(empty / n, 4),
+        "distinct_openings": round(len(openings) / n, 4),
+    }
+
+
+def evaluate_adapter(
+    *,
+    base_model_path: str | os.PathLike[str],
+    adapter_path: str | None,
+    heldout: HeldOut,
+    persona_spec,
+    check: Callable[[str, list[dict[str, Any]]], Any],
+    config: GateConfig,
+) -> dict[str, Any]:
+    """Both measurements for one adapter (``None``: the bare base model)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32, local_files_only=True)
+    if adapter_path:
+        model = PeftModel.from_pretrained(model, str(adapter_path))
+    model.eval()
+    metrics = preference_metrics(model, tokenizer, heldout)
+    del model
+    prompts = heldout.prompts()[: config.samples]
+    if prompts:
+        results = sample_replies(
+            base_model_path, adapter_path, prompts, persona_spec, max_tokens=config.max_tokens, seed=1234
+        )
+        metrics.update(behaviour_metrics(results, check))
+    return metrics
+
+
+def gate_decide(before: dict[str, Any], after: dict[str, Any], config: GateConfig) -> tuple[bool, list[str]]:
+    """(passed, reasons it failed). Missing measurements fail closed."""
+    reasons: list[str] = []
+    acc_b, acc_a = before.get("pref_accuracy"), after.get("pref_accuracy")
+    if acc_a is None or acc_b is None:
+        reasons.append("no held-out preference data to compare on")
+    elif acc_a < acc_b - config.accuracy_tolerance:
+        reasons.append(f"preference accuracy fell from {acc_b} to {acc_a}")
+    m_b, m_a = before.get("reward_margin"), after.get("reward_margin")
+    if m_a is not None and m_b is not None and m_a <= m_b + config.min_margin_gain:
+        reasons.append(f"reward margin did not grow ({m_b} → {m_a})")
+    # One reply more or less is noise, not a trend: never refuse on a single sample's difference.
+    samples = min(before.get("samples") or 0, after.get("samples") or 0)
+    tolerance = max(config.behaviour_tolerance, 1.5 / samples) if samples else config.behaviour_tolerance
+    for key in ("blocked_rate", "policy_hit_rate", "empty_rate"):
+        b, a = before.get(key), after.get(key)
+        if a is not None and b is not None and a > b + tolerance:
+            reasons.append(f"{key} rose from {b} to {a}")
+    return not reasons, reasons

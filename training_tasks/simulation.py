@@ -1,0 +1,318 @@
+"""Scripted players who talk to an NPC through the real engine and rate it by a rule it does not know.
+
+Each simulated conversation is one player with one NPC (a playground NPC per
+conversation, so its memory is that conversation): a greeting now and then,
+then a few questions drawn from the corpus. Requests are built the way the
+inference worker builds them (``agents_app.gateway`` payloads →
+``inference.service.request_from_message`` → the engine's prompt builder), the
+exchange is stored with ``source=simulation`` and the prompt exactly as the
+model saw it, and the player rates the reply with ``hidden_rule``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from agents_app import gateway
+from agents_app.models import Exchange, Npc, Persona, Rating
+from agents_app.services import rating_upsert
+
+GREETINGS = ("hello", "hi there", "hey {name}", "good morning {name}", "hello, how are you?", "hi! nice to meet you")
+
+
+GREETING_RE = re.compile(
+    r"(?<!\w)(hello|hi|hey|howdy|welcome|greetings|well met|good (?:morning|day|evening|to see you)|"
+    r"peace to you|gr[üu]ß dich|farewell|goodbye|bye|see you|safe travels)(?!\w)",
+    re.IGNORECASE,
+)
+RULES = ("greets", "by_name")
+
+
+def hidden_rule(reply_text: str, player: str, rule: str = "greets") -> bool:
+    """The players' secret taste, judged on what they see (actions removed).
+
+    ``greets``: the reply greets them (hello, welcome, well met, farewell...).
+    ``by_name``: the reply names them. The starter model picks player names at
+    chance (its ``[[ACTION:face NAME]]`` arguments match the player 1 time in
+    12, like the 12 names of the corpus), so ``by_name`` cannot be learned from
+    a few thousand ratings on it; ``greets`` can, and is the default.
+    """
+    if rule == "by_name":
+        return re.search(r"(?<!\w)" + re.escape(player) + r"(?!\w)", reply_text, re.IGNORECASE) is not None
+    if rule == "greets":
+        return GREETING_RE.search(reply_text) is not None
+    raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
+
+
+@dataclass
+class Conversation:
+    npc: Npc
+    player: str
+    questions: list[str]
+    context: dict[str, Any]
+
+
+@dataclass
+class SimulationReport:
+    replies: int
+    liked: int
+    errors: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.liked / self.replies if self.replies else 0.0
+
+
+def _corpus_persona(persona: Persona) -> dict[str, Any]:
+    from inference.corpus import load_corpus_data
+
+    personas = load_corpus_data()["personas"]
+    for entry in personas:
+        if entry["slug"] == persona.slug or entry["name"] == persona.name:
+            return entry
+    return {
+        "inventory": sorted({item for p in personas for item in p["inventory"]}),
+        "home": "the village",
+    }
+
+
+def scripted_questions(persona: Persona, rng: random.Random, n: int) -> list[str]:
+    from inference.corpus import load_corpus_data
+
+    data = load_corpus_data()
+    entry = _corpus_persona(persona)
+    world = data["world"]
+    out = []
+    if rng.random() < 0.5:
+        out.append(rng.choice(GREETINGS).format(name=persona.name))
+    while len(out) < n:
+        intent = rng.choice(data["intents"])
+        direction = rng.choice(world["directions"])
+        fill = {
+            "name": persona.name,
+            "item": rng.choice(entry["inventory"]),
+            "n": str(rng.randint(1, 5)),
+            "place": rng.choice(world["places"]),
+            "dir": direction["words"],
+        }
+        question = rng.choice(intent["questions"]).format(**fill)
+        out.append(question.capitalize() if rng.random() < 0.3 else question)
+    return out[:n]
+
+
+def scripted_context(rng: random.Random) -> dict[str, Any]:
+    from inference.corpus import load_corpus_data
+
+    world = load_corpus_data()["world"]
+    if rng.random() < 0.2:
+        return {}
+    return {
+        "pos": [rng.randint(-300, 300), rng.randint(-20, 60), rng.randint(-300, 300)],
+        "time_of_day": round(rng.random(), 2),
+        "nearby": rng.sample(world["things_nearby"], rng.randint(0, 3)),
+    }
+
+
+def scripted_players(seed: int) -> list[str]:
+    from inference.corpus import load_corpus_data
+
+    players = list(load_corpus_data()["world"]["players"])
+    random.Random(seed).shuffle(players)
+    return players
+
+
+def load_engine(model_path: str | None = None):
+    from inference.engine import Engine, EngineConfig
+    from inference.loading import load_base_model
+
+    loaded = load_base_model(model_path or settings.VOYAGER_BASE_MODEL)
+    config = EngineConfig(max_batch_size=32, max_queue=4096, max_memory_turns=settings.VOYAGER_MEMORY_TURNS)
+    return Engine(loaded, config).start()
+
+
+def _ask_all(engine, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Submit worker-style request messages; wait for every terminal event."""
+    from inference.engine import Error, Result
+    from inference.service import request_from_message
+
+    done: dict[str, Any] = {}
+    cond = threading.Condition()
+
+    def collect(event) -> None:
+        if isinstance(event, (Result, Error)):
+            with cond:
+                done[event.request_id] = event
+                cond.notify_all()
+
+    for message in messages:
+        engine.submit(request_from_message(message), collect)
+    with cond:
+        if not cond.wait_for(lambda: len(done) == len(messages), timeout=900):
+            raise TimeoutError("the engine did not answer every simulated ask within 15 minutes")
+    return done
+
+
+def simulate_players(
+    *,
+    persona: Persona,
+    replies: int,
+    seed: int = 0,
+    turns: int = 4,
+    engine=None,
+    rule: str = "greets",
+    log: Callable[[str], None] = lambda _m: None,
+) -> SimulationReport:
+    """Have scripted players talk ``replies`` times with the persona, store and rate every reply."""
+    import time
+
+    from inference.engine import Result
+
+    started = time.monotonic()
+    rng = random.Random(seed)
+    own_engine = engine is None
+    engine = engine or load_engine()
+    base_id = "simulation"
+    players = scripted_players(seed)
+    liked = errors = made = 0
+    run_tag = uuid.uuid4().hex[:8]
+    try:
+        while made < replies:
+            wave = min(64, -(-(replies - made) // turns))
+            conversations = []
+            for i in range(wave):
+                npc = Npc.objects.create(
+                    world_id=f"sim-{persona.slug}-{run_tag}-{made}-{i}", persona=persona, display_name=persona.name
+                )
+                n = min(turns, replies - made - sum(len(c.questions) for c in conversations))
+                if n <= 0:
+                    npc.delete()
+                    break
+                conversations.append(
+                    Conversation(npc, rng.choice(players), scripted_questions(persona, rng, n), scripted_context(rng))
+                )
+            for turn in range(max(len(c.questions) for c in conversations)):
+                active = [c for c in conversations if turn < len(c.questions)]
+                plans, messages = {}, []
+                for k, conv in enumerate(active):
+                    plan = _plan(conv.npc)
+                    rid = f"sim-{run_tag}-{made}-{turn}-{k}"
+                    plans[rid] = (conv, plan)
+                    messages.append(
+                        {
+                            "request_id": rid,
+                            **plan.request,
+                            "player": conv.player,
+                            "text": conv.questions[turn],
+                            "context": conv.context,
+                            "seed": rng.getrandbits(31),
+                        }
+                    )
+                results = _ask_all(engine, messages)
+                for rid, (conv, plan) in plans.items():
+                    event = results[rid]
+                    if not isinstance(event, Result):
+                        errors += 1
+                        continue
+                    message = {
+                        "text": event.text,
+                        "raw_text": event.raw_text,
+                        "actions": [dict(a) for a in event.actions],
+                        "adapter_id": event.adapter_id,
+                        "prompt": event.prompt_text,
+                        "prompt_tokens": event.prompt_tokens,
+                        "completion_tokens": event.completion_tokens,
+                        "finish_reason": event.finish_reason,
+                        "base_model_id": base_id,
+                    }
+                    exchange, _ = gateway.exchange_record(
+                        plan=plan,
+                        player=conv.player,
+                        text=conv.questions[turn],
+                        context=conv.context,
+                        result=message,
+                        ttft_ms=event.ttft_ms,
+                        total_ms=event.total_ms,
+                        source=Exchange.Source.SIMULATION,
+                    )
+                    good = hidden_rule(event.text, conv.player, rule)
+                    liked += good
+                    rating_upsert(
+                        exchange=exchange,
+                        score=1 if good else -1,
+                        player_name=conv.player,
+                        reason="" if good else "simulated",
+                        source=Rating.Source.GAME,
+                    )
+                    made += 1
+            log(f"{made}/{replies} replies, {liked} liked")
+    finally:
+        if own_engine:
+            engine.stop(drain=False, timeout=30)
+    return SimulationReport(replies=made, liked=liked, errors=errors, seconds=time.monotonic() - started)
+
+
+def _plan(npc: Npc) -> gateway.AskPlan:
+    """What ``gateway.ask_prepare`` gives the consumer, for a playground NPC (no game server)."""
+    persona = Persona.objects.select_related("active_adapter").get(pk=npc.persona_id)
+    adapter = persona.active_adapter
+    if adapter is not None and adapter.status != adapter.Status.ACTIVE:
+        adapter = None
+    return gateway.AskPlan(
+        npc_id=npc.pk,
+        persona_id=persona.pk,
+        adapter_version_id=adapter.pk if adapter else None,
+        request={
+            "persona": gateway.persona_payload(persona),
+            "adapter": gateway.adapter_ref(adapter),
+            "memory": gateway.npc_memory(npc, settings.VOYAGER_MEMORY_TURNS),
+        },
+    )
+
+
+def rule_rate(
+    *, persona: Persona, n: int, seed: int, adapter_path: str | None = None, engine=None, rule: str = "greets"
+) -> tuple[float, list[dict[str, Any]]]:
+    """The hidden-rule rate on fresh single-turn prompts, nothing stored. Returns (rate, samples)."""
+    from inference.engine import Result
+
+    rng = random.Random(seed)
+    players = scripted_players(seed)
+    own_engine = engine is None
+    engine = engine or load_engine()
+    payload = gateway.persona_payload(persona)
+    adapter = {"id": 10**6 + seed, "version": 1, "path": adapter_path} if adapter_path else None
+    try:
+        messages = []
+        for i in range(n):
+            messages.append(
+                {
+                    "request_id": f"rate-{seed}-{i}",
+                    "persona": payload,
+                    "adapter": adapter,
+                    "memory": [],
+                    "player": rng.choice(players),
+                    "text": scripted_questions(persona, rng, 1)[0],
+                    "context": scripted_context(rng),
+                    "seed": rng.getrandbits(31),
+                }
+            )
+        results = _ask_all(engine, messages)
+    finally:
+        if own_engine:
+            engine.stop(drain=False, timeout=30)
+    samples = []
+    for m in messages:
+        event = results[m["request_id"]]
+        text = event.text if isinstance(event, Result) else ""
+        liked = hidden_rule(text, m["player"], rule)
+        samples.append({"player": m["player"], "text": m["text"], "reply": text, "liked": liked})
+    return sum(s["liked"] for s in samples) / max(1, n), samples

@@ -1,0 +1,255 @@
+"""Train a persona's LoRA adapter with TRL: SFT on liked replies, then a gentle preference stage.
+
+Why two stages: on our small models, preference optimisation alone (KTO) made
+replies *worse* (docs FINDINGS "Learning loop": the log-probabilities of liked
+and disliked replies both fell), while supervised fine-tuning on the liked
+replies moved the hidden-rule rate a lot. So stage 1 is TRL's ``SFTTrainer``
+on the liked replies (completion-only loss), and stage 2 is ``DPOTrainer``
+when there are enough preference pairs, else ``KTOTrainer``, with a small
+learning rate and the *post-SFT* model as the reference, so it only sharpens
+what SFT learned. Either stage can be switched off in the config; what ships
+is what the benchmark measured (``benchmarks/rlhf.py``).
+
+This module does not import Django: it takes plain lists and paths.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("voyager.training")
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lora_r: int = 8
+    lora_alpha: int = 16
+    target_modules: tuple[str, ...] = LORA_TARGETS
+    seed: int = 0
+    max_length: int = 512
+    batch_size: int = 8
+    # Stage 1: SFT on liked replies.
+    sft_epochs: float = 4.0
+    sft_lr: float = 1e-3
+    sft_min_examples: int = 4
+    # Stage 2: preference optimisation, small steps around the SFT model.
+    pref_epochs: float = 1.0
+    pref_lr: float = 5e-5
+    pref_beta: float = 0.1
+    min_dpo_pairs: int = 16
+    min_kto_examples: int = 16
+    max_steps_cap: int = 2000
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["target_modules"] = list(self.target_modules)
+        return out
+
+
+@dataclass
+class TrainingData:
+    """What the dataset builder hands the trainer (already split and weighted)."""
+
+    sft: list[dict[str, str]] = field(default_factory=list)  # {prompt, completion}
+    kto: list[dict[str, Any]] = field(default_factory=list)  # {prompt, completion, label: bool}
+    dpo: list[dict[str, str]] = field(default_factory=list)  # {prompt, chosen, rejected}
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+
+@dataclass
+class TrainResult:
+    method: str  # "sft", "dpo" or "kto": the last stage that ran
+    stages: list[str]
+    loss_curve: list[dict[str, Any]]
+    seconds: float
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_policy(
+    base_model_path: str | os.PathLike[str], init_adapter: str | os.PathLike[str] | None, config: TrainConfig
+):
+    """Base model with a trainable LoRA: the persona's active adapter if any, else a fresh one."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base = AutoModelForCausalLM.from_pretrained(
+        base_model_path, dtype=torch.float32, use_safetensors=True, local_files_only=True
+    )
+    if init_adapter:
+        model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
+    else:
+        present = {name.rsplit(".", 1)[-1] for name, mod in base.named_modules() if isinstance(mod, torch.nn.Linear)}
+        targets = [t for t in config.target_modules if t in present] or ["q_proj", "v_proj"]
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            target_modules=targets,
+            lora_dropout=0.0,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(base, lora)
+    return model.to(device()), tokenizer
+
+
+class _LossRecorder:
+    """A TrainerCallback (built lazily so importing this module stays cheap)."""
+
+    def __init__(self, stage: str, sink: list[dict[str, Any]], on_log: Callable[[str], None]):
+        from transformers import TrainerCallback
+
+        recorder = self
+
+        class Callback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    point = {"stage": stage, "step": state.global_step, "loss": round(float(logs["loss"]), 5)}
+                    for key in ("rewards/margins", "rewards/chosen", "rewards/rejected", "kl"):
+                        if key in logs:
+                            point[key] = round(float(logs[key]), 5)
+                    recorder.sink.append(point)
+                    recorder.on_log(f"{stage} step {state.global_step} loss {point['loss']}")
+
+        self.sink, self.on_log, self.callback = sink, on_log, Callback()
+
+
+def _common_args(config: TrainConfig, out: str, epochs: float, lr: float, n: int) -> dict[str, Any]:
+    steps_per_epoch = max(1, -(-n // config.batch_size))
+    return {
+        "output_dir": out,
+        "learning_rate": lr,
+        "num_train_epochs": epochs,
+        "max_steps": min(config.max_steps_cap, max(1, int(steps_per_epoch * epochs))),
+        "per_device_train_batch_size": config.batch_size,
+        "logging_steps": max(1, steps_per_epoch // 4),
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": 0,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "use_cpu": device() == "cpu",
+        "bf16": False,
+        "fp16": False,
+        "remove_unused_columns": False,
+    }
+
+
+def _frozen_copy(model):
+    """The current policy merged into a plain model: the reference for the preference stage."""
+    ref = copy.deepcopy(model).merge_and_unload()
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def train_adapter(
+    *,
+    base_model_path: str | os.PathLike[str],
+    init_adapter: str | os.PathLike[str] | None,
+    data: TrainingData,
+    out_dir: str | os.PathLike[str],
+    config: TrainConfig | None = None,
+    on_log: Callable[[str], None] = lambda _m: None,
+) -> TrainResult:
+    """Train and ``save_pretrained`` the adapter (safetensors) into ``out_dir``."""
+    import time
+
+    from datasets import Dataset
+
+    config = config or TrainConfig()
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_policy(base_model_path, init_adapter, config)
+    curve: list[dict[str, Any]] = []
+    stages: list[str] = []
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    # Scratch lives inside out_dir: whoever cleans up after a dead run removes it too.
+    with tempfile.TemporaryDirectory(prefix="trl-", dir=out_dir) as scratch:
+        if config.sft_epochs > 0 and len(data.sft) >= config.sft_min_examples:
+            from trl import SFTConfig, SFTTrainer
+
+            args = SFTConfig(
+                **_common_args(config, scratch, config.sft_epochs, config.sft_lr, len(data.sft)),
+                max_length=config.max_length,
+                completion_only_loss=True,
+                packing=False,
+                dataset_num_proc=None,
+            )
+            recorder = _LossRecorder("sft", curve, on_log)
+            on_log(f"sft: {len(data.sft)} liked replies, {args.max_steps} steps, lr {config.sft_lr}")
+            SFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=Dataset.from_list(data.sft),
+                processing_class=tokenizer,
+                callbacks=[recorder.callback],
+            ).train()
+            stages.append("sft")
+        use_dpo = len(data.dpo) >= config.min_dpo_pairs
+        use_kto = not use_dpo and len(data.kto) >= config.min_kto_examples and _has_both_labels(data.kto)
+        if config.pref_epochs > 0 and (use_dpo or use_kto):
+            ref = _frozen_copy(model)
+            if use_dpo:
+                from trl import DPOConfig, DPOTrainer
+
+                args = DPOConfig(
+                    **_common_args(config, scratch, config.pref_epochs, config.pref_lr, len(data.dpo)),
+                    max_length=config.max_length,
+                    beta=config.pref_beta,
+                    dataset_num_proc=None,
+                )
+                trainer_cls, dataset, stage = DPOTrainer, data.dpo, "dpo"
+            else:
+                from trl import KTOConfig, KTOTrainer
+
+                args = KTOConfig(
+                    **_common_args(config, scratch, config.pref_epochs, config.pref_lr, len(data.kto)),
+                    max_length=config.max_length,
+                    beta=config.pref_beta,
+                    desirable_weight=data.desirable_weight,
+                    undesirable_weight=data.undesirable_weight,
+                    dataset_num_proc=None,
+                )
+                trainer_cls, dataset, stage = KTOTrainer, data.kto, "kto"
+            on_log(f"{stage}: {len(dataset)} examples, {args.max_steps} steps, lr {config.pref_lr}")
+            recorder = _LossRecorder(stage, curve, on_log)
+            trainer_cls(
+                model=model,
+                ref_model=ref,
+                args=args,
+                train_dataset=Dataset.from_list(dataset),
+                processing_class=tokenizer,
+                callbacks=[recorder.callback],
+            ).train()
+            stages.append(stage)
+            del ref
+    if not stages:
+        raise ValueError("nothing to train on: no liked replies for SFT and too little preference data")
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    return TrainResult(method=stages[-1], stages=stages, loss_curve=curve, seconds=time.monotonic() - started)
+
+
+def _has_both_labels(rows: list[dict[str, Any]]) -> bool:
+    labels = {bool(r["label"]) for r in rows}
+    return labels == {True, False}
