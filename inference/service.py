@@ -20,6 +20,23 @@ def base_model_id(loaded: LoadedModel) -> str:
     return str(meta.get("model_id") or meta.get("name") or Path(loaded.info.path).name)
 
 
+def result_fields(event: Result, model_id: str) -> dict[str, Any]:
+    """A finished reply as the gateway's services take it (``gateway.exchange_record``'s ``result``)."""
+    return {
+        "text": event.text,
+        "raw_text": event.raw_text,
+        "actions": [dict(a) for a in event.actions],
+        "adapter_id": event.adapter_id,
+        "prompt": event.prompt_text,
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "ttft_ms": event.ttft_ms,
+        "total_ms": event.total_ms,
+        "finish_reason": event.finish_reason,
+        "base_model_id": model_id,
+    }
+
+
 def adapter_ref(data: dict[str, Any] | None) -> AdapterRef | None:
     if not data:
         return None
@@ -89,17 +106,7 @@ class EngineBackend:
             return {
                 "type": "inference.result",
                 "request_id": event.request_id,
-                "text": event.text,
-                "raw_text": event.raw_text,
-                "actions": [dict(a) for a in event.actions],
-                "adapter_id": event.adapter_id,
-                "prompt": event.prompt_text,
-                "prompt_tokens": event.prompt_tokens,
-                "completion_tokens": event.completion_tokens,
-                "ttft_ms": event.ttft_ms,
-                "total_ms": event.total_ms,
-                "finish_reason": event.finish_reason,
-                "base_model_id": self.base_model_id,
+                **result_fields(event, self.base_model_id),
             }
         assert isinstance(event, Error)
         return _error(event.request_id, event.code, event.message)

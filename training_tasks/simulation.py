@@ -175,6 +175,7 @@ def simulate_players(
     import time
 
     from inference.engine import Result
+    from inference.service import result_fields
 
     started = time.monotonic()
     rng = random.Random(seed)
@@ -222,17 +223,7 @@ def simulate_players(
                     if not isinstance(event, Result):
                         errors += 1
                         continue
-                    message = {
-                        "text": event.text,
-                        "raw_text": event.raw_text,
-                        "actions": [dict(a) for a in event.actions],
-                        "adapter_id": event.adapter_id,
-                        "prompt": event.prompt_text,
-                        "prompt_tokens": event.prompt_tokens,
-                        "completion_tokens": event.completion_tokens,
-                        "finish_reason": event.finish_reason,
-                        "base_model_id": base_id,
-                    }
+                    message = result_fields(event, base_id)
                     exchange, _ = gateway.exchange_record(
                         plan=plan,
                         player=conv.player,

@@ -554,21 +554,35 @@ def wait_for_ready_line(worker, ready: threading.Event) -> None:
             ready.set()
 
 
+class worker_process:
+    """A real `inference_worker --backend echo` process, answering word by word every `delay` seconds."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    async def __aenter__(self) -> subprocess.Popen:
+        env = {**os.environ, "VOYAGER_ECHO_DELAY": str(self.delay), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "inference_worker", "--backend", "echo"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        ready = threading.Event()
+        threading.Thread(target=wait_for_ready_line, args=(self.proc, ready), daemon=True).start()
+        assert await asyncio.get_running_loop().run_in_executor(None, ready.wait, 60), "worker did not start"
+        return self.proc
+
+    async def __aexit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+
+
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="a worker process needs the Redis channel layer")
 async def test_a_worker_killed_mid_stream_yields_unavailable_not_silence(game_server, persona):
-    env = {**os.environ, "VOYAGER_ECHO_DELAY": "0.4", "PYTHONUNBUFFERED": "1"}
-    worker = subprocess.Popen(
-        [sys.executable, "manage.py", "inference_worker", "--backend", "echo"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        ready = threading.Event()
-        threading.Thread(target=wait_for_ready_line, args=(worker, ready), daemon=True).start()
-        assert await asyncio.get_running_loop().run_in_executor(None, ready.wait, 60), "worker did not start"
+    async with worker_process(delay=0.4) as worker:
         communicator, _, _ = await connect(game_server.raw_token)
         await send(communicator, ask(text="one two three four five six seven eight nine ten"))
         first = await recv(communicator, timeout=10)
@@ -577,42 +591,24 @@ async def test_a_worker_killed_mid_stream_yields_unavailable_not_silence(game_se
         killed = time.monotonic()
         frames = await collect_until(communicator, timeout=10)
         await communicator.disconnect()
-    finally:
-        worker.kill()
-        worker.wait()
     assert frames[-1]["type"] == "error" and frames[-1]["code"] == "unavailable"
     assert time.monotonic() - killed < 6
 
 
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="a worker process needs the Redis channel layer")
 async def test_sigterm_drains_the_worker_running_asks_finish_and_new_ones_get_unavailable(game_server, persona):
-    env = {**os.environ, "VOYAGER_ECHO_DELAY": "0.1", "PYTHONUNBUFFERED": "1"}
-    worker = subprocess.Popen(
-        [sys.executable, "manage.py", "inference_worker", "--backend", "echo"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        ready = threading.Event()
-        threading.Thread(target=wait_for_ready_line, args=(worker, ready), daemon=True).start()
-        assert await asyncio.get_running_loop().run_in_executor(None, ready.wait, 60), "worker did not start"
+    async with worker_process(delay=0.1) as worker:
         communicator, _, _ = await connect(game_server.raw_token)
         await send(communicator, ask(text="one two three four five six seven eight"))
         assert (await recv(communicator, timeout=10))["type"] == "delta"
         worker.send_signal(signal.SIGTERM)
         frames = await collect_until(communicator, timeout=10)
         assert frames[-1]["type"] == "reply" and frames[-1]["text"] == "one two three four five six seven eight"
-        exit_code = await asyncio.get_running_loop().run_in_executor(None, worker.wait, 10)
+        exit_code = await asyncio.get_running_loop().run_in_executor(None, worker.wait, 20)
         assert exit_code == 0
         await send(communicator, ask(id="after"))
-        error = await recv(communicator)
+        error = await recv(communicator, timeout=10)
         await communicator.disconnect()
-    finally:
-        worker.kill()
-        worker.wait()
     assert error["code"] == "unavailable"
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import pytest
 from django.contrib.auth import get_user_model
 
 from agents_app.models import Exchange, PolicyFlag
 from agents_app.moderation import moderator_grant
+from tests.browser import ARTIFACTS, needs_browser, open_chromium
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -18,47 +15,21 @@ from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.django_db(transaction=True),
     pytest.mark.timeout(120),
-    pytest.mark.skipif(
-        not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-        reason="needs Debian's chromium and chromium-driver (bin/voyager setup installs them)",
-    ),
+    needs_browser,
 ]
 
 
 @pytest.fixture
-def browser():
-    profile = tempfile.mkdtemp(prefix="voyager-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-        "--window-size=1600,1000",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
+def browser(tmp_path):
+    driver = open_chromium(tmp_path / "profile")
     try:
         yield driver
     finally:
         driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_a_moderator_confirms_a_flag_and_freezes_the_npc_in_the_admin(live_server, browser, npc):
@@ -101,7 +72,7 @@ def test_a_moderator_confirms_a_flag_and_freezes_the_npc_in_the_admin(live_serve
     browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
     wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "ul.messagelist"), "Froze 1 NPC"))
 
-    browser.find_element(By.CSS_SELECTOR, "ul.object-tools a[href$=\"/policyflag/summary/\"]").click()
+    browser.find_element(By.CSS_SELECTOR, 'ul.object-tools a[href$="/policyflag/summary/"]').click()
     wait.until(ec.presence_of_element_located((By.ID, "flag-counts")))
     browser.back()
     wait.until(ec.presence_of_element_located((By.ID, "result_list")))

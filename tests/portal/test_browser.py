@@ -5,47 +5,21 @@ Screenshots go to test-artifacts/ so a failing run can be looked at.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
 from agents_app.models import Exchange
+from tests.browser import ARTIFACTS, needs_browser, open_chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-needs_browser = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-    reason="Debian chromium and chromium-driver are needed (bin/voyager setup installs them)",
-)
 
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1200,900",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = open_chromium(tmp_path / "profile", window="1200,900")
     driver.implicitly_wait(0)
-    ARTIFACTS.mkdir(exist_ok=True)
     yield driver
     driver.quit()
 
