@@ -129,8 +129,9 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 # redis-py's 5 s socket timeout equals channels-redis's 5 s blocking pop, and
-                # idle receives then fail with TimeoutError: give the socket more room.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                # idle receives then fail with TimeoutError: give the socket more room, but not
+                # much more (a receive cancelled mid-read can take up to this long to unwind).
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 10, "socket_connect_timeout": 5}],
                 "prefix": env_str("VOYAGER_CHANNEL_PREFIX", "voyager"),
                 # Reply channels carry streamed deltas; the default capacity of
                 # 100 would drop messages when many NPCs stream at once.

@@ -243,12 +243,14 @@ async def test_an_oversize_frame_closes_with_4413(game_server):
     communicator, _, _ = await connect(game_server.raw_token)
     await send(communicator, ask(text="x" * MAX_FRAME_BYTES))
     assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": 4413}
+    await communicator.disconnect()  # end the consumer inside the test, not at loop teardown
 
 
 async def test_a_binary_frame_closes_with_4400(game_server):
     communicator, _, _ = await connect(game_server.raw_token)
     await communicator.send_to(bytes_data=b"\x00\x01")
     assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": 4400}
+    await communicator.disconnect()  # end the consumer inside the test, not at loop teardown
 
 
 @override_settings(VOYAGER_GATEWAY_RATE=1.0, VOYAGER_GATEWAY_BURST=5)
@@ -268,6 +270,7 @@ async def test_past_the_rate_frames_are_refused_and_a_flood_closes_with_4429(gam
         if out["type"] == "websocket.close":
             break
     assert outputs[-1] == {"type": "websocket.close", "code": 4429}
+    await communicator.disconnect()
 
 
 # --- asks ---------------------------------------------------------------------------------------
@@ -635,5 +638,11 @@ async def test_an_ask_taken_by_a_dying_worker_is_answered_unavailable_not_left_t
     finally:
         beating.cancel()
         await store.forget("bystander")
+        # Nobody took the ask: take it off the shared channel, or a later test's worker would serve it.
+        from channels.layers import get_channel_layer
+
+        from inference.worker import REQUEST_CHANNEL
+
+        await asyncio.wait_for(get_channel_layer().receive(REQUEST_CHANNEL), 5)
     assert error["code"] == "unavailable" and error["id"] == "a1"
     assert time.monotonic() - started < 4  # far from VOYAGER_ASK_TIMEOUT

@@ -152,6 +152,7 @@ async def test_an_oversize_frame_closes_the_socket(charlie):
     communicator, _, _ = await connect(charlie)
     await communicator.send_to(text_data="x" * 5000)
     assert (await communicator.receive_output(timeout=5))["code"] == 4413
+    await communicator.disconnect()  # end the consumer inside the test, not at loop teardown
 
 
 async def test_a_frozen_playground_npc_refuses(charlie, persona):
