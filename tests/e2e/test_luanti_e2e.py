@@ -30,9 +30,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
+
+from tests.processes import child_database_url, child_env, free_port, tail
 
 ROOT = Path(__file__).resolve().parents[2]
 MOD_TESTS = ROOT / "luanti_mod" / "tests"
@@ -76,7 +77,7 @@ def e2e_model(tmp_path_factory) -> Path:
     build = subprocess.run(
         [sys.executable, "manage.py", "build_starter_model", "--size", "tiny", "--out", str(out)],
         cwd=ROOT,
-        env=_child_env({}),
+        env=child_env({}),
         capture_output=True,
         text=True,
         timeout=300,
@@ -110,38 +111,6 @@ def e2e_adapter(e2e_model, tmp_path_factory) -> dict:
 # --- the platform, as processes ------------------------------------------------------------------
 
 
-def _child_env(extra: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update({"PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "portal.settings", **extra})
-    return env
-
-
-def _test_database_url() -> str:
-    from django.db import connection
-
-    s = connection.settings_dict
-    assert s["ENGINE"].endswith("postgresql"), "the end-to-end tests need PostgreSQL (DATABASE_URL=postgres://...)"
-    auth = quote(s["USER"] or "", safe="")
-    if s["PASSWORD"]:
-        auth += ":" + quote(s["PASSWORD"], safe="")
-    host = s["HOST"] or "127.0.0.1"
-    port = f":{s['PORT']}" if s["PORT"] else ""
-    return f"postgres://{auth}@{host}{port}/{quote(s['NAME'], safe='')}"
-
-
-def _free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"({exc})"
-
-
 @dataclass
 class Platform:
     logs: Path
@@ -169,8 +138,8 @@ class Platform:
         log = self.logs / f"worker.{self.starts['worker']}.log"
         deadline = time.monotonic() + 60
         while " ready" not in log.read_text(errors="replace"):
-            assert proc.poll() is None, f"the inference worker exited with {proc.returncode}:\n{_tail(log)}"
-            assert time.monotonic() < deadline, f"the inference worker did not start in 60 s:\n{_tail(log)}"
+            assert proc.poll() is None, f"the inference worker exited with {proc.returncode}:\n{tail(log)}"
+            assert time.monotonic() < deadline, f"the inference worker did not start in 60 s:\n{tail(log)}"
             time.sleep(0.1)
 
     def start_daphne(self) -> None:
@@ -179,12 +148,12 @@ class Platform:
         log = self.logs / f"daphne.{self.starts['daphne']}.log"
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, f"Daphne exited with {proc.returncode}:\n{_tail(log)}"
+            assert proc.poll() is None, f"Daphne exited with {proc.returncode}:\n{tail(log)}"
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 return
             except OSError:
-                assert time.monotonic() < deadline, f"Daphne did not listen in 60 s:\n{_tail(log)}"
+                assert time.monotonic() < deadline, f"Daphne did not listen in 60 s:\n{tail(log)}"
                 time.sleep(0.1)
 
     def kill(self, name: str, sig=signal.SIGKILL) -> None:
@@ -205,7 +174,7 @@ class Platform:
             self.kill(name, signal.SIGTERM)
 
     def tails(self) -> str:
-        return "\n".join(f"----- {p.name} (tail) -----\n{_tail(p)}" for p in sorted(self.logs.glob("*.log")))
+        return "\n".join(f"----- {p.name} (tail) -----\n{tail(p)}" for p in sorted(self.logs.glob("*.log")))
 
 
 @pytest.fixture
@@ -235,9 +204,9 @@ def platform(request, transactional_db, e2e_model, e2e_adapter, tmp_path):
 
     logs = tmp_path / "logs"
     logs.mkdir()
-    env = _child_env(
+    env = child_env(
         {
-            "DATABASE_URL": _test_database_url(),
+            "DATABASE_URL": child_database_url(),
             "REDIS_URL": os.environ["REDIS_URL"],
             # Channels of this test only: nothing left in Redis by another run reaches it.
             "VOYAGER_CHANNEL_PREFIX": f"voyager-e2e-{os.getpid()}-{time.monotonic_ns()}",
@@ -248,7 +217,7 @@ def platform(request, transactional_db, e2e_model, e2e_adapter, tmp_path):
             "LOG_LEVEL": "INFO",
         }
     )
-    plat = Platform(logs=logs, env=env, port=_free_port(), token=token)
+    plat = Platform(logs=logs, env=env, port=free_port(), token=token)
     plat.adapter = adapter
     plat.persona = persona
     try:
@@ -296,7 +265,7 @@ class LuantiRun:
                 str(self.conf),
                 platform.url,
                 platform.token,
-                str(_free_port(socket.SOCK_DGRAM)),
+                str(free_port(socket.SOCK_DGRAM)),
                 *(f"{k} = {v}" for k, v in lines.items()),
             ],
             check=True,

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from agents_app.models import Exchange, GameServer, Persona
-from tests.e2e.test_luanti_e2e import _child_env, _free_port, _tail, _test_database_url
+from tests.processes import child_database_url, child_env, free_port, tail
 
 websockets = pytest.importorskip("websockets.asyncio.client")
 
@@ -63,12 +63,12 @@ class Topology:
         )
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, f"{name} exited:\n{_tail(self.logs / f'{name}.log')}"
+            assert proc.poll() is None, f"{name} exited:\n{tail(self.logs / f'{name}.log')}"
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 return
             except OSError:
-                assert time.monotonic() < deadline, f"{name} did not listen:\n{_tail(self.logs / f'{name}.log')}"
+                assert time.monotonic() < deadline, f"{name} did not listen:\n{tail(self.logs / f'{name}.log')}"
                 time.sleep(0.1)
 
     def worker(self, name: str) -> None:
@@ -76,8 +76,8 @@ class Topology:
         log = self.logs / f"{name}.log"
         deadline = time.monotonic() + 60
         while " ready" not in log.read_text(errors="replace"):
-            assert proc.poll() is None, f"{name} exited:\n{_tail(log)}"
-            assert time.monotonic() < deadline, f"{name} did not start:\n{_tail(log)}"
+            assert proc.poll() is None, f"{name} exited:\n{tail(log)}"
+            assert time.monotonic() < deadline, f"{name} did not start:\n{tail(log)}"
             time.sleep(0.1)
 
     def worker_id(self, name: str) -> str:
@@ -101,9 +101,9 @@ class Topology:
 
 @pytest.fixture
 def topology(tmp_path, request):
-    env = _child_env(
+    env = child_env(
         {
-            "DATABASE_URL": _test_database_url(),
+            "DATABASE_URL": child_database_url(),
             "REDIS_URL": os.environ["REDIS_URL"],
             # A prefix of its own, so no other process on this Redis takes these requests.
             "VOYAGER_CHANNEL_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
@@ -168,7 +168,7 @@ def test_asks_spread_over_two_workers_and_a_killed_worker_loses_no_exchange(topo
         server.raw_token = server.set_new_token()
         server.save()
         servers.append(server)
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     topology.daphne("daphne1", ports[0])
     topology.daphne("daphne2", ports[1])
     topology.worker("worker1")

@@ -16,11 +16,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from django.test import override_settings
 
 from agents_app.models import AdapterVersion, Exchange, Npc, Persona, PolicyFlag, Rating, TrainingRun
 from inference.prompt import GameContext, PersonaSpec, render_starter
+from tests.processes import child_database_url
 from training_tasks import services
 from training_tasks.gate import GateConfig, gate_decide
 
@@ -138,12 +138,10 @@ class Worker:
     """A `celery -A portal worker -P solo` process on this test database and its own queue."""
 
     def __init__(self, media: Path, model: Path, log_path: Path, **env: str) -> None:
-        db = connection.settings_dict
-        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
         self.queue = f"voyager-test-{uuid.uuid4().hex[:8]}"
         environment = {
             **os.environ,
-            "DATABASE_URL": f"postgres://{db['USER']}{password}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
+            "DATABASE_URL": child_database_url(),
             "VOYAGER_CELERY_QUEUE": self.queue,
             "VOYAGER_MEDIA_ROOT": str(media),
             "VOYAGER_BASE_MODEL": str(model),
