@@ -126,7 +126,7 @@ if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "portal.channel_layer.FastRedisChannelLayer",
             "CONFIG": {
                 # redis-py's 5 s socket timeout equals channels-redis's 5 s blocking pop, and
                 # idle receives then fail with TimeoutError: give the socket more room, but not

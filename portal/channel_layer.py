@@ -1,0 +1,106 @@
+"""The Redis channel layer, with fewer round trips per message.
+
+channels-redis 4.3 sends a message in four round trips (trim expired, count,
+add, expire) and receives one in four (restore the backup queue, blocking pop,
+back the message up, clear the backup). Every ask crosses the layer twice
+(request, result), so that is 16 round trips, each a wait and a slice of CPU
+on both sides. This layer does the same steps, with the same keys, capacity,
+expiry and backup-queue guarantees, in Lua scripts:
+
+- ``send``: one round trip.
+- ``receive`` when a message is waiting: one round trip for restore, pop and
+  back up, then the usual clean-up of the backup; only an empty channel falls
+  back to the blocking pop.
+
+Messages and keys are the stock layer's, so processes on either layer talk to
+each other. The overridden methods are channels-redis internals: the version is
+pinned in ``pyproject.toml`` and ``tests/portal/test_channel_layer.py`` covers
+the behaviour (order, capacity, expiry, nothing lost when a receive is
+cancelled).
+"""
+
+from __future__ import annotations
+
+import time
+
+from channels.exceptions import ChannelFull
+from channels_redis.core import RedisChannelLayer
+
+SEND = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+    return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+# Put back what an interrupted receive left in the backup queue, then take the oldest
+# message, if any, keeping a copy in the backup queue until it has been handled.
+POP = """
+local backed_up = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = #backed_up, 1, -2 do
+    redis.call('ZADD', KEYS[1], backed_up[i], backed_up[i - 1])
+end
+redis.call('DEL', KEYS[2])
+local popped = redis.call('ZPOPMIN', KEYS[1])
+if popped[1] then
+    redis.call('ZADD', KEYS[2], popped[2], popped[1])
+    return popped[1]
+end
+return false
+"""
+
+
+class FastRedisChannelLayer(RedisChannelLayer):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._scripts: dict[str, object] = {}
+
+    def _script(self, connection, source: str):
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = connection.register_script(source)
+        return script
+
+    async def send(self, channel, message):
+        assert isinstance(message, dict), "message is not a dict"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        assert "__asgi_channel__" not in message
+        channel_non_local_name = channel
+        if "!" in channel:
+            message = dict(message.items())
+            message["__asgi_channel__"] = channel
+            channel_non_local_name = self.non_local_name(channel)
+        channel_key = self.prefix + channel_non_local_name
+        index = self.consistent_hash(channel) if "!" in channel else next(self._send_index_generator)
+        connection = self.connection(index)
+        now = time.time()
+        added = await self._script(connection, SEND)(
+            keys=[channel_key],
+            args=[
+                self.serialize(message),
+                now,
+                int(now) - int(self.expiry),
+                self.get_capacity(channel),
+                int(self.expiry),
+            ],
+            client=connection,
+        )
+        if not added:
+            raise ChannelFull()
+
+    async def _brpop_with_clean(self, index, channel, timeout):
+        backup_queue = self._backup_channel_name(channel)
+        connection = self.connection(index)
+        member = await self._script(connection, POP)(keys=[channel, backup_queue], client=connection)
+        if member:
+            return member
+        # Nothing waiting: block (the backup queue is already empty, and cancelling here loses nothing).
+        result = await connection.bzpopmin(channel, timeout=timeout)
+        if result is None:
+            return None
+        _, member, timestamp = result
+        await connection.zadd(backup_queue, {member: float(timestamp)})
+        return member

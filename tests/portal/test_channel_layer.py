@@ -1,0 +1,84 @@
+"""The one-round-trip Redis channel layer keeps the stock layer's behaviour, on the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import pytest
+from channels.exceptions import ChannelFull
+from channels_redis.core import RedisChannelLayer
+
+from portal.channel_layer import FastRedisChannelLayer
+
+pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis (REDIS_URL)")
+
+
+def layers(**config):
+    """A fast and a stock layer on the same Redis and a prefix of their own."""
+    common = {"hosts": [os.environ.get("REDIS_URL", "")], "prefix": f"test-layer-{uuid.uuid4().hex[:8]}", **config}
+    return FastRedisChannelLayer(**common), RedisChannelLayer(**common)
+
+
+async def test_messages_arrive_in_order_and_both_layers_read_each_others():
+    fast, stock = layers()
+    for n in range(5):
+        await fast.send("test.order", {"type": "m", "n": n})
+    assert [(await stock.receive("test.order"))["n"] for _ in range(5)] == [0, 1, 2, 3, 4]
+    for n in range(3):
+        await stock.send("test.back", {"type": "m", "n": n})
+    assert [(await fast.receive("test.back"))["n"] for _ in range(3)] == [0, 1, 2]
+    await fast.flush()
+
+
+async def test_a_process_local_channel_round_trips():
+    fast, _ = layers()
+    channel = await fast.new_channel()
+    await fast.send(channel, {"type": "m", "text": "hi"})
+    assert (await asyncio.wait_for(fast.receive(channel), 5))["text"] == "hi"
+    await fast.flush()
+
+
+async def test_a_full_channel_refuses_the_message_and_keeps_the_rest():
+    fast, _ = layers(capacity=2)
+    await fast.send("test.full", {"type": "m", "n": 1})
+    await fast.send("test.full", {"type": "m", "n": 2})
+    with pytest.raises(ChannelFull):
+        await fast.send("test.full", {"type": "m", "n": 3})
+    assert [(await fast.receive("test.full"))["n"] for _ in range(2)] == [1, 2]
+    await fast.send("test.full", {"type": "m", "n": 4})  # room again
+    assert (await fast.receive("test.full"))["n"] == 4
+    await fast.flush()
+
+
+async def test_expired_messages_are_dropped_on_the_next_send():
+    fast, _ = layers(expiry=1)
+    await fast.send("test.old", {"type": "m", "n": "old"})
+    await asyncio.sleep(2.2)
+    await fast.send("test.old", {"type": "m", "n": "new"})
+    assert (await fast.receive("test.old"))["n"] == "new"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(fast.receive("test.old"), 0.5)
+    await fast.flush()
+
+
+async def test_a_message_popped_by_a_receive_that_never_finished_is_delivered_again():
+    fast, _ = layers()
+    await fast.send("test.backup", {"type": "m", "n": 7})
+    key = fast.prefix + "test.backup"
+    # A receiver takes the message off the channel and dies before handling it...
+    assert await fast._brpop_with_clean(0, key, timeout=1) is not None
+    assert await fast.connection(0).zcard(key) == 0
+    # ...and the next receive finds it restored from the backup queue.
+    assert (await asyncio.wait_for(fast.receive("test.backup"), 5))["n"] == 7
+    await fast.flush()
+
+
+async def test_a_receive_waiting_on_an_empty_channel_gets_a_message_sent_later():
+    fast, stock = layers()
+    waiting = asyncio.ensure_future(fast.receive("test.later"))
+    await asyncio.sleep(0.2)
+    await stock.send("test.later", {"type": "m", "n": "late"})
+    assert (await asyncio.wait_for(waiting, 5))["n"] == "late"
+    await fast.flush()
