@@ -19,6 +19,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from agents_app import gateway, observability
+from agents_app.hotpath import db
 from agents_app.observability import request_context
 from agents_app.protocol import (
     MAX_FRAME_BYTES,
@@ -107,6 +108,7 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
             return
         self.asks: dict[str, PendingAsk] = {}  # by the mod's ask id
         self.by_request: dict[str, str] = {}  # worker request id → ask id
+        self.memory = gateway.NpcMemory()  # each NPC's last turns: read once, then kept here
         self.bucket = TokenBucket(settings.VOYAGER_GATEWAY_RATE, settings.VOYAGER_GATEWAY_BURST)
         self.watchdog: asyncio.Task | None = None
         if settings.VOYAGER_EMBEDDED_WORKER:
@@ -208,12 +210,17 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
             extra={"request_id": request_id},
         )
         try:
-            plan = await database_sync_to_async(gateway.ask_prepare)(
-                server=self.server, npc_world_id=frame.npc, persona_slug=frame.persona
+            plan = await db(
+                gateway.ask_prepare,
+                server=self.server,
+                npc_world_id=frame.npc,
+                persona_slug=frame.persona,
+                with_memory=not self.memory.knows(frame.npc),
             )
         except ServiceError as exc:
             await self.fail_ask(exc.code, str(exc), frame.id, request_id)
             return
+        plan.request["memory"] = self.memory.turns(plan, frame.npc)
         if not await live_workers() and not await live_workers(fresh=True):
             await self.fail_ask(ErrorCode.UNAVAILABLE, "no inference worker is running", frame.id, request_id)
             return
@@ -280,13 +287,21 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         ask = self.asks.get(ask_id) if ask_id else None
         return None if ask is None or ask.done else ask
 
+    @staticmethod
+    def _note_worker(ask: PendingAsk, message) -> None:
+        """Which worker has the ask: said by ``accepted``, or by the first message after it."""
+        if ask.worker_channel is None and message.get("worker_channel"):
+            ask.worker_id, ask.worker_channel = message.get("worker_id"), message["worker_channel"]
+
     async def inference_accepted(self, message):
         ask = self._ask_for(message)
         if ask:
-            ask.worker_id, ask.worker_channel = message["worker_id"], message["worker_channel"]
+            self._note_worker(ask, message)
 
     async def inference_delta(self, message):
         ask = self._ask_for(message)
+        if ask:
+            self._note_worker(ask, message)
         if ask and message.get("text"):
             if ask.first_delta is None:
                 ask.first_delta = time.monotonic()
@@ -297,12 +312,15 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         if ask is None:
             return
         self._finish(ask)
+        self._note_worker(ask, message)
         now = time.monotonic()
         frame = ask.frame
-        ttft_ms = None if ask.first_delta is None else (ask.first_delta - ask.started) * 1000
+        # A reply that came whole (no delta before it) showed its first token with the reply.
+        ttft_ms = ((ask.first_delta or now) - ask.started) * 1000
         try:
             with request_context(ask.request_id):
-                exchange, verdict = await database_sync_to_async(gateway.exchange_record)(
+                exchange, verdict = await db(
+                    gateway.exchange_record,
                     plan=ask.plan,
                     player=frame.player,
                     text=frame.text,
@@ -315,6 +333,7 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
             log.exception("could not store the exchange for ask %s", frame.id, extra={"request_id": ask.request_id})
             await self.fail_ask(ErrorCode.INTERNAL, "the reply could not be stored", frame.id, ask.request_id)
             return
+        self.memory.remember(frame.npc, player=frame.player, text=frame.text, reply=exchange.reply_text)
         reply = {
             "type": "reply",
             "id": frame.id,

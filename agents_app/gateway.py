@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from agents_app import policy
@@ -17,12 +18,18 @@ from agents_app.services import ServiceError, rating_upsert
 
 @dataclass
 class AskPlan:
-    """Everything the consumer needs to send an ask to a worker and record its answer."""
+    """Everything the consumer needs to send an ask to a worker and record its answer.
+
+    ``persona`` and ``npc`` are the rows ``ask_prepare`` read, handed on so that
+    ``exchange_record`` need not read them again; a plan built elsewhere may leave them out.
+    """
 
     npc_id: int
     persona_id: int
     adapter_version_id: int | None
     request: dict[str, Any] = field(default_factory=dict)
+    persona: Persona | None = None
+    npc: Npc | None = None
 
 
 def adapter_ref(adapter: AdapterVersion | None) -> dict[str, Any] | None:
@@ -55,19 +62,41 @@ def npc_memory(npc: Npc, limit: int) -> list[dict[str, str]]:
     return [{"player": e["player_name"], "text": e["player_text"], "reply": e["reply_text"]} for e in reversed(recent)]
 
 
-def ask_prepare(*, server: GameServer, npc_world_id: str, persona_slug: str, display_name: str = "") -> AskPlan:
-    """Reads only, on the hot path of every ask: no transaction, no row lock, no commit to wait for."""
-    persona = Persona.objects.select_related("active_adapter").filter(slug=persona_slug).first()
-    if persona is None:
-        raise ServiceError(f"persona: no persona named {persona_slug!r}", code="unknown_persona")
-    # get_or_create survives two first asks racing on the unique (server, world_id) constraint.
-    npc, created = Npc.objects.get_or_create(
-        game_server=server, world_id=npc_world_id, defaults={"persona": persona, "display_name": display_name}
+def ask_prepare(
+    *,
+    server: GameServer | None,
+    npc_world_id: str,
+    persona_slug: str,
+    display_name: str = "",
+    with_memory: bool = True,
+) -> AskPlan:
+    """Reads only, on the hot path of every ask: no transaction, no row lock, no commit to wait for.
+
+    An NPC that exists and keeps its persona is one query (the NPC with its persona and active
+    adapter). ``with_memory=False`` leaves ``request["memory"]`` empty for a caller that keeps
+    the NPC's recent turns itself (``NpcMemory``).
+    """
+    npc = (
+        Npc.objects.select_related("persona__active_adapter").filter(game_server=server, world_id=npc_world_id).first()
     )
+    if npc is not None and npc.persona.slug == persona_slug:
+        persona = npc.persona
+    else:
+        persona = Persona.objects.select_related("active_adapter").filter(slug=persona_slug).first()
+        if persona is None:
+            raise ServiceError(f"persona: no persona named {persona_slug!r}", code="unknown_persona")
+        if npc is None:
+            # get_or_create survives two first asks racing on the unique (server, world_id) constraint.
+            npc, _ = Npc.objects.get_or_create(
+                game_server=server, world_id=npc_world_id, defaults={"persona": persona, "display_name": display_name}
+            )
+        if npc.persona_id != persona.pk:
+            Npc.objects.filter(pk=npc.pk).update(persona=persona)
+            npc.persona = persona
+    if server is not None:
+        npc.game_server = server  # the policy's zone rules want it: no query to fetch it again
     if npc.is_frozen():
         raise ServiceError(f"npc: {npc_world_id!r} is frozen until {npc.frozen_until.isoformat()}", code="npc_frozen")
-    if not created and npc.persona_id != persona.pk:
-        Npc.objects.filter(pk=npc.pk).update(persona=persona)
     adapter = persona.active_adapter if persona.active_adapter_id else None
     if adapter is not None and adapter.status != AdapterVersion.Status.ACTIVE:
         adapter = None
@@ -78,12 +107,49 @@ def ask_prepare(*, server: GameServer, npc_world_id: str, persona_slug: str, dis
         request={
             "persona": persona_payload(persona),
             "adapter": adapter_ref(adapter),
-            "memory": npc_memory(npc, settings.VOYAGER_MEMORY_TURNS),
+            "memory": npc_memory(npc, settings.VOYAGER_MEMORY_TURNS) if with_memory else [],
         },
+        persona=persona,
+        npc=npc,
     )
 
 
-@transaction.atomic
+class NpcMemory:
+    """The last turns of each NPC one game-server connection talks to, kept in memory.
+
+    An NPC belongs to one game server, and that server's connection records every exchange
+    it has, so after the first ask (read from the database) the connection knows the NPC's
+    recent turns without reading them again.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = settings.VOYAGER_MEMORY_TURNS if limit is None else limit
+        self._turns: dict[str, list[dict[str, str]]] = {}
+
+    def knows(self, npc_world_id: str) -> bool:
+        return npc_world_id in self._turns
+
+    def turns(self, plan: AskPlan, npc_world_id: str) -> list[dict[str, str]]:
+        """The turns for the request: remembered, or the ones ``plan`` read from the database."""
+        if npc_world_id not in self._turns:
+            self._turns[npc_world_id] = list(plan.request.get("memory") or [])[-self.limit :] if self.limit else []
+        return list(self._turns[npc_world_id])
+
+    def remember(self, npc_world_id: str, *, player: str, text: str, reply: str) -> None:
+        if self.limit <= 0:
+            return
+        turns = self._turns.setdefault(npc_world_id, [])
+        turns.append({"player": player, "text": text, "reply": reply})
+        del turns[: -self.limit]
+
+    def forget(self, npc_world_id: str) -> None:
+        self._turns.pop(npc_world_id, None)
+
+
+# An NPC's last_active_at is a "seen lately" mark: refreshed when older than this, not on every reply.
+ACTIVE_MARK_SECONDS = 60
+
+
 def exchange_record(
     *,
     plan: AskPlan,
@@ -100,14 +166,17 @@ def exchange_record(
     The stored ``reply_text`` is the text players see (redacted where a text rule hit);
     ``raw_text`` keeps what the model wrote, for moderators. A severe hit on a game NPC
     freezes it (``Npc.frozen_until``) and keeps the exchange out of training.
+
+    A clean reply is one INSERT (atomic on its own); flags, a freeze or a stale activity mark
+    add their writes in one transaction with it.
     """
-    persona = Persona.objects.get(pk=plan.persona_id)
-    npc = Npc.objects.select_related("game_server").get(pk=plan.npc_id)
+    persona = plan.persona or Persona.objects.get(pk=plan.persona_id)
+    npc = plan.npc or Npc.objects.select_related("game_server").get(pk=plan.npc_id)
     verdict = policy.check_reply(persona, result.get("text", ""), result.get("actions", []), npc, context=context)
     adapter_id = result.get("adapter_id") or plan.adapter_version_id
-    if adapter_id is not None and not AdapterVersion.objects.filter(pk=adapter_id).exists():
+    if adapter_id != plan.adapter_version_id and not AdapterVersion.objects.filter(pk=adapter_id).exists():
         adapter_id = None
-    exchange = Exchange.objects.create(
+    exchange = Exchange(
         npc_id=plan.npc_id,
         persona=persona,
         source=source,
@@ -129,22 +198,33 @@ def exchange_record(
         total_ms=total_ms,
         excluded_from_training=verdict.severe,
     )
-    PolicyFlag.objects.bulk_create(
-        PolicyFlag(exchange=exchange, rule=h.rule, severity=h.severity, action=h.action, detail=h.detail[:2000])
-        for h in verdict.hits
-    )
     now = timezone.now()
-    updates: dict[str, Any] = {"last_active_at": now}
-    # Playground and simulated NPCs answer to no mod: only a game NPC is frozen.
+    freeze_until = None
     if verdict.freeze_seconds > 0 and source == Exchange.Source.GAME:
-        until = now + timezone.timedelta(seconds=verdict.freeze_seconds)
-        if npc.frozen_until is None or npc.frozen_until < until:
-            updates["frozen_until"] = until
-            verdict = replace(verdict, frozen_until=until)
-        else:
-            verdict = replace(verdict, frozen_until=npc.frozen_until)
-    Npc.objects.filter(pk=plan.npc_id).update(**updates)
-    transaction.on_commit(lambda: _count_hits(verdict))
+        # Playground and simulated NPCs answer to no mod: only a game NPC is frozen.
+        freeze_until = now + timezone.timedelta(seconds=verdict.freeze_seconds)
+    mark = npc.last_active_at is None or (now - npc.last_active_at).total_seconds() > ACTIVE_MARK_SECONDS
+    if not verdict.hits and not mark:
+        exchange.save(force_insert=True)
+        return exchange, verdict
+    with transaction.atomic():
+        exchange.save(force_insert=True)
+        PolicyFlag.objects.bulk_create(
+            PolicyFlag(exchange=exchange, rule=h.rule, severity=h.severity, action=h.action, detail=h.detail[:2000])
+            for h in verdict.hits
+        )
+        if mark:
+            Npc.objects.filter(pk=plan.npc_id).update(last_active_at=now)
+            npc.last_active_at = now
+        if freeze_until is not None:
+            # Never shorten a longer freeze (a moderator's, say) that happened since the plan was read.
+            Npc.objects.filter(pk=plan.npc_id).filter(
+                Q(frozen_until__isnull=True) | Q(frozen_until__lt=freeze_until)
+            ).update(frozen_until=freeze_until)
+            current = Npc.objects.filter(pk=plan.npc_id).values_list("frozen_until", flat=True).first()
+            npc.frozen_until = current
+            verdict = replace(verdict, frozen_until=current)
+        transaction.on_commit(lambda: _count_hits(verdict))
     return exchange, verdict
 
 

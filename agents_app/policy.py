@@ -29,6 +29,7 @@ The rules, by name (the ``rule`` of a flag or a blocked action):
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -155,6 +156,21 @@ class RuleSet:
 
     @classmethod
     def for_persona(cls, persona) -> RuleSet:
+        """The persona's rules, read at most every ``RULES_TTL`` seconds per process.
+
+        Every reply runs the policy, so the rows are not read for each one: a change made in
+        the admin clears this process's copy at once (``forget_rules``) and reaches other
+        processes within ``RULES_TTL``. Treat the result as read-only.
+        """
+        key = getattr(persona, "pk", None)
+        stamp, rules = _rules_cache.get(key, (0.0, None))
+        if rules is None or time.monotonic() - stamp > RULES_TTL:
+            rules = cls.read(persona)
+            _rules_cache[key] = (time.monotonic(), rules)
+        return rules
+
+    @classmethod
+    def read(cls, persona) -> RuleSet:
         from django.db.models import Q
 
         from agents_app.models import PolicyRule
@@ -183,6 +199,15 @@ class RuleSet:
             configured = self.freeze.get(rule)
             freeze = float(configured if configured is not None else settings.VOYAGER_POLICY_FREEZE_SECONDS)
         return Hit(rule=rule, severity=severity, detail=detail, action=action, freeze_seconds=freeze)
+
+
+RULES_TTL = 2.0
+_rules_cache: dict[Any, tuple[float, RuleSet]] = {}
+
+
+def forget_rules(**_kwargs) -> None:
+    """Drop this process's copies of the rules (a ``PolicyRule`` was saved or deleted)."""
+    _rules_cache.clear()
 
 
 def _number(arg: Any) -> float | None:
@@ -353,7 +378,9 @@ def check_reply(
     pos = _position(context)
     history: list[dict[str, Any]] = []
     minute_count = 0
-    if npc is not None and getattr(npc, "pk", None):
+    # History matters only to the rate and loop rules, and only when there are actions to check.
+    wants_history = actions and (rules.enabled[RATE_LIMIT] or rules.enabled[ACTION_LOOP])
+    if wants_history and npc is not None and getattr(npc, "pk", None):
         from django.utils import timezone
 
         window = max(60.0, _number(rules.params[ACTION_LOOP].get("window_seconds")) or 0.0)

@@ -102,6 +102,7 @@ def setup_django(prefix: str) -> None:
     os.environ["VOYAGER_INFERENCE_BACKEND"] = "echo"
     os.environ["VOYAGER_ECHO_DELAY"] = "0"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("DEBUG", "0")  # as in production: no query log kept per request
     os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
     ensure_database(os.environ["DATABASE_URL"])
     import django
@@ -129,7 +130,13 @@ def make_fixtures(clients: int) -> tuple[list[str], str]:
         slug="bench-guide",
         defaults={"name": "Guide", "owner": owner, "allowed_actions": ["jump", "say"], "system_prompt": "Guide."},
     )
-    tokens = [services.game_server_create(name=f"bench {i}", owner=owner)[1] for i in range(clients)]
+    # One operator per server: an account may hold only so many servers.
+    users = get_user_model().objects
+    operators = [
+        users.get_or_create(username=f"bench-operator-{i}", defaults={"email": f"o{i}@example.org"})[0]
+        for i in range(clients)
+    ]
+    tokens = [services.game_server_create(name=f"bench {i}", owner=operators[i])[1] for i in range(clients)]
     return tokens, "bench-guide"
 
 
@@ -350,6 +357,7 @@ def echo_in_process(asks: int, persona: str, tokens: list[str] | None = None) ->
 
     backend = EchoBackend()
     server = game_server_authenticate(tokens[0]) if tokens else None
+    memory = gateway.NpcMemory()  # what the consumer keeps per connection
     latencies = []
     for i in range(asks):
         frame = ask_frame(i, 0, persona)
@@ -369,12 +377,18 @@ def echo_in_process(asks: int, persona: str, tokens: list[str] | None = None) ->
         got = []
         sent = time.perf_counter()
         if server is not None:
-            plan = gateway.ask_prepare(server=server, npc_world_id=frame["npc"], persona_slug=persona)
+            plan = gateway.ask_prepare(
+                server=server,
+                npc_world_id=frame["npc"],
+                persona_slug=persona,
+                with_memory=not memory.knows(frame["npc"]),
+            )
+            plan.request["memory"] = memory.turns(plan, frame["npc"])
             request.update(plan.request)
         backend.submit(request, got.append)
         assert got[-1]["type"] == "inference.result"
         if server is not None:
-            gateway.exchange_record(
+            exchange, _ = gateway.exchange_record(
                 plan=plan,
                 player=frame["player"],
                 text=frame["text"],
@@ -383,6 +397,7 @@ def echo_in_process(asks: int, persona: str, tokens: list[str] | None = None) ->
                 ttft_ms=0.0,
                 total_ms=0.0,
             )
+            memory.remember(frame["npc"], player=frame["player"], text=frame["text"], reply=exchange.reply_text)
         latencies.append((time.perf_counter() - sent) * 1000)
     return latencies
 

@@ -15,7 +15,11 @@ worker → reply_channel
     ``inference.accepted`` {request_id, worker_id, worker_channel}
     ``inference.delta`` {request_id, text}            (several tokens per message under load)
     ``inference.result`` {request_id, text, raw_text, actions, adapter_id, prompt,
-    prompt_tokens, completion_tokens, ttft_ms, total_ms, finish_reason, base_model_id, worker_id}
+    prompt_tokens, completion_tokens, ttft_ms, total_ms, finish_reason, base_model_id, worker_id,
+    worker_channel}
+    Messages that are ready together go together: ``accepted`` rides on the first delta
+    (which then carries worker_id and worker_channel), and a request finished before
+    anything of it was sent is its result alone.
     ``inference.error`` {request_id, code, message}
 gateway → worker_channel
     ``inference.cancel`` {request_id}
@@ -134,20 +138,40 @@ class EchoBackend:
 
 
 def _coalesce(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge consecutive deltas of one request, keeping every request's order intact."""
+    """Fewer messages for the same stream, keeping every request's order intact.
+
+    Consecutive deltas of a request merge into one; an ``accepted`` rides on the request's
+    first delta; and a request accepted, streamed and finished within one batch (an instant
+    backend, a short reply) is its result alone: the result has the whole text, and the
+    protocol allows a reply with no delta before it.
+    """
     out: list[dict[str, Any]] = []
     open_delta: dict[str, dict[str, Any]] = {}
+    fresh: dict[str, int] = {}  # request id → slot in ``out`` of its one event so far, if accepted in this batch
     for event in events:
-        rid = event["request_id"]
-        if event["type"] == "inference.delta":
+        rid, kind = event["request_id"], event["type"]
+        if kind == "inference.accepted":
+            fresh[rid] = len(out)
+            out.append(dict(event))
+            continue
+        if kind == "inference.delta":
             if rid in open_delta:
                 open_delta[rid]["text"] += event["text"]
                 continue
             event = dict(event)
+            slot = fresh.get(rid)
+            if slot is not None and out[slot]["type"] == "inference.accepted":
+                event["worker_id"], event["worker_channel"] = out[slot]["worker_id"], out[slot]["worker_channel"]
+                out[slot] = event
+            else:
+                out.append(event)
             open_delta[rid] = event
-            out.append(event)
+            continue
+        open_delta.pop(rid, None)
+        slot = fresh.pop(rid, None)
+        if slot is not None:
+            out[slot] = dict(event)
         else:
-            open_delta.pop(rid, None)
             out.append(event)
     return out
 
@@ -181,10 +205,14 @@ class InferenceWorker:
 
     # The engine thread hands events to the loop; the sender sends them in order.
     def _emit(self, event: dict[str, Any]) -> None:
-        self._loop.call_soon_threadsafe(self._outbox.put_nowait, event)
+        if threading.get_ident() == self._loop_thread:  # a backend that answered inside submit()
+            self._outbox.put_nowait(event)
+        else:
+            self._loop.call_soon_threadsafe(self._outbox.put_nowait, event)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._outbox: asyncio.Queue = asyncio.Queue()
         # The default prefix: channels-redis multiplexes one process-local prefix per layer, and
         # a second one would make every receive here wait out the other's blocking pop.
@@ -275,14 +303,14 @@ class InferenceWorker:
             await self._send(reply, _error(rid, "timeout", "the request waited past its deadline"))
             return
         self.routes[rid] = reply
-        await self._send(
-            reply,
+        # Through the outbox, so that an answer ready at once goes out with it as one message.
+        self._outbox.put_nowait(
             {
                 "type": "inference.accepted",
                 "request_id": rid,
                 "worker_id": self.worker_id,
                 "worker_channel": self.worker_channel,
-            },
+            }
         )
         try:
             self.backend.submit(message, self._emit)
@@ -304,6 +332,9 @@ class InferenceWorker:
                 reply = self.routes.get(rid)
                 if reply is None:
                     continue
+                if event["type"] == "inference.accepted":
+                    await self._send(reply, event)
+                    continue
                 held = self._held.pop(rid, "")
                 if event["type"] == "inference.delta":
                     event["text"] = held + event["text"]
@@ -314,7 +345,8 @@ class InferenceWorker:
                     continue
                 self.routes.pop(rid, None)
                 self.served += 1
-                event["worker_id"] = self.worker_id  # who answered, for the stored exchange
+                # Who answered, for the stored exchange (and the gateway's watch, if nothing came before).
+                event["worker_id"], event["worker_channel"] = self.worker_id, self.worker_channel
                 self.completion_tokens += int(event.get("completion_tokens") or 0)
                 log.info(
                     "finished: %s (%s tokens)",

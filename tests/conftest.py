@@ -48,3 +48,13 @@ def fresh_channel_layer():
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
+
+
+@pytest.fixture(autouse=True)
+def fresh_policy_rules():
+    """Each test reads the policy rules it set up: no copy kept from an earlier test's rolled-back rows."""
+    from agents_app import policy
+
+    policy.forget_rules()
+    yield
+    policy.forget_rules()

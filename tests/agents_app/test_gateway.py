@@ -34,8 +34,9 @@ class ScriptedBackend:
 
     base_model_id = "scripted"
 
-    def __init__(self, deltas=("Hello", " there"), actions=(), mode="answer"):
+    def __init__(self, deltas=("Hello", " there"), actions=(), mode="answer", gap=0.0):
         self.deltas, self.actions, self.mode = list(deltas), list(actions), mode
+        self.gap = gap  # > 0: stream from a thread, a piece every `gap` seconds, as an engine does
         self.cancelled: list[str] = []
         self.requests: list[dict] = []
         self.emitters = {}
@@ -47,8 +48,16 @@ class ScriptedBackend:
             raise Overloaded("the inference queue is full (2 waiting)")
         if self.mode == "silent":
             return
+        if self.gap > 0:
+            threading.Thread(target=self._answer, args=(request, emit), daemon=True).start()
+        else:
+            self._answer(request, emit)
+
+    def _answer(self, request, emit):
         rid = request["request_id"]
         for piece in self.deltas:
+            if self.gap > 0:
+                time.sleep(self.gap)
             emit({"type": "inference.delta", "request_id": rid, "text": piece})
         text = "".join(self.deltas)
         emit(
@@ -277,7 +286,7 @@ async def test_past_the_rate_frames_are_refused_and_a_flood_closes_with_4429(gam
 
 
 async def test_an_ask_streams_deltas_then_a_stored_reply(game_server, persona):
-    backend = ScriptedBackend(deltas=["Hel", "lo ", "steve!"], actions=[{"name": "jump", "args": []}])
+    backend = ScriptedBackend(deltas=["Hel", "lo ", "steve!"], actions=[{"name": "jump", "args": []}], gap=0.05)
     async with running_worker(backend):
         communicator, _, _ = await connect(game_server.raw_token)
         await send(communicator, ask(context={"pos": [1, 2, 3], "time_of_day": 0.5, "nearby": ["default:stone"]}))
@@ -293,6 +302,36 @@ async def test_an_ask_streams_deltas_then_a_stored_reply(game_server, persona):
     assert exchange.context == {"pos": [1.0, 2.0, 3.0], "time_of_day": 0.5, "nearby": ["default:stone"]}
     assert exchange.ttft_ms is not None and exchange.total_ms >= exchange.ttft_ms
     assert backend.requests[0]["persona"]["slug"] == "miner" and backend.requests[0]["player"] == "steve"
+
+
+async def test_an_answer_ready_at_once_comes_as_one_reply_without_deltas(game_server, persona):
+    async with running_worker(ScriptedBackend(deltas=["Hel", "lo ", "steve!"])):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask())
+        frames = await collect_until(communicator)
+        await communicator.disconnect()
+    assert [f["type"] for f in frames] == ["reply"] and frames[0]["text"] == "Hello steve!"
+    exchange = await database_sync_to_async(Exchange.objects.get)(pk=frames[0]["exchange"])
+    assert exchange.worker_id and exchange.ttft_ms == pytest.approx(exchange.total_ms, abs=1.0)
+
+
+async def test_an_npcs_memory_carries_its_last_turns_into_the_next_ask(game_server, persona):
+    backend = ScriptedBackend(deltas=["Aye."])
+    async with running_worker(backend):
+        communicator, _, _ = await connect(game_server.raw_token)
+        for i in range(3):
+            await send(communicator, ask(id=f"m{i}", text=f"question {i}"))
+            await collect_until(communicator)
+        await communicator.disconnect()
+        # A new connection (the server reconnected) reads the same turns back from the database.
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask(id="m3", text="question 3"))
+        await collect_until(communicator)
+        await communicator.disconnect()
+    memories = [[turn["text"] for turn in r["memory"]] for r in backend.requests]
+    assert memories[0] == [] and memories[1] == ["question 0"] and memories[2] == ["question 0", "question 1"]
+    assert memories[3] == ["question 0", "question 1", "question 2"]
+    assert backend.requests[2]["memory"][-1] == {"player": "steve", "text": "question 1", "reply": "Aye."}
 
 
 async def test_actions_off_the_personas_allowlist_are_blocked_and_flagged(game_server, persona):

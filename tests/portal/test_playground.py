@@ -69,7 +69,9 @@ async def test_a_foreign_or_missing_origin_is_refused(charlie, origin):
 
 
 async def test_an_ask_streams_through_the_worker_and_is_stored_as_a_rateable_playground_exchange(charlie, persona):
-    backend = ScriptedBackend(deltas=("Hello", " friend"), actions=[{"name": "jump", "args": []}, {"name": "fly"}])
+    backend = ScriptedBackend(
+        deltas=("Hello", " friend"), actions=[{"name": "jump", "args": []}, {"name": "fly"}], gap=0.05
+    )
     async with running_worker(backend):
         communicator, connected, _ = await connect(charlie)
         assert connected
