@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import uuid
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
-from django.db import models
+from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
 from django.utils import timezone
 
 slug_validator = RegexValidator(
@@ -290,6 +293,130 @@ class Rating(models.Model):
         return self.user.get_username() if self.user_id else f"player:{self.player_name}"
 
 
+# --- rating statistics -------------------------------------------------------------------------------
+#
+# What the persona page shows (the trend per version and day, the best and worst replies) would
+# otherwise aggregate every rating of the persona. These tables hold the sums. The rating services
+# (agents_app.services.rating_upsert) change them in the same transaction as each rating write, and
+# a rating deleted through the ORM (the admin) takes its counts with it (rating_counts_deleted).
+# ``manage.py rebuild_rating_stats`` recomputes both from the ratings, e.g. after a bulk import.
+
+
+def rating_day(rating: Rating):
+    """The day a rating counts on: when it was first given, in the site's time zone (a change keeps it)."""
+    return timezone.localdate(rating.created_at, timezone.get_default_timezone())
+
+
+class PersonaDayRatings(models.Model):
+    """Thumbs up and down given on one day to the replies of one persona by one adapter version."""
+
+    # db_index off: the composite indexes below start with the persona.
+    persona = models.ForeignKey(Persona, on_delete=models.CASCADE, related_name="+", db_index=False)
+    adapter_version = models.ForeignKey(
+        AdapterVersion,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="Empty: the base model.",
+    )
+    day = models.DateField()
+    ups = models.IntegerField(default=0)
+    downs = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["persona", "adapter_version", "day"],
+                condition=Q(adapter_version__isnull=False),
+                name="persona_day_ratings_one_per_version",
+            ),
+            models.UniqueConstraint(
+                fields=["persona", "day"],
+                condition=Q(adapter_version__isnull=True),
+                name="persona_day_ratings_one_base",
+            ),
+        ]
+        indexes = [models.Index(fields=["persona", "day"], name="persona_day_ratings_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.persona_id} v{self.adapter_version_id or '-'} {self.day}: +{self.ups} -{self.downs}"
+
+
+class ExchangeRatings(models.Model):
+    """One rated reply's net score (ups − downs) and number of ratings; best and worst are an index scan."""
+
+    exchange = models.OneToOneField(Exchange, primary_key=True, on_delete=models.CASCADE, related_name="rating_sums")
+    # The exchange's, copied here so the best and worst are one index scan (the indexes start with it).
+    persona = models.ForeignKey(Persona, on_delete=models.CASCADE, related_name="+", db_index=False)
+    net = models.IntegerField(default=0)
+    total = models.IntegerField(default=0)
+
+    class Meta:
+        indexes = [
+            # Best: net high first, then more ratings; worst: net low first, then more ratings; ties by id.
+            models.Index(fields=["persona", "-net", "-total", "exchange"], name="exchange_ratings_best"),
+            models.Index(fields=["persona", "net", "-total", "exchange"], name="exchange_ratings_worst"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.exchange_id}: {self.net:+d} of {self.total}"
+
+
+def _counts_add(model, keys: dict, changes: dict, *, create: dict | None) -> None:
+    """Add ``changes`` to the counters of the row at ``keys``; a missing row is inserted with ``create``.
+
+    ``UPDATE ... SET n = n + d`` is exact under concurrent writers (the row lock orders them); two
+    writers inserting the same missing row meet the unique constraint, and the loser adds instead.
+    ``create=None``: the row must exist (the vote changed or went, so it was counted once).
+    """
+    adds = {name: F(name) + delta for name, delta in changes.items() if delta}
+    if not adds or model.objects.filter(**keys).update(**adds):
+        return
+    if create is None:
+        # Changing counts never made: the rating was written around the services (a bulk load).
+        # Made-up numbers would be worse than none; the rebuild puts them right.
+        logging.getLogger("voyager.ratings").warning(
+            "%s %s: rating statistics out of step; run `manage.py rebuild_rating_stats`", model.__name__, keys
+        )
+        return
+    try:
+        with transaction.atomic():
+            model.objects.create(**keys, **create, **changes)
+    except IntegrityError:
+        model.objects.filter(**keys).update(**adds)
+
+
+def rating_counts_change(*, exchange: Exchange, day, old_score: int | None, new_score: int | None) -> None:
+    """Move one rating's vote in the statistics: None → ±1 (new), ±1 → ∓1 (changed), ±1 → None (removed).
+
+    Call inside the transaction that writes the rating.
+    """
+    ups = (new_score == 1) - (old_score == 1)
+    downs = (new_score == -1) - (old_score == -1)
+    first = old_score is None  # only a new vote may start a row
+    _counts_add(
+        PersonaDayRatings,
+        {"persona_id": exchange.persona_id, "adapter_version_id": exchange.adapter_version_id, "day": day},
+        {"ups": ups, "downs": downs},
+        create={} if first else None,
+    )
+    _counts_add(
+        ExchangeRatings,
+        {"exchange_id": exchange.pk},
+        {"net": ups - downs, "total": ups + downs},
+        create={"persona_id": exchange.persona_id} if first else None,
+    )
+
+
+@receiver(post_delete, sender=Rating, dispatch_uid="voyager-rating-counts-deleted")
+def rating_counts_deleted(sender, instance: Rating, **kwargs) -> None:
+    """A deleted rating (admin, queryset) leaves the statistics in its transaction (post_delete runs in it)."""
+    exchange = Exchange.objects.only("persona_id", "adapter_version_id").filter(pk=instance.exchange_id).first()
+    if exchange is not None:
+        rating_counts_change(exchange=exchange, day=rating_day(instance), old_score=instance.score, new_score=None)
+
+
 class PairwiseVote(models.Model):
     class Outcome(models.TextChoices):
         LEFT = "left", "Left is better"
@@ -317,6 +444,47 @@ class PairwiseVote(models.Model):
 
     def __str__(self) -> str:
         return f"{self.left_id} vs {self.right_id}: {self.outcome}"
+
+
+class RaterBlock(models.Model):
+    """A rater a moderator marked as a spammer: their ratings and votes stay out of training.
+
+    The rater is a portal account or, for ratings given in game by a player with no linked
+    account, the bare player name. A verified player link ties the two, so blocking either
+    side blocks the person.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="rater_blocks"
+    )
+    player_name = models.CharField(
+        max_length=64, blank=True, help_text="A player known only by their game name (no portal account)."
+    )
+    reason = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(user__isnull=False) & Q(player_name="")) | (Q(user__isnull=True) & ~Q(player_name="")),
+                name="rater_block_has_exactly_one_rater",
+            ),
+            models.UniqueConstraint(fields=["user"], condition=Q(user__isnull=False), name="rater_block_one_per_user"),
+            models.UniqueConstraint(
+                fields=["player_name"], condition=Q(user__isnull=True), name="rater_block_one_per_player"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.rater_label
+
+    @property
+    def rater_label(self) -> str:
+        return self.user.get_username() if self.user_id else f"player:{self.player_name}"
 
 
 class PlayerLink(models.Model):

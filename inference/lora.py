@@ -24,7 +24,9 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILES = ("adapter_model.bin", "pytorch_model.bin")
 # A LoRA for a small NPC model is megabytes; this bounds what a bad upload can cost.
 MAX_WEIGHTS_BYTES = 1 << 30
-_KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
+# PEFT's saved tensor names: "[base_model.model.]<module>.lora_<A|B>[.<adapter name>].weight".
+# The one grammar for adapter tensors: the upload check (portal.adapters) parses names with it too.
+LORA_KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
 
 
 class AdapterError(Exception):
@@ -125,7 +127,7 @@ def load_adapter(
 
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
-        match = _KEY_RE.match(key)
+        match = LORA_KEY_RE.match(key)
         if match is None:
             raise AdapterError(f"{weights}: unexpected tensor {key!r} (only lora_A/lora_B weights are supported)")
         parts.setdefault(match["module"], {})[match["part"]] = tensor
@@ -155,3 +157,17 @@ def load_adapter(
     return LoadedAdapter(
         path=str(root), sha256=digest, rank=max(a.shape[1] for a, _ in modules.values()), modules=modules
     )
+
+
+def merge_adapter(model: nn.Module, adapter: LoadedAdapter) -> None:
+    """Fold a loaded adapter into the model's own Linear weights, in place: W += (A @ B)ᵀ.
+
+    The model then answers as the adapter would through the engine (y = xWᵀ + xAB), with no
+    wrapper modules: for one-off checks on a private copy of the base model, never on the
+    model an engine is serving.
+    """
+    with torch.no_grad():
+        for name, (a, b) in adapter.modules.items():
+            linear = model.get_submodule(name)
+            delta = (a @ b).t()
+            linear.weight.add_(delta.to(device=linear.weight.device, dtype=linear.weight.dtype))

@@ -13,9 +13,15 @@ Every check runs before anything is stored as usable, and a failure leaves no fi
 - the config is a LoRA (``inference.lora.read_adapter_config``), names the same base model, and
   its rank is within the limit.
 
-The files then move from a staging directory (same filesystem) into
-``MEDIA_ROOT/adapters/<persona>/upload-v<n>``, and the version row is created in the same
-transaction that numbers it.
+The files are fsynced and moved from a staging directory (same filesystem) into
+``MEDIA_ROOT/adapters/<persona>/upload-v<n>``, and the version row is created (status ``uploaded``)
+in the same transaction that numbers it. A refused upload leaves neither files nor a row.
+
+Then the values, which no header shows: after the commit a Celery task (``portal.tasks``) runs a
+smoke generation in the worker (``inference.smoke``: the base model with the adapter folded in,
+a few greedy tokens from a fixed prompt, every logit finite). It passes: ``validated``, with the
+summary in ``metrics["smoke"]``, ready for a moderator. It fails: ``rejected``, the reason in
+``validation_error`` for the modder, and the weights removed from disk.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
-import re
 import shutil
 import stat
 import struct
@@ -42,11 +48,18 @@ from django.utils import timezone
 
 from agents_app.models import AdapterVersion, Persona
 from agents_app.services import ServiceError
-from inference.lora import CONFIG_FILE, WEIGHTS_FILE, AdapterError, file_sha256, read_adapter_config
+from inference.lora import (
+    CONFIG_FILE,
+    LORA_KEY_RE,  # the loader's own grammar of tensor names: what passes here, the engine can read
+    WEIGHTS_FILE,
+    AdapterError,
+    file_sha256,
+    read_adapter_config,
+)
 from portal import access
+from training_tasks.promotion import fsync_tree
 
-# Same key grammar as inference/lora.py's loader (PEFT's saved names).
-LORA_KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
+log = logging.getLogger("voyager.adapters")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 MAX_HEADER_BYTES = 1 << 20
@@ -319,10 +332,14 @@ def validate_adapter_dir(staging: Path) -> Checked:
 
 
 def adapter_upload(*, user, persona_slug: str, files: dict, model_card: str = "") -> AdapterVersion:
-    """Validate and store an uploaded adapter as the persona's next version (status validated).
+    """Check and store an uploaded adapter as the persona's next version (status uploaded).
 
-    ``files`` maps ``config``/``weights``/``archive`` to uploaded file objects.
+    ``files`` maps ``config``/``weights``/``archive`` to uploaded file objects. The smoke
+    generation is queued for after the commit (``adapter_validate``); with an eager Celery (the
+    embedded default) it has already run when this returns, and the version says how it went.
     """
+    from portal import tasks
+
     persona = access.access_persona(persona_slug, user)
     if not access.can_upload_adapter(user, persona):
         raise access.AccessDenied(f"persona: only its owner, with the modder role, may upload to {persona.slug!r}")
@@ -357,6 +374,7 @@ def adapter_upload(*, user, persona_slug: str, files: dict, model_card: str = ""
         (staging / "README.md").unlink(missing_ok=True)
         sha = file_sha256(staging / WEIGHTS_FILE)
         size = sum(p.stat().st_size for p in staging.iterdir())
+        fsync_tree(staging)  # on disk before a row points at it
         with transaction.atomic():
             persona = Persona.objects.select_for_update().get(pk=persona.pk)
             version = (AdapterVersion.objects.filter(persona=persona).aggregate(m=Max("version"))["m"] or 0) + 1
@@ -371,13 +389,13 @@ def adapter_upload(*, user, persona_slug: str, files: dict, model_card: str = ""
                 rank=checked.rank,
                 target_modules=checked.target_modules,
                 size_bytes=size,
-                status=AdapterVersion.Status.VALIDATED,
+                status=AdapterVersion.Status.UPLOADED,
                 source=AdapterVersion.Source.UPLOAD,
                 model_card=model_card or "",
                 created_by=user,
                 status_changed_at=timezone.now(),
             )
-        return adapter
+        final = None  # the version's files now: nothing below may remove them
     except BaseException:
         if final is not None and final.exists():
             shutil.rmtree(final, ignore_errors=True)
@@ -386,6 +404,62 @@ def adapter_upload(*, user, persona_slug: str, files: dict, model_card: str = ""
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir(root / STAGING)  # only when empty: another upload may be staging
+    try:
+        tasks.adapter_validate.delay_on_commit(adapter.pk)
+    except Exception:
+        # The broker is down, or (eager, the embedded default) the check itself could not run, e.g.
+        # the base model does not load: the upload stands, the version stays "uploaded", and
+        # `manage.py validate_adapters` queues it again.
+        log.exception("adapter %s v%s: the smoke generation could not be queued or run", persona.slug, version)
+    adapter.refresh_from_db()  # an eager smoke generation has moved it on already
+    return adapter
+
+
+# --- the smoke generation (in the Celery worker) --------------------------------------------------
+
+
+def _smoke_failure_text(reason: str) -> str:
+    return f"The smoke generation failed: {reason}. Fix the adapter and upload it as a new version."
+
+
+def adapter_validate(*, adapter_id: int) -> AdapterVersion:
+    """Run the smoke generation on an uploaded version: validated, or rejected with its files removed.
+
+    Idempotent: a version that is no longer ``uploaded`` is returned as it is, and two deliveries
+    racing each other decide once (the second finds the status already moved). Faults of the
+    adapter reject it; a base model that will not load raises (the server's fault: the task
+    retries, the version stays uploaded).
+    """
+    from inference.smoke import SmokeFailed, smoke_generate
+
+    adapter = AdapterVersion.objects.select_related("persona").get(pk=adapter_id)
+    if adapter.status != AdapterVersion.Status.UPLOADED:
+        return adapter
+    try:
+        result = smoke_generate(settings.VOYAGER_BASE_MODEL, adapter.absolute_path, expected_sha256=adapter.sha256)
+    except SmokeFailed as exc:
+        summary, reason = None, str(exc)
+    else:
+        summary, reason = result.to_dict(), ""
+    with transaction.atomic():
+        adapter = AdapterVersion.objects.select_for_update().select_related("persona").get(pk=adapter_id)
+        if adapter.status != AdapterVersion.Status.UPLOADED:
+            return adapter
+        adapter.status_changed_at = timezone.now()
+        if summary is not None:
+            adapter.status = AdapterVersion.Status.VALIDATED
+            adapter.metrics = {**(adapter.metrics or {}), "smoke": summary}
+            adapter.save(update_fields=["status", "metrics", "status_changed_at"])
+            log.info("adapter %s v%s validated: %s", adapter.persona.slug, adapter.version, summary)
+        else:
+            adapter.status = AdapterVersion.Status.REJECTED
+            adapter.validation_error = _smoke_failure_text(reason)
+            adapter.save(update_fields=["status", "validation_error", "status_changed_at"])
+            log.info("adapter %s v%s rejected: %s", adapter.persona.slug, adapter.version, reason)
+            path = adapter.absolute_path
+            # After the commit: the row says "rejected" before the files go, never the other way round.
+            transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
+    return adapter
 
 
 # --- moderation ---------------------------------------------------------------------------------------
@@ -393,13 +467,15 @@ def adapter_upload(*, user, persona_slug: str, files: dict, model_card: str = ""
 
 @transaction.atomic
 def adapter_review(*, user, persona_slug: str, version: int, decision: str) -> AdapterVersion:
-    """A moderator approves or rejects a validated version."""
+    """A moderator approves or rejects a validated version (one that passed its smoke generation)."""
     if not access.can_approve_adapter(user):
         raise access.AccessDenied("only moderators may approve or reject adapters")
     adapter = access.access_adapter_version(persona_slug, version, user)
     adapter = AdapterVersion.objects.select_for_update().get(pk=adapter.pk)
     if decision not in ("approve", "reject"):
         raise UploadError(f"decision: must be approve or reject, not {decision!r}")
+    if adapter.status == AdapterVersion.Status.UPLOADED:
+        raise UploadError(f"status: v{version} is still being validated; it can be reviewed once it passes")
     if adapter.status != AdapterVersion.Status.VALIDATED:
         raise UploadError(f"status: v{version} is {adapter.status}; only validated versions can be reviewed")
     adapter.status = AdapterVersion.Status.APPROVED if decision == "approve" else AdapterVersion.Status.REJECTED

@@ -7,13 +7,21 @@ import binascii
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from django.db.models import Count, Exists, OuterRef, Q, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import Count, Exists, OuterRef, Q
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from agents_app.models import AdapterVersion, Exchange, GameServer, PlayerLink, Rating
+from agents_app.models import (
+    AdapterVersion,
+    Exchange,
+    ExchangeRatings,
+    GameServer,
+    PersonaDayRatings,
+    PlayerLink,
+    Rating,
+)
 from agents_app.services import ServiceError
 from portal import access
 
@@ -38,8 +46,6 @@ HEAVY_FIELDS = (
     "persona__system_prompt",
 )
 FEED_MAX_PAGE_SIZE = 100
-# Persona statistics aggregate every rating of the persona: computed at most this often.
-PERSONA_STATS_SECONDS = 300
 
 
 def playground_player_name(user) -> str:
@@ -228,29 +234,23 @@ class TrendSeries:
 
 
 def persona_trend(persona, *, days: int = 90) -> list[TrendSeries]:
-    """Share of thumbs up per adapter version per day (one aggregate query, cached a few minutes)."""
-    from django.core.cache import cache
+    """Share of thumbs up per adapter version per day: one query over the precomputed day counts.
 
-    key = f"portal:persona-trend:{persona.pk}:{days}"
-    rows = cache.get(key)
-    if rows is None:
-        from django.utils import timezone
-
-        since = timezone.now() - timezone.timedelta(days=days)
-        rows = list(
-            Rating.objects.filter(exchange__persona=persona, created_at__gte=since)
-            .annotate(day=TruncDate("created_at"))
-            .values("exchange__adapter_version__version", "day")
-            .annotate(up=Count("id", filter=Q(score=1)), total=Count("id"))
-            .order_by("exchange__adapter_version__version", "day")
-        )
-        cache.set(key, rows, PERSONA_STATS_SECONDS)
+    ``PersonaDayRatings`` holds a row per version per day (kept by the rating services), so this
+    reads at most versions × ``days`` rows, however many ratings there are.
+    """
+    since = timezone.localdate(timezone.now() - timedelta(days=days), timezone.get_default_timezone())
+    rows = (
+        PersonaDayRatings.objects.filter(persona=persona, day__gte=since)
+        .filter(Q(ups__gt=0) | Q(downs__gt=0))
+        .values_list("adapter_version__version", "day", "ups", "downs")
+        .order_by("adapter_version__version", "day")
+    )
     series: dict[str, TrendSeries] = {}
-    for row in rows:
-        version = row["exchange__adapter_version__version"]
+    for version, day, ups, downs in rows:
         label = f"v{version}" if version is not None else "base model"
         s = series.setdefault(label, TrendSeries(label, []))
-        s.points.append((row["day"].isoformat(), row["up"] / row["total"], row["total"]))
+        s.points.append((day.isoformat(), ups / (ups + downs), ups + downs))
     return list(series.values())
 
 
@@ -277,37 +277,22 @@ def trend_svg(series: list[TrendSeries], width: int = 560, height: int = 180) ->
     return {"lines": lines, "width": width, "height": height, "days": [days[0], days[-1]], "pad": pad}
 
 
-def _extreme_ids(persona, n: int) -> tuple[list, list]:
-    """Ids of the best (net score > 0) and worst (net < 0) rated replies: one aggregate query, cached."""
-    from django.core.cache import cache
-
-    key = f"portal:persona-extremes:{persona.pk}:{n}"
-    cached = cache.get(key)
-    if cached is not None:
-        return cached
-    rows = list(
-        Rating.objects.filter(exchange__persona=persona)
-        .values_list("exchange_id")
-        .annotate(net=Sum("score"), total=Count("id"))
-        .order_by()
-    )
-    best = sorted((r for r in rows if r[1] > 0), key=lambda r: (-r[1], -r[2], str(r[0])))[:n]
-    worst = sorted((r for r in rows if r[1] < 0), key=lambda r: (r[1], -r[2], str(r[0])))[:n]
-    result = ([r[0] for r in best], [r[0] for r in worst])
-    cache.set(key, result, PERSONA_STATS_SECONDS)
-    return result
-
-
 def persona_extremes(persona, viewer, *, n: int = 3) -> tuple[list[FeedItem], list[FeedItem]]:
-    """The best and the worst rated replies (by net score), with live counts."""
-    best_ids, worst_ids = _extreme_ids(persona, n)
-    rows = {
-        e.pk: e
-        for e in Exchange.objects.filter(pk__in=best_ids + worst_ids)
+    """The best (net score > 0) and the worst (net < 0) rated replies, with live counts.
+
+    Each side's ids are the first ``n`` entries of an index on the precomputed net scores
+    (``ExchangeRatings``: most net first, then most ratings, then by id); the replies come in one
+    query after (cheaper to plan than the join from the scores).
+    """
+    sums = ExchangeRatings.objects.filter(persona=persona).values_list("exchange_id", flat=True)
+    best_ids = list(sums.filter(net__gt=0).order_by("-net", "-total", "exchange_id")[:n])
+    worst_ids = list(sums.filter(net__lt=0).order_by("net", "-total", "exchange_id")[:n])
+    rows = list(
+        Exchange.objects.filter(pk__in=best_ids + worst_ids)
         .select_related("persona", "npc__game_server", "adapter_version")
         .defer(*HEAVY_FIELDS)
-    }
-    items = {i.exchange.pk: i for i in feed_items(list(rows.values()), viewer)}
+    )
+    items = {i.exchange.pk: i for i in feed_items(rows, viewer)}
     return [items[i] for i in best_ids if i in items], [items[i] for i in worst_ids if i in items]
 
 

@@ -161,6 +161,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # One queue name per deployment (or per test run) so workers of another never take its tasks.
 CELERY_TASK_DEFAULT_QUEUE = env_str("VOYAGER_CELERY_QUEUE", "celery")
+# An upload's smoke check takes seconds; a training run, hours. A deployment that names a queue here
+# runs a worker of its own for it, so that uploads are never validated after the night's training.
+VOYAGER_VALIDATION_QUEUE = env_str("VOYAGER_VALIDATION_QUEUE", CELERY_TASK_DEFAULT_QUEUE)
+CELERY_TASK_ROUTES = {"portal.adapter_validate": {"queue": VOYAGER_VALIDATION_QUEUE}}
 CELERY_TIMEZONE = "UTC"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -18,8 +18,8 @@ def compose():
 
 def test_the_topology_has_every_process(compose):
     assert set(compose["services"]) == {
-        "postgres", "redis", "migrate", "daphne1", "daphne2", "worker1", "worker2", "celery", "beat", "nginx",
-        "prometheus",
+        "postgres", "redis", "migrate", "daphne1", "daphne2", "worker1", "worker2", "celery", "celery-validation",
+        "beat", "nginx", "prometheus",
     }  # fmt: skip
 
 
@@ -31,6 +31,10 @@ def test_the_commands_are_the_readmes(compose):
         assert services[name]["command"] == ["python", "manage.py", "inference_worker"]
     assert services["celery"]["command"][:4] == ["celery", "-A", "portal", "worker"]
     assert services["beat"]["command"][:4] == ["celery", "-A", "portal", "beat"]
+    # Uploads' smoke checks have a worker of their own, on the queue every process routes them to.
+    validation = services["celery-validation"]
+    queue = validation["command"][validation["command"].index("-Q") + 1]
+    assert queue == validation["environment"]["VOYAGER_VALIDATION_QUEUE"] == "validation"
     for name, port in (("daphne1", "8001"), ("daphne2", "8002")):
         command = services[name]["command"]
         assert command[0] == "daphne" and command[-1] == "portal.asgi:application" and port in command
@@ -38,7 +42,7 @@ def test_the_commands_are_the_readmes(compose):
 
 
 def test_every_app_process_gets_the_database_and_redis_and_waits_for_migrate(compose):
-    for name in ("daphne1", "daphne2", "worker1", "worker2", "celery", "beat"):
+    for name in ("daphne1", "daphne2", "worker1", "worker2", "celery", "celery-validation", "beat"):
         service = compose["services"][name]
         assert service["environment"]["DATABASE_URL"].startswith("postgres://")
         assert service["environment"]["REDIS_URL"].startswith("redis://redis:")

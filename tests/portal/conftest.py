@@ -12,7 +12,7 @@ from agents_app.models import Exchange, Npc, Persona, PlayerLink
 
 @pytest.fixture(autouse=True)
 def _empty_cache():
-    """Persona statistics and throttles are cached; each test starts without them."""
+    """Throttles (and whatever else a view caches) start empty in each test."""
     from django.core.cache import cache
 
     cache.clear()

@@ -1,8 +1,13 @@
-"""Adapter uploads: only safe, fitting LoRA adapters become versions; failures leave nothing behind."""
+"""Adapter uploads: only safe, fitting LoRA adapters become versions; failures leave nothing behind.
+
+The structure is checked during the upload; the smoke generation runs after the commit (a Celery
+task, eager here), so tests that need it run the upload's on-commit callbacks.
+"""
 
 import html
 import io
 import json
+import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -17,23 +22,33 @@ from agents_app.models import AdapterVersion
 from tests.portal.conftest import client_for, csrf_post
 
 pytestmark = pytest.mark.django_db
-HIDDEN, INTER = 16, 32
+HIDDEN = 64  # the tiny starter model's
 Q = "base_model.model.model.layers.0.self_attn.q_proj"
 
 
-@pytest.fixture
-def base_model(settings, tmp_path):
-    from transformers import LlamaConfig
+@pytest.fixture(autouse=True)
+def eager_celery():
+    """The smoke task runs in this process, as in the embedded default, even when REDIS_URL names a broker."""
+    from portal.celery import app
 
+    saved = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = saved
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny starter model (seconds to build): a real base model for the smoke generation."""
+    from inference.starter import build_starter_model
+
+    return build_starter_model(tmp_path_factory.mktemp("models") / "tiny", size="tiny", seed=0, log=lambda _m: None)
+
+
+@pytest.fixture
+def base_model(settings, tmp_path, tiny_model):
     root = tmp_path / "base"
-    LlamaConfig(
-        vocab_size=64,
-        hidden_size=HIDDEN,
-        intermediate_size=INTER,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    ).save_pretrained(root)
+    shutil.copytree(tiny_model, root)
     (root / "voyager.json").write_text(json.dumps({"model_id": "tiny-test"}))
     settings.VOYAGER_BASE_MODEL = str(root)
     settings.MEDIA_ROOT = str(tmp_path / "media")
@@ -73,12 +88,12 @@ def files_left(settings) -> list[Path]:
 
 
 def test_the_owner_uploads_a_fitting_adapter_and_gets_version_1_then_2(alice, persona, base_model, settings):
-    response = upload(alice)
+    response = upload(alice)  # the smoke generation waits for the commit, which this test never makes
     assert response.status_code == 302 and response["Location"] == "/personas/miner/v1/"
     v1 = AdapterVersion.objects.get(persona=persona)
     assert (v1.version, v1.status, v1.rank, v1.target_modules, v1.base_model_id) == (
         1,
-        "validated",
+        "uploaded",
         4,
         ["q_proj"],
         "tiny-test",
@@ -105,7 +120,7 @@ def test_a_zip_with_both_files_is_accepted(alice, persona, base_model):
         {"my-adapter/adapter_config.json": config_json(), "my-adapter/adapter_model.safetensors": weights()}
     )
     assert upload(alice, archive=archive).status_code == 302
-    assert AdapterVersion.objects.get().status == "validated"
+    assert AdapterVersion.objects.get().status == "uploaded"
 
 
 @pytest.mark.parametrize(
@@ -211,12 +226,13 @@ def test_upload_needs_the_csrf_token(alice, persona, base_model):
 
 
 def test_a_moderator_approves_then_the_owner_activates_and_the_old_version_retires(
-    alice, bob, persona, base_model, django_user_model
+    alice, bob, persona, base_model, django_user_model, django_capture_on_commit_callbacks
 ):
     mod = django_user_model.objects.create_user("mod", "", "mod-pass-123")
     mod.groups.add(Group.objects.get(name="moderator"))
-    upload(alice)
-    upload(alice)
+    for _ in range(2):
+        with django_capture_on_commit_callbacks(execute=True):
+            upload(alice)
     review = "/personas/miner/v{}/review/"
     response = csrf_post(client_for(alice), review.format(1), {"decision": "approve"})
     assert response.status_code == 403 and "only moderators" in response.content.decode()
@@ -261,10 +277,144 @@ def test_the_api_takes_an_upload_from_the_owner_and_names_the_problem_otherwise(
         "weights": SimpleUploadedFile("adapter_model.safetensors", weights()),
     }
     response = post(alice, **good)
-    assert response.status_code == 201 and response.json()["version"] == 1 and response.json()["status"] == "validated"
+    assert response.status_code == 201 and response.json()["version"] == 1 and response.json()["status"] == "uploaded"
+    assert "being validated" in response.json()["status_detail"]
     response = post(alice, config=SimpleUploadedFile("adapter_config.json", config_json(r=0)),
                     weights=SimpleUploadedFile("adapter_model.safetensors", weights()))  # fmt: skip
     assert response.status_code == 400 and "rank r=0" in str(response.json())
     bad_bob = {"config": SimpleUploadedFile("adapter_config.json", config_json()),
                "weights": SimpleUploadedFile("adapter_model.safetensors", weights())}  # fmt: skip
     assert post(bob, **bad_bob).status_code == 403
+
+
+# --- the smoke generation: uploaded -> validated, or rejected ----------------------------------------
+
+
+def nan_weights() -> bytes:
+    b = torch.zeros(HIDDEN, 4)
+    b[3, 1] = float("nan")
+    return weights({f"{Q}.lora_A.weight": torch.randn(4, HIDDEN), f"{Q}.lora_B.weight": b})
+
+
+def huge_weights() -> bytes:
+    """Every value finite, their product not: the activations overflow."""
+    return weights(
+        {f"{Q}.lora_A.weight": torch.full((4, HIDDEN), 1e30), f"{Q}.lora_B.weight": torch.full((HIDDEN, 4), 1e30)}
+    )
+
+
+def upload_and_validate(user, capture, weights_bytes=None):
+    files = {
+        "config": SimpleUploadedFile("adapter_config.json", config_json()),
+        "weights": SimpleUploadedFile("adapter_model.safetensors", weights_bytes or weights()),
+    }
+    with capture(execute=True):
+        response = upload(user, **files)
+    assert response.status_code == 302, response.content.decode()[:500]
+    return AdapterVersion.objects.get(version=int(response["Location"].rstrip("/").rsplit("v", 1)[1]))
+
+
+def test_a_fitting_adapter_passes_its_smoke_generation_and_is_validated(
+    alice, persona, base_model, django_capture_on_commit_callbacks
+):
+    v1 = upload_and_validate(alice, django_capture_on_commit_callbacks)
+    smoke = v1.metrics["smoke"]
+    assert v1.status == "validated" and v1.validation_error == ""
+    assert smoke["tokens"] >= 2 and smoke["text"] and 0 < smoke["max_abs_logit"] < 1e4
+    assert (v1.absolute_path / "adapter_model.safetensors").is_file()
+    body = client_for(alice).get("/personas/miner/v1/").content.decode()
+    assert 'id="smoke"' in body and "Smoke generation passed" in body and 'id="validating"' not in body
+
+
+def test_the_upload_says_the_version_is_being_validated(alice, persona, base_model):
+    client = client_for(alice)
+    response = csrf_post(client, "/personas/miner/upload/", {
+        "config": SimpleUploadedFile("adapter_config.json", config_json()),
+        "weights": SimpleUploadedFile("adapter_model.safetensors", weights()),
+    }, follow=True)  # fmt: skip
+    body = html.unescape(response.content.decode())
+    assert "v1 is uploaded and being validated" in body and 'id="validating"' in body
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [(nan_weights, "non-finite values in 'model.layers.0.self_attn.q_proj'"), (huge_weights, "NaN or infinite")],
+)
+def test_an_adapter_that_breaks_the_model_is_rejected_with_its_reason_and_its_files_removed(
+    alice, persona, base_model, settings, django_capture_on_commit_callbacks, bad, reason
+):
+    v1 = upload_and_validate(alice, django_capture_on_commit_callbacks, bad())
+    assert v1.status == "rejected" and "smoke" not in v1.metrics
+    assert v1.validation_error.startswith("The smoke generation failed:") and reason in v1.validation_error
+    assert str(settings.MEDIA_ROOT) not in v1.validation_error  # no server paths in what the modder reads
+    assert files_left(settings) == [] and not v1.absolute_path.exists()
+    body = html.unescape(client_for(alice).get("/personas/miner/v1/").content.decode())
+    assert 'id="validation-error"' in body and reason in body
+
+
+def test_a_moderator_can_only_review_a_version_that_passed_its_smoke_generation(
+    alice, persona, base_model, django_user_model, django_capture_on_commit_callbacks
+):
+    mod = django_user_model.objects.create_user("mod", "", "mod-pass-123")
+    mod.groups.add(Group.objects.get(name="moderator"))
+    upload(alice)  # v1: never leaves "uploaded" (no commit here)
+    upload_and_validate(alice, django_capture_on_commit_callbacks, nan_weights())  # v2: rejected
+    review = "/personas/miner/v{}/review/"
+    response = csrf_post(client_for(mod), review.format(1), {"decision": "approve"})
+    assert response.status_code == 400 and "still being validated" in response.content.decode()
+    assert "Approve" not in client_for(mod).get("/personas/miner/v1/").content.decode()
+    response = csrf_post(client_for(mod), review.format(2), {"decision": "approve"})
+    assert response.status_code == 400 and "only validated versions" in response.content.decode()
+    assert dict(AdapterVersion.objects.values_list("version", "status")) == {1: "uploaded", 2: "rejected"}
+
+
+def test_validation_runs_once_however_often_the_task_is_delivered(alice, persona, base_model):
+    from portal import tasks
+
+    upload(alice)
+    v1 = AdapterVersion.objects.get()
+    assert tasks.adapter_validate.delay(v1.pk).get() == "validated"
+    v1.refresh_from_db()
+    first = (v1.status_changed_at, v1.metrics)
+    assert tasks.adapter_validate.delay(v1.pk).get() == "validated"
+    v1.refresh_from_db()
+    assert (v1.status_changed_at, v1.metrics) == first
+
+
+@pytest.mark.django_db(transaction=True)  # commits for real: the eager task runs inside the upload, as served
+def test_a_base_model_that_will_not_load_leaves_the_upload_standing_until_it_is_queued_again(
+    alice, persona, base_model, settings
+):
+    from django.core.management import call_command
+
+    from inference.loading import ModelLoadError
+    from portal.adapters import adapter_validate
+
+    saved = base_model.parent / "weights-aside"
+    saved.mkdir()
+    for weights_file in base_model.glob("*.safetensors"):
+        weights_file.rename(saved / weights_file.name)
+    assert upload(alice).status_code == 302  # the server's fault, not the adapter's: the upload stands
+    v1 = AdapterVersion.objects.get()
+    assert v1.status == "uploaded" and (v1.absolute_path / "adapter_model.safetensors").is_file()
+    with pytest.raises(ModelLoadError):  # in a worker: the task fails and Celery retries it
+        adapter_validate(adapter_id=v1.pk)
+    for weights_file in saved.iterdir():
+        weights_file.rename(base_model / weights_file.name)
+    call_command("validate_adapters", stdout=io.StringIO())
+    v1.refresh_from_db()
+    assert v1.status == "validated"
+    assert upload(alice).status_code == 302  # eager and committed: validated before the page comes back
+    assert AdapterVersion.objects.get(version=2).status == "validated"
+
+
+def test_the_smoke_generation_wants_a_few_tokens_out(tiny_model, tmp_path):
+    from inference.smoke import SmokeFailed, smoke_generate
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_bytes(config_json(base_model_name_or_path=str(tiny_model)))
+    (adapter / "adapter_model.safetensors").write_bytes(weights())
+    assert smoke_generate(tiny_model, adapter).tokens >= 2
+    with pytest.raises(SmokeFailed, match=r"said 1 token\(s\).*at least 2"):
+        smoke_generate(tiny_model, adapter, max_tokens=1, min_tokens=2)
