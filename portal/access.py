@@ -11,7 +11,7 @@ import uuid
 
 from django.db.models import Q, QuerySet
 
-from agents_app.models import AdapterVersion, Exchange, PairwiseVote, Persona, Rating, TrainingRun
+from agents_app.models import AdapterVersion, Exchange, GameServer, PairwiseVote, Persona, Rating, TrainingRun
 from agents_app.services import ServiceError
 from portal.roles import CAN_APPROVE, CAN_CREATE_PERSONA, CAN_MODERATE, CAN_UPLOAD
 
@@ -57,9 +57,18 @@ def can_create_persona(user) -> bool:
     return bool(user.is_authenticated and user.has_perm(CAN_CREATE_PERSONA))
 
 
+def require_persona_creator(user) -> None:
+    if not can_create_persona(user):
+        raise AccessDenied("persona: only modders may create personas (ask a moderator for the modder role)")
+
+
+def can_edit_persona(user, persona: Persona) -> bool:
+    return bool(user.is_authenticated and persona.owner_id == user.pk and user.has_perm("agents_app.change_persona"))
+
+
 def access_persona_for_edit(slug: str, user) -> Persona:
     persona = access_persona(slug, user)
-    if persona.owner_id != user.pk or not user.has_perm("agents_app.change_persona"):
+    if not can_edit_persona(user, persona):
         raise AccessDenied(f"persona: only its owner (a modder) may change {slug!r}")
     return persona
 
@@ -124,6 +133,31 @@ def can_upload_adapter(user, persona: Persona) -> bool:
 
 def can_approve_adapter(user) -> bool:
     return bool(user.is_authenticated and user.has_perm(CAN_APPROVE))
+
+
+# --- game servers -------------------------------------------------------------------------------
+
+
+def own_game_servers(user) -> QuerySet[GameServer]:
+    """A user's own servers. Nobody else's, moderators included: they have the admin."""
+    if not user.is_authenticated:
+        return GameServer.objects.none()
+    return GameServer.objects.filter(owner=user)
+
+
+def access_game_server(server_id, user) -> GameServer:
+    """One of the user's own servers; anyone else's is as unknown as one that does not exist."""
+    server = own_game_servers(user).filter(pk=server_id).first()
+    if server is None:
+        raise NotFound(f"server: you have no server {server_id}")
+    return server
+
+
+def access_game_server_for_new_token(server_id, user) -> GameServer:
+    server = access_game_server(server_id, user)
+    if not server.enabled:
+        raise AccessDenied(f"server: {server.name!r} is revoked; register a new server for a new token")
+    return server
 
 
 # --- ratings, votes, training runs --------------------------------------------------------------

@@ -47,3 +47,59 @@ class PairwiseVoteForm(forms.Form):
 def form_errors(form) -> str:
     """One line naming each bad field, for JSON answers and messages."""
     return "; ".join(f"{name}: {' '.join(errors)}" for name, errors in form.errors.items())
+
+
+class LinesField(forms.CharField):
+    """A list typed one item a line (or, with ``words``, separated by commas or spaces); blanks dropped."""
+
+    widget = forms.Textarea(attrs={"rows": 4, "cols": 50})
+
+    def __init__(self, *, words: bool = False, **kwargs):
+        self.words = words
+        super().__init__(required=False, **kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, list | tuple):
+            return "\n".join(str(item) for item in value)
+        return value
+
+    def to_python(self, value) -> list[str]:
+        text = super().to_python(value)
+        if self.words:
+            return text.replace(",", " ").split()
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class PersonaForm(forms.Form):
+    """A persona's settings as the edit page shows them; the service checks the values."""
+
+    name = forms.CharField(max_length=80)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 70}), required=False)
+    traits = LinesField(help_text="One short phrase a line, e.g. 'gruff' or 'knows the mines'.")
+    system_prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6, "cols": 70}),
+        required=False,
+        help_text="What the model is told before every conversation.",
+    )
+    allowed_actions = LinesField(
+        words=True,
+        help_text="Action names this persona may take (say, jump, face, follow, stop_following, move, give, ...), "
+        "separated by commas, spaces or lines; anything else is blocked.",
+    )
+    temperature = forms.FloatField(help_text="0 to 2: higher answers vary more.")
+    top_p = forms.FloatField(label="Top p", help_text="Above 0, up to 1.")
+    max_tokens = forms.IntegerField(label="Max tokens", help_text="1 to 512: the longest reply.")
+    is_public = forms.BooleanField(required=False, label="Public", help_text="Anyone may see it and its replies.")
+
+
+class PersonaCreateForm(PersonaForm):
+    slug = forms.CharField(
+        max_length=63,
+        help_text="The name servers use (/npc spawn smith): lowercase letters, digits, '-' and '_'. "
+        "It cannot change later.",
+    )
+    field_order = ["slug", "name"]
+
+
+class GameServerForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="Yours to tell your servers apart, e.g. 'Survival world'.")

@@ -12,12 +12,25 @@ from django.db.models import Count
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from agents_app.services import ServiceError
+from agents_app import services as agents_services
+from agents_app.models import Persona
+from agents_app.services import InvalidFields, ServiceError
 from portal import access, adapters, selectors, services
-from portal.forms import FeedFilterForm, PairwiseVoteForm, PlayerLinkForm, RatingForm, SignupForm, form_errors
+from portal.forms import (
+    FeedFilterForm,
+    GameServerForm,
+    PairwiseVoteForm,
+    PersonaCreateForm,
+    PersonaForm,
+    PlayerLinkForm,
+    RatingForm,
+    SignupForm,
+    form_errors,
+)
 from portal.markdown import render_markdown
 from portal.roles import role_names
 
@@ -46,6 +59,19 @@ def service_errors(view):
             return render(request, "portal/error.html", {"message": str(exc)}, status=status)
 
     return wrapper
+
+
+def _add_field_errors(form, exc: InvalidFields) -> None:
+    """A service's complaints, each under its field on the form (or above the form, named)."""
+    for field, problems in exc.fields.items():
+        if field in form.fields:
+            form.add_error(field, problems)
+        else:
+            form.add_error(None, [f"{field}: {problem}" for problem in problems])
+
+
+def _bound_data(request):
+    return request.POST if request.method == "POST" else None
 
 
 def _safe_next(request, fallback: str) -> str:
@@ -186,7 +212,11 @@ def rate(request, exchange_id):
 
 @require_GET
 def persona_list(request):
-    return render(request, "portal/persona_list.html", {"personas": selectors.persona_catalog(request.user)})
+    context = {
+        "personas": selectors.persona_catalog(request.user),
+        "can_create": access.can_create_persona(request.user),
+    }
+    return render(request, "portal/persona_list.html", context)
 
 
 @require_GET
@@ -204,8 +234,49 @@ def persona_detail(request, slug: str):
         "tags": selectors.REASON_TAGS,
         "here": request.get_full_path(),
         "can_upload": access.can_upload_adapter(request.user, persona),
+        "can_edit": access.can_edit_persona(request.user, persona),
     }
     return render(request, "portal/persona_detail.html", context)
+
+
+_PERSONA_DEFAULTS = {f: Persona._meta.get_field(f).default for f in ("temperature", "top_p", "max_tokens", "is_public")}
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@service_errors
+def persona_create(request):
+    access.require_persona_creator(request.user)
+    form = PersonaCreateForm(_bound_data(request), initial=_PERSONA_DEFAULTS)
+    if request.method == "POST" and form.is_valid():
+        try:
+            persona = agents_services.persona_create(owner=request.user, **form.cleaned_data)
+        except InvalidFields as exc:
+            _add_field_errors(form, exc)
+        else:
+            messages.success(request, f"{persona.name} is created. Spawn it in game with /npc spawn {persona.slug}.")
+            return redirect("persona-detail", slug=persona.slug)
+    context = {"form": form, "persona": None, "errors": form_errors(form) if form.errors else ""}
+    return render(request, "portal/persona_form.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@service_errors
+def persona_edit(request, slug: str):
+    persona = access.access_persona_for_edit(slug, request.user)
+    initial = {name: getattr(persona, name) for name in PersonaForm.base_fields}
+    form = PersonaForm(_bound_data(request), initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            persona = agents_services.persona_update(persona=persona, **form.cleaned_data)
+        except InvalidFields as exc:
+            _add_field_errors(form, exc)
+        else:
+            messages.success(request, f"{persona.name} is saved.")
+            return redirect("persona-detail", slug=persona.slug)
+    context = {"form": form, "persona": persona, "errors": form_errors(form) if form.errors else ""}
+    return render(request, "portal/persona_form.html", context, status=400 if form.errors else 200)
 
 
 @require_GET
@@ -270,7 +341,11 @@ def _adapter_upload(request, slug: str, limiter):
         except adapters.UploadError as exc:
             error = str(exc)
         else:
-            messages.success(request, f"v{adapter.version} is uploaded and validated; a moderator will review it.")
+            messages.success(
+                request,
+                f"v{adapter.version} is uploaded and being validated (a short test generation); "
+                "once it passes, a moderator will review it. This page shows how it went.",
+            )
             return redirect("adapter-detail", slug=slug, version=adapter.version)
     context = {"persona": persona, "error": error, "limit": adapters.max_bytes()}
     return render(request, "portal/adapter_upload.html", context, status=400 if error else 200)
@@ -337,3 +412,61 @@ def playground(request):
     personas = access.visible_personas(request.user).order_by("name")
     versions = selectors.adapter_versions_for_playground(request.user)
     return render(request, "portal/playground.html", {"personas": personas, "versions": versions})
+
+
+# --- game servers ---------------------------------------------------------------------------------
+
+
+def _game_servers_page(request, *, form, token=None, server=None, status=200):
+    """The owner's servers; ``token`` is a fresh token for ``server``, in this answer and nowhere else."""
+    servers = access.own_game_servers(request.user).annotate(npc_count=Count("npcs")).order_by("name")
+    context = {
+        "servers": servers,
+        "form": form,
+        "token": token,
+        "token_server": server,
+        "gateway_url": f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}/ws/luanti/",
+        "errors": form_errors(form) if form.errors else "",
+    }
+    return render(request, "portal/game_servers.html", context, status=status)
+
+
+@never_cache  # a page with a token in it must not be kept by any cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def game_servers(request):
+    form = GameServerForm(_bound_data(request))
+    if request.method == "POST" and form.is_valid():
+        try:
+            server, token = agents_services.game_server_create(name=form.cleaned_data["name"], owner=request.user)
+        except InvalidFields as exc:
+            _add_field_errors(form, exc)
+        else:
+            return _game_servers_page(request, form=GameServerForm(), token=token, server=server, status=201)
+    return _game_servers_page(request, form=form, status=400 if form.errors else 200)
+
+
+@never_cache
+@login_required
+@require_POST
+@service_errors
+def game_server_token(request, server_id: int):
+    server = access.access_game_server_for_new_token(server_id, request.user)
+    token = agents_services.game_server_rotate_token(server=server)
+    return _game_servers_page(request, form=GameServerForm(), token=token, server=server)
+
+
+@login_required
+@require_POST
+@service_errors
+def game_server_revoke(request, server_id: int):
+    server = access.access_game_server(server_id, request.user)
+    if agents_services.game_server_revoke(server=server):
+        messages.success(request, f"{server.name} is deleted; its token no longer works.")
+    else:
+        messages.success(
+            request,
+            f"{server.name}'s token no longer works. The server stays listed, revoked: its NPCs' "
+            "conversations and their ratings are kept.",
+        )
+    return redirect("game-servers")

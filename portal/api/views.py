@@ -3,7 +3,6 @@ change what is decided in ``portal.access`` (one place per object type)."""
 
 from __future__ import annotations
 
-from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.generics import GenericAPIView
@@ -13,12 +12,15 @@ from rest_framework.permissions import IsAuthenticated, IsAuthenticatedOrReadOnl
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents_app import services as agents_services
 from agents_app.models import AdapterVersion, PairwiseVote, Persona, Rating, TrainingRun
-from agents_app.services import ServiceError
+from agents_app.services import InvalidFields, ServiceError
 from portal import access, adapters, selectors, services
 
 
 def raise_api(exc: ServiceError):
+    if isinstance(exc, InvalidFields):
+        raise exceptions.ValidationError(exc.fields) from exc  # field by field, as DRF's own errors
     cls = {"not_found": exceptions.NotFound, "forbidden": exceptions.PermissionDenied}.get(
         exc.code, exceptions.ValidationError
     )
@@ -87,8 +89,7 @@ class PersonaListApi(ServiceErrorMixin, GenericAPIView):
             raise exceptions.PermissionDenied("only modders may create personas")
         data = PersonaInput(data=request.data)
         data.is_valid(raise_exception=True)
-        with transaction.atomic():
-            persona = data.save(owner=request.user)
+        persona = agents_services.persona_create(owner=request.user, **data.validated_data)
         return Response(PersonaOutput(persona).data, status=status.HTTP_201_CREATED)
 
 
@@ -105,8 +106,8 @@ class PersonaDetailApi(ServiceErrorMixin, GenericAPIView):
         data.is_valid(raise_exception=True)
         if "slug" in data.validated_data and data.validated_data["slug"] != persona.slug:
             raise exceptions.ValidationError({"slug": "a persona's slug cannot change (NPCs refer to it)"})
-        with transaction.atomic():
-            persona = data.save()
+        changes = {name: value for name, value in data.validated_data.items() if name != "slug"}
+        persona = agents_services.persona_update(persona=persona, **changes)
         return Response(PersonaOutput(persona).data)
 
 
@@ -115,13 +116,28 @@ class PersonaDetailApi(ServiceErrorMixin, GenericAPIView):
 
 class AdapterVersionOutput(serializers.ModelSerializer):
     persona = serializers.CharField(source="persona.slug")
+    status_detail = serializers.SerializerMethodField(help_text="What the status means for this version, in words.")
 
     class Meta:
         model = AdapterVersion
         fields = [
-            "id", "persona", "version", "status", "source", "base_model_id", "rank", "target_modules", "size_bytes",
-            "sha256", "model_card", "metrics", "created_at", "status_changed_at",
+            "id", "persona", "version", "status", "status_detail", "source", "base_model_id", "rank",
+            "target_modules", "size_bytes", "sha256", "model_card", "metrics", "validation_error", "created_at",
+            "status_changed_at",
         ]  # fmt: skip
+
+    def get_status_detail(self, adapter) -> str:
+        v, statuses = f"v{adapter.version}", AdapterVersion.Status
+        if adapter.status == statuses.UPLOADED:
+            return (
+                f"{v} is uploaded and being validated (a short test generation); poll it: the status becomes "
+                "validated (then a moderator reviews it) or rejected (validation_error says why)."
+            )
+        if adapter.status == statuses.VALIDATED:
+            return f"{v} passed validation; a moderator will review it."
+        if adapter.status == statuses.REJECTED:
+            return f"{v} was rejected. {adapter.validation_error}".strip()
+        return f"{v} is {adapter.get_status_display().lower()}."
 
 
 class AdapterVersionListApi(ServiceErrorMixin, GenericAPIView):
@@ -160,7 +176,8 @@ class TooLarge(exceptions.APIException):
 
 
 class AdapterUploadApi(ServiceErrorMixin, GenericAPIView):
-    """Upload a new version of your persona's adapter (modders); it is validated before it is stored."""
+    """Upload a new version of your persona's adapter (modders): structure checked at once, then a smoke
+    generation in the worker moves it from uploaded to validated (or rejected)."""
 
     permission_classes = [IsAuthenticated]
     parser_classes = [MultiPartParser]

@@ -74,6 +74,21 @@ def test_modders_create_personas_and_change_only_their_own(alice, bob, charlie, 
     assert response.status_code == 400 and "slug" in response.json()
 
 
+def test_the_api_checks_personas_as_the_portal_pages_do(alice, bob, persona):
+    # The same service behind the API and the pages: an action name that is no action, and the
+    # slug the pages' own route takes, are refused here too, field by field; nothing is stored.
+    body = {"slug": "baker", "name": "Baker Bea", "allowed_actions": ["9lives"]}
+    response = api(bob).post("/api/personas/", body, format="json")
+    assert response.status_code == 400 and "allowed_actions" in response.json()
+    response = api(bob).post("/api/personas/", {**body, "slug": "new", "allowed_actions": ["say"]}, format="json")
+    assert response.status_code == 400 and "slug" in response.json()
+    assert not Persona.objects.filter(slug__in=["baker", "new"]).exists()
+    response = api(alice).patch("/api/personas/miner/", {"allowed_actions": ["jump", "9lives"]}, format="json")
+    assert response.status_code == 400 and "allowed_actions" in response.json()
+    persona.refresh_from_db()
+    assert "9lives" not in persona.allowed_actions
+
+
 def test_adapter_versions_hide_unapproved_ones_from_others(alice, charlie, persona):
     adapter(persona, 1, status="approved")
     adapter(persona, 2, status="uploaded")

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from agents_app.models import Exchange
+from agents_app.models import AdapterVersion, Exchange
 from tests.browser import ARTIFACTS, needs_browser, open_chromium
+from tests.portal.test_uploads import base_model, config_json, tiny_model, weights  # noqa: F401 (two are fixtures)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
@@ -97,6 +98,58 @@ def test_a_reply_with_a_script_tag_renders_as_text(browser, live_server, npc):
     assert browser.execute_script("return window.__pwned === undefined;")
     assert not card.find_elements(By.TAG_NAME, "b")
     browser.save_screenshot(str(ARTIFACTS / "script-as-text.png"))
+
+
+def log_in(driver, live_server, username, password):
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{live_server.url}/accounts/login/")
+    driver.find_element(By.NAME, "username").send_keys(username)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "main form button").click()
+    wait_for(driver, lambda d: "/accounts/login/" not in d.current_url)
+
+
+@pytest.fixture
+def eager_tasks():
+    """The upload's validation task runs in the server thread, as in the embedded default, even when
+    REDIS_URL names a broker that no worker of this test reads."""
+    from portal.celery import app
+
+    saved = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = saved
+
+
+@needs_browser
+@pytest.mark.usefixtures("base_model", "eager_tasks")
+def test_a_modder_uploads_an_adapter_and_sees_the_version_validated(browser, live_server, alice, persona, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    config, weights_file = tmp_path / "adapter_config.json", tmp_path / "adapter_model.safetensors"
+    config.write_bytes(config_json())
+    weights_file.write_bytes(weights())
+    log_in(browser, live_server, "alice", "alice-password-1")
+    browser.get(f"{live_server.url}/personas/miner/")
+    browser.find_element(By.LINK_TEXT, "Upload a new version").click()
+    browser.find_element(By.NAME, "config").send_keys(str(config))
+    browser.find_element(By.NAME, "weights").send_keys(str(weights_file))
+    browser.find_element(By.NAME, "model_card").send_keys("# Miner v1\n\nKnows where the iron is.")
+    browser.find_element(By.CSS_SELECTOR, "main form button").click()
+    wait_for(browser, lambda d: d.current_url == f"{live_server.url}/personas/miner/v1/", timeout=30)
+    assert "Knows where the iron is." in browser.find_element(By.CSS_SELECTOR, ".model-card").text
+
+    def v1_status(driver) -> str:
+        driver.get(f"{live_server.url}/personas/miner/")
+        row = driver.find_element(By.XPATH, "//a[@href='/personas/miner/v1/']/ancestor::tr")
+        return row.find_elements(By.TAG_NAME, "td")[1].text
+
+    # The version is listed at once; its smoke generation may still be running: reload until it has passed.
+    status = wait_for(browser, lambda d: (s := v1_status(d)) in ("Validated", "Rejected") and s, timeout=60)
+    browser.save_screenshot(str(ARTIFACTS / "adapter-uploaded.png"))
+    assert status == "Validated"
+    assert AdapterVersion.objects.get(persona=persona, version=1).status == "validated"
 
 
 @pytest.fixture
