@@ -6,10 +6,14 @@ class AgentsAppConfig(AppConfig):
     verbose_name = "NPCs and personas"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_delete, post_save
+        from django.db.models.signals import post_delete, post_save, pre_save
 
-        from agents_app import policy
-        from agents_app.models import PolicyRule
+        from agents_app import gateway, policy
+        from agents_app.models import GameServer, PolicyRule
 
         post_save.connect(policy.forget_rules, sender=PolicyRule, dispatch_uid="voyager-forget-rules-save")
         post_delete.connect(policy.forget_rules, sender=PolicyRule, dispatch_uid="voyager-forget-rules-delete")
+        # A new token, a revoked or a deleted server: its open gateway connections close (4401).
+        pre_save.connect(gateway._token_before, sender=GameServer, dispatch_uid="voyager-token-before")
+        post_save.connect(gateway._token_changed, sender=GameServer, dispatch_uid="voyager-token-changed")
+        post_delete.connect(gateway._token_changed, sender=GameServer, dispatch_uid="voyager-server-deleted")

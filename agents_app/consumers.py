@@ -113,6 +113,8 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         self.watchdog: asyncio.Task | None = None
         if settings.VOYAGER_EMBEDDED_WORKER:
             await ensure_embedded_worker()
+        self.group = gateway.server_group(self.server.pk)
+        await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         self.counted = True
         observability.CONNECTIONS.inc()
@@ -127,6 +129,13 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
             await self._cancel_ask(ask)
         if getattr(self, "watchdog", None) is not None:
             self.watchdog.cancel()
+        if getattr(self, "group", None):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def gateway_token_changed(self, message):
+        """The server's token was changed or revoked in the portal: this connection's token is void."""
+        log.info("closing %s: its token was changed or revoked", self.server.name)
+        await self.close(code=CloseCode.UNAUTHORIZED)
 
     async def send_json(self, payload: dict) -> None:
         await self.send(text_data=json.dumps(payload, separators=(",", ":")))

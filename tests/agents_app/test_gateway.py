@@ -685,3 +685,44 @@ async def test_an_ask_taken_by_a_dying_worker_is_answered_unavailable_not_left_t
         await asyncio.wait_for(get_channel_layer().receive(REQUEST_CHANNEL), 5)
     assert error["code"] == "unavailable" and error["id"] == "a1"
     assert time.monotonic() - started < 4  # far from VOYAGER_ASK_TIMEOUT
+
+
+# --- token changes end open connections ----------------------------------------------------------
+
+
+async def closed_with(communicator, timeout=5):
+    while True:
+        out = await communicator.receive_output(timeout=timeout)
+        if out["type"] == "websocket.close":
+            return out.get("code")
+
+
+async def test_a_new_token_closes_the_connection_that_used_the_old_one_and_refuses_it(game_server):
+    communicator, connected, _ = await connect(game_server.raw_token)
+    assert connected
+    raw = await database_sync_to_async(services.game_server_rotate_token)(server=game_server)
+    assert await closed_with(communicator) == 4401
+    _, connected, code = await connect(game_server.raw_token)
+    assert (connected, code) == (False, 4401)
+    fresh, connected, _ = await connect(raw)
+    assert connected
+    await fresh.disconnect()
+
+
+async def test_a_revoked_server_is_disconnected(game_server):
+    communicator, _, _ = await connect(game_server.raw_token)
+    await database_sync_to_async(services.game_server_revoke)(server=game_server)
+    assert await closed_with(communicator) == 4401
+
+
+async def test_renaming_a_server_keeps_its_connection(game_server):
+    communicator, _, _ = await connect(game_server.raw_token)
+
+    def rename():
+        game_server.name = "Renamed world"
+        game_server.save()
+
+    await database_sync_to_async(rename)()
+    await send(communicator, {"type": "ping"})
+    assert (await recv(communicator))["type"] == "pong"
+    await communicator.disconnect()
