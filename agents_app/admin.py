@@ -17,9 +17,11 @@ from agents_app.models import (
     PolicyFlag,
     PolicyRule,
     ProtectedArea,
+    RaterBlock,
     Rating,
     TrainingRun,
 )
+from training_tasks import dataset as training_dataset
 from training_tasks.admin import TrainingRunChartsMixin
 
 
@@ -58,10 +60,60 @@ class AdapterVersionAdmin(admin.ModelAdmin):
         "created_at",
         "status_changed_at",
         "validation_error",
+        # The lifecycle moves only through the actions below (the same services as the portal):
+        # an edited status would skip validation, the one-active-version rule and the workers' swap.
+        "status",
     ]
+    actions = ["approve_versions", "reject_versions", "activate_versions"]
 
     def has_add_permission(self, request):
         return False  # adapters arrive through the upload validator or training, never by hand
+
+    def _each(self, request, queryset, verb: str, call) -> None:
+        from portal.access import AccessDenied
+        from portal.adapters import UploadError
+
+        done = []
+        for adapter in queryset.select_related("persona").order_by("persona__slug", "version"):
+            label = f"{adapter.persona.slug} v{adapter.version}"
+            try:
+                changed = call(adapter)
+            except (UploadError, AccessDenied) as exc:
+                self.message_user(request, f"{label}: {exc}", messages.ERROR)
+                continue
+            self.log_change(request, changed, f"{verb} from the admin")
+            done.append(label)
+        if done:
+            self.message_user(request, f"{verb.capitalize()}: {', '.join(done)}.", messages.SUCCESS)
+
+    @admin.action(description="Approve the selected validated versions")
+    def approve_versions(self, request, queryset):
+        from portal.adapters import adapter_review
+
+        def review(a):
+            return adapter_review(user=request.user, persona_slug=a.persona.slug, version=a.version, decision="approve")
+
+        self._each(request, queryset, "approved", review)
+
+    @admin.action(description="Reject the selected validated versions")
+    def reject_versions(self, request, queryset):
+        from portal.adapters import adapter_review
+
+        def review(a):
+            return adapter_review(user=request.user, persona_slug=a.persona.slug, version=a.version, decision="reject")
+
+        self._each(request, queryset, "rejected", review)
+
+    @admin.action(description="Activate the selected approved versions (the workers swap them in)")
+    def activate_versions(self, request, queryset):
+        from portal.adapters import adapter_activate
+
+        self._each(
+            request,
+            queryset,
+            "activated",
+            lambda a: adapter_activate(user=request.user, persona_slug=a.persona.slug, version=a.version),
+        )
 
 
 @admin.register(GameServer)
@@ -188,12 +240,67 @@ class RatingAdmin(admin.ModelAdmin):
         "updated_at",
     ]
 
+    actions = ["block_raters", "unblock_raters"]
+
     @admin.display(description="Rater")
     def rater(self, obj):
         return obj.rater_label
 
     def has_add_permission(self, request):
         return False
+
+    def has_block_raters_permission(self, request):
+        return may_block_raters(request.user)
+
+    @admin.action(
+        description="Mark these raters as spammers (their ratings stay out of training)", permissions=["block_raters"]
+    )
+    def block_raters(self, request, queryset):
+        blocks = training_dataset.raters_block(
+            ratings=list(queryset), created_by=request.user, reason="marked from the ratings list"
+        )
+        for block in blocks:
+            self.log_addition(request, block, "Marked as a spammer from the ratings list")
+        self.message_user(request, f"Marked {len(blocks)} rater(s) as spammers.", messages.SUCCESS)
+
+    @admin.action(description="Unmark these raters (their ratings count again)", permissions=["block_raters"])
+    def unblock_raters(self, request, queryset):
+        removed = training_dataset.raters_unblock(ratings=list(queryset))
+        self.message_user(request, f"Unmarked {len(removed)} rater(s).", messages.SUCCESS)
+
+
+def may_block_raters(user) -> bool:
+    """Whoever may keep exchanges out of training (moderators) may keep a rater's ratings out too."""
+    return user.has_perm("agents_app.add_raterblock") or user.has_perm("agents_app.change_exchange")
+
+
+@admin.register(RaterBlock)
+class RaterBlockAdmin(admin.ModelAdmin):
+    """Raters marked as spammers: their ratings and pairwise votes are left out of every training snapshot."""
+
+    list_display = ["__str__", "reason", "created_by", "created_at"]
+    search_fields = ["player_name", "user__username", "reason"]
+    raw_id_fields = ["user"]
+    fields = ["user", "player_name", "reason", "created_by", "created_at"]
+    readonly_fields = ["created_by", "created_at"]
+    list_select_related = ["user", "created_by"]
+
+    def has_view_permission(self, request, obj=None):
+        return super().has_view_permission(request, obj) or may_block_raters(request.user)
+
+    def has_add_permission(self, request):
+        return may_block_raters(request.user)
+
+    def has_change_permission(self, request, obj=None):
+        return may_block_raters(request.user)
+
+    def has_delete_permission(self, request, obj=None):
+        return may_block_raters(request.user)  # unmarking a rater is deleting the block
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(PairwiseVote)

@@ -198,3 +198,62 @@ def test_moderators_edit_the_policy_rules_in_the_admin(dana, persona):
     assert response.status_code == 302, response.content.decode()[:2000]
     rule = PolicyRule.objects.get()
     assert rule.params == {"terms": ["griefer"]} and LogEntry.objects.filter(user=dana).count() == 1
+
+
+# --- adapter versions: the lifecycle moves through the services, not an edited status -------------
+
+VERSIONS = reverse("admin:agents_app_adapterversion_changelist")
+
+
+def version(persona, n, status):
+    return AdapterVersion.objects.create(
+        persona=persona, version=n, files_path=f"adapters/miner/{n}", sha256=f"{n:064d}", base_model_id="starter",
+        rank=8, target_modules=["q_proj"], size_bytes=10, status=status,
+    )  # fmt: skip
+
+
+def version_action(client, action, versions):
+    return client.post(
+        VERSIONS, {"action": action, "_selected_action": [v.pk for v in versions], "index": 0}, follow=True
+    )
+
+
+def test_the_status_of_a_version_cannot_be_edited_in_the_admin(dana, persona):
+    uploaded = version(persona, 1, "uploaded")
+    client = client_for(dana)
+    page = client.get(reverse("admin:agents_app_adapterversion_change", args=[uploaded.pk]))
+    assert page.status_code == 200 and 'name="status"' not in page.content.decode()
+    client.post(reverse("admin:agents_app_adapterversion_change", args=[uploaded.pk]), {"status": "active"})
+    uploaded.refresh_from_db()
+    assert uploaded.status == "uploaded"
+
+
+def test_a_moderator_approves_and_activates_validated_versions_but_not_unvalidated_ones(dana, persona):
+    validated, uploaded = version(persona, 1, "validated"), version(persona, 2, "uploaded")
+    client = client_for(dana)
+    page = version_action(client, "approve_versions", [validated, uploaded])
+    text = page.content.decode()
+    # (the admin capitalises the first letter of a message)
+    assert "iner v2: status: v2 is still being validated" in text and "Approved: miner v1." in text
+    validated.refresh_from_db()
+    uploaded.refresh_from_db()
+    assert (validated.status, uploaded.status) == ("approved", "uploaded")
+    version_action(client, "activate_versions", [validated])
+    validated.refresh_from_db()
+    persona.refresh_from_db()
+    assert validated.status == "active" and persona.active_adapter_id == validated.pk
+    assert LogEntry.objects.filter(object_id=str(validated.pk), change_message__contains="activated").exists()
+
+
+def test_a_moderator_rejects_a_validated_version(dana, persona):
+    validated = version(persona, 1, "validated")
+    version_action(client_for(dana), "reject_versions", [validated])
+    validated.refresh_from_db()
+    assert validated.status == "rejected"
+
+
+def test_staff_who_are_not_moderators_cannot_approve(erin, persona):
+    validated = version(persona, 1, "validated")
+    version_action(client_for(erin), "approve_versions", [validated])
+    validated.refresh_from_db()
+    assert validated.status == "validated"
