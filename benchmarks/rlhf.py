@@ -7,12 +7,27 @@ training run (dataset → SFT/preference → gate → promotion) follows. The
 hidden-rule rate is measured on fresh prompts (another seed, nothing stored)
 before and after, with the run's wall time and the process's peak RSS.
 
+Diversity is measured on the same fresh replies (``training_tasks.gate.
+diversity_metrics``, players' names masked): ``distinct_before`` and
+``distinct_after`` are distinct-2 (distinct word bigrams / all bigrams), with
+the share of distinct openings and distinct replies next to them; ``fluency_*``
+is the replies' mean per-token log-probability under the base model (word
+salad is "diverse" too: this is what tells it apart).
+
 The benchmark uses its own SQLite database and media directory under a temp
 directory, so it leaves the development database alone. The last line of
 output is JSON:
-``{"preferred_before", "preferred_after", "train_seconds", "peak_rss_mb", ...}``.
+``{"preferred_before", "preferred_after", "distinct_before", "distinct_after",
+"train_seconds", "peak_rss_mb", ...}``.
 
     python benchmarks/rlhf.py [--replies 2000] [--eval 400] [--persona brann-smith]
+
+To compare training settings on the same ratings, simulate once and reuse:
+``--ratings-cache DIR`` keeps the rated database and the "before" figures in
+DIR (made on the first run, copied on the next), and ``--set KEY=VALUE``
+overrides a knob of ``VOYAGER_TRAINING`` (any ``TrainConfig`` field, or
+``gate_<GateConfig field>``) for this run only. train_seconds stays comparable;
+peak_rss_mb of a reused run leaves out the simulation's memory.
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -44,10 +60,19 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "var" / "models" / "starter"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="keep the database and adapters here (default: a temp dir)")
+    parser.add_argument("--ratings-cache", help="simulate once into this folder, reuse it on later runs")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a VOYAGER_TRAINING knob"
+    )
     args = parser.parse_args()
+    overrides = dict(_parse_knob(item) for item in args.set)
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="voyager-rlhf-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.ratings_cache) if args.ratings_cache else None
+    cached = cache is not None and (cache / "before.json").is_file()
+    if cached:
+        shutil.copyfile(cache / "rlhf.sqlite3", workdir / "rlhf.sqlite3")
     os.environ.update(
         {
             "DJANGO_SETTINGS_MODULE": "portal.settings",
@@ -69,13 +94,17 @@ def main() -> None:
     import django
 
     django.setup()
+    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
 
     from agents_app.models import Persona, TrainingRun
     from inference.corpus import load_corpus_data
     from training_tasks import simulation
+    from training_tasks.gate import diversity_metrics
     from training_tasks.tasks import nightly_training
+
+    settings.VOYAGER_TRAINING.update(overrides)
 
     call_command("migrate", verbosity=0)
     entry = next(p for p in load_corpus_data()["personas"] if p["slug"] == args.persona)
@@ -94,18 +123,35 @@ def main() -> None:
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    engine = simulation.load_engine(args.model)
-    try:
-        before, _ = simulation.rule_rate(
-            persona=persona, n=args.eval, seed=10_000 + args.seed, engine=engine, rule=args.rule
+    if cached:
+        saved = json.loads((cache / "before.json").read_text())
+        before, before_samples, report = (
+            saved["before"],
+            saved["samples"],
+            simulation.SimulationReport(**saved["report"]),
         )
-        say(f"hidden-rule rate before: {before:.3f}")
-        report = simulation.simulate_players(
-            persona=persona, replies=args.replies, seed=args.seed, engine=engine, rule=args.rule, log=say
-        )
-        say(f"simulated {report.replies} rated replies ({report.rate:.1%} liked) in {report.seconds:.0f}s")
-    finally:
-        engine.stop(drain=False, timeout=30)
+        say(f"reusing {report.replies} rated replies and the 'before' figures from {cache}")
+    else:
+        engine = simulation.load_engine(args.model)
+        try:
+            before, before_samples = simulation.rule_rate(
+                persona=persona, n=args.eval, seed=10_000 + args.seed, engine=engine, rule=args.rule
+            )
+            say(f"hidden-rule rate before: {before:.3f}")
+            report = simulation.simulate_players(
+                persona=persona, replies=args.replies, seed=args.seed, engine=engine, rule=args.rule, log=say
+            )
+            say(f"simulated {report.replies} rated replies ({report.rate:.1%} liked) in {report.seconds:.0f}s")
+        finally:
+            engine.stop(drain=False, timeout=30)
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            from django.db import connection
+
+            connection.close()
+            shutil.copyfile(workdir / "rlhf.sqlite3", cache / "rlhf.sqlite3")
+            saved = {"before": before, "samples": before_samples, "report": report.__dict__}
+            (cache / "before.json").write_text(json.dumps(saved))
 
     rss_before_training = peak_rss_mb()
     started = time.monotonic()
@@ -115,8 +161,7 @@ def main() -> None:
     say(run.log)
     persona.refresh_from_db()
     adapter = persona.active_adapter
-    after = before
-    samples = []
+    after, samples = before, before_samples
     if adapter is not None:
         after, samples = simulation.rule_rate(
             persona=persona,
@@ -127,6 +172,18 @@ def main() -> None:
         )
     for sample in samples[:8]:
         say(f"  {sample['player']}: {sample['text']!r} -> {sample['reply']!r}")
+    names = simulation.scripted_players(0)
+    div_before = diversity_metrics([x["reply"] for x in before_samples], names)
+    div_after = diversity_metrics([x["reply"] for x in samples], names)
+    fluency_before, fluency_after = fluency(args.model, before_samples), fluency(args.model, samples)
+    gate_figures = (
+        "pref_accuracy",
+        "reward_margin",
+        "distinct_2",
+        "distinct_replies",
+        "distinct_openings",
+        "reference_logp",
+    )
     result = {
         "persona": persona.slug,
         "rule": args.rule,
@@ -137,15 +194,50 @@ def main() -> None:
         "stages": run.metrics_after.get("stages"),
         "gate": run.metrics_after.get("gate"),
         "adapter_version": adapter.version if adapter else None,
+        "knobs": overrides,
         "data_counts": {k: run.data_counts.get(k) for k in ("ratings_used", "train_liked", "train_disliked")},
+        "gate_before": {k: run.metrics_before.get(k) for k in gate_figures},
+        "gate_after": {k: run.metrics_after.get(k) for k in gate_figures},
         "pipeline_seconds": run.metrics_after.get("pipeline_seconds"),
         "rss_mb_before_training": round(rss_before_training, 1),
+        "distinct_openings_before": div_before["distinct_openings"],
+        "distinct_openings_after": div_after["distinct_openings"],
+        "distinct_replies_before": div_before["distinct_replies"],
+        "distinct_replies_after": div_after["distinct_replies"],
+        "fluency_before": fluency_before,
+        "fluency_after": fluency_after,
         "preferred_before": round(before, 4),
         "preferred_after": round(after, 4),
+        "distinct_before": div_before["distinct_2"],
+        "distinct_after": div_after["distinct_2"],
         "train_seconds": round(train_seconds, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     print(json.dumps(result))
+
+
+def fluency(model_path: str, samples: list[dict]) -> float | None:
+    """Mean per-token log-probability of the replies under the base model: word salad scores low."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training_tasks.gate import reply_logps
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, local_files_only=True).eval()
+    logps = reply_logps(model, tokenizer, [(x["prompt"], x["raw"]) for x in samples if x.get("prompt")])
+    return round(sum(logps) / len(logps), 4) if logps else None
+
+
+def _parse_knob(item: str) -> tuple[str, object]:
+    key, sep, raw = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
 
 
 if __name__ == "__main__":

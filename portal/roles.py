@@ -31,6 +31,11 @@ _MODERATOR_PERMS = [
     "change_protectedarea",
     "delete_protectedarea",
     "view_protectedarea",
+    # raters marked as spammers (their ratings stay out of training): agents_app.admin.RaterBlockAdmin
+    "add_raterblock",
+    "change_raterblock",
+    "delete_raterblock",
+    "view_raterblock",
 ]
 ROLE_PERMISSIONS = {PLAYER: _PLAYER_PERMS, MODDER: _MODDER_PERMS, MODERATOR: _MODERATOR_PERMS}
 

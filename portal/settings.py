@@ -240,10 +240,10 @@ VOYAGER_TRAINING_CRON = env_str("VOYAGER_TRAINING_CRON", "30 3 * * *")
 # A run that finds its persona busy (yesterday's run still going) tries again this much later.
 VOYAGER_TRAINING_BUSY_RETRY = env_int("VOYAGER_TRAINING_BUSY_RETRY", 600, minimum=1)
 VOYAGER_TRAINING = {
-    "sft_lr": env_float("VOYAGER_TRAINING_SFT_LR", 1e-3, minimum=0.0),
-    "sft_epochs": env_float("VOYAGER_TRAINING_SFT_EPOCHS", 4.0, minimum=0.0),
-    "pref_lr": env_float("VOYAGER_TRAINING_PREF_LR", 5e-5, minimum=0.0),
-    "pref_epochs": env_float("VOYAGER_TRAINING_PREF_EPOCHS", 0.0, minimum=0.0),
+    "sft_lr": env_float("VOYAGER_TRAINING_SFT_LR", 5e-4, minimum=0.0),
+    "sft_epochs": env_float("VOYAGER_TRAINING_SFT_EPOCHS", 1.0, minimum=0.0),
+    "pref_lr": env_float("VOYAGER_TRAINING_PREF_LR", 1e-4, minimum=0.0),
+    "pref_epochs": env_float("VOYAGER_TRAINING_PREF_EPOCHS", 1.0, minimum=0.0),
     "heldout_fraction": env_float("VOYAGER_TRAINING_HELDOUT", 0.2, minimum=0.01),
     "gate_samples": env_int("VOYAGER_TRAINING_GATE_SAMPLES", 32, minimum=0),
 }

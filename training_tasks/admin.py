@@ -23,7 +23,10 @@ COMPARED = (
     "blocked_rate",
     "policy_hit_rate",
     "empty_rate",
+    "distinct_2",
     "distinct_openings",
+    "distinct_replies",
+    "reference_logp",
 )
 
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Exists, OuterRef, QuerySet
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from agents_app.models import Exchange, PairwiseVote, Persona, PolicyFlag, Rating
+from agents_app.models import Exchange, PairwiseVote, Persona, PlayerLink, PolicyFlag, RaterBlock, Rating
 from training_tasks.trainers import TrainingData
 
 # Moderators put spamming portal accounts in this auth group (Django admin → Groups).
@@ -34,6 +37,7 @@ class Example:
     prompt: str
     completion: str
     label: bool  # liked?
+    player: str = ""  # who asked
 
 
 @dataclass
@@ -41,10 +45,13 @@ class HeldOut:
     liked: list[Example] = field(default_factory=list)
     disliked: list[Example] = field(default_factory=list)
     pairs: list[dict[str, str]] = field(default_factory=list)
+    # Every player seen in the snapshot: diversity counts "See you, bob." and "See you, kim." as one reply.
+    player_names: set[str] = field(default_factory=set)
 
     def prompts(self) -> list[str]:
+        """Each held-out prompt once, in a fixed order that favours neither liked nor disliked ones."""
         seen: dict[str, None] = {}
-        for ex in self.liked + self.disliked:
+        for ex in sorted(self.liked + self.disliked, key=lambda e: e.exchange_id):
             seen.setdefault(ex.prompt, None)
         return list(seen)
 
@@ -69,19 +76,66 @@ def usable_exchanges(persona: Persona) -> QuerySet[Exchange]:
     )
 
 
+def _blocked_user(user_ref) -> Q:
+    """The account is a spammer: in the spammers group, blocked, or linked to a blocked game name."""
+    blocked_names = RaterBlock.objects.filter(user__isnull=True).values("player_name")
+    linked_to_blocked = PlayerLink.objects.filter(
+        user=user_ref, verified_at__isnull=False, player_name__in=blocked_names
+    )
+    return (
+        Exists(get_user_model().objects.filter(pk=user_ref, groups__name=SPAMMER_GROUP))
+        | Exists(RaterBlock.objects.filter(user=user_ref))
+        | Exists(linked_to_blocked)
+    )
+
+
+def _blocked_player(name_ref) -> Q:
+    """A bare game name is blocked, or is the verified name of a blocked or spamming account."""
+    blocked_users = Q(user__in=RaterBlock.objects.filter(user__isnull=False).values("user")) | Q(
+        user__groups__name=SPAMMER_GROUP
+    )
+    return Exists(RaterBlock.objects.filter(user__isnull=True, player_name=name_ref)) | Exists(
+        PlayerLink.objects.filter(blocked_users, player_name=name_ref, verified_at__isnull=False)
+    )
+
+
 def eligible_ratings(persona: Persona) -> QuerySet[Rating]:
-    spammers = Rating.objects.filter(pk=OuterRef("pk"), user__groups__name=SPAMMER_GROUP)
-    return Rating.objects.filter(exchange__in=usable_exchanges(persona)).exclude(Exists(spammers))
+    """A persona's ratings that may train it: on usable exchanges, by raters no moderator blocked."""
+    by_blocked_user = Q(user__isnull=False) & _blocked_user(OuterRef("user"))
+    by_blocked_player = Q(user__isnull=True) & _blocked_player(OuterRef("player_name"))
+    return Rating.objects.filter(exchange__in=usable_exchanges(persona)).exclude(by_blocked_user | by_blocked_player)
 
 
 def eligible_pairwise_votes(persona: Persona) -> QuerySet[PairwiseVote]:
     usable = usable_exchanges(persona)
-    spammers = PairwiseVote.objects.filter(pk=OuterRef("pk"), voter__groups__name=SPAMMER_GROUP)
     return (
         PairwiseVote.objects.filter(left__in=usable, right__in=usable, outcome__in=["left", "right"])
-        .exclude(Exists(spammers))
+        .exclude(Q(voter__isnull=False) & _blocked_user(OuterRef("voter")))
         .select_related("left", "right")
     )
+
+
+@transaction.atomic
+def raters_block(*, ratings, created_by, reason: str = "") -> list[RaterBlock]:
+    """Mark the raters of ``ratings`` as spammers. Returns the new blocks (a blocked rater stays as it was)."""
+    users = sorted({r.user_id for r in ratings if r.user_id})
+    names = sorted({r.player_name for r in ratings if not r.user_id and r.player_name})
+    defaults = {"reason": reason[:500], "created_by": created_by}
+    made = [RaterBlock.objects.get_or_create(user_id=user_id, defaults=defaults) for user_id in users]
+    made += [RaterBlock.objects.get_or_create(user=None, player_name=name, defaults=defaults) for name in names]
+    return [block for block, created in made if created]
+
+
+@transaction.atomic
+def raters_unblock(*, ratings) -> list[RaterBlock]:
+    """Lift the blocks on the raters of ``ratings``. Returns the blocks removed."""
+    users = {r.user_id for r in ratings if r.user_id}
+    names = {r.player_name for r in ratings if not r.user_id and r.player_name}
+    blocks = list(
+        RaterBlock.objects.filter(Q(user_id__in=users) | Q(user__isnull=True, player_name__in=names)).order_by("pk")
+    )
+    RaterBlock.objects.filter(pk__in=[b.pk for b in blocks]).delete()
+    return blocks
 
 
 def is_heldout(prompt: str, fraction: float) -> bool:
@@ -103,14 +157,52 @@ def balance_weights(n_liked: int, n_disliked: int) -> tuple[float, float]:
     return 1.0, round(n_liked / n_disliked, 4)
 
 
+PLAYER_MASK = "_player_"
+
+
+def reply_key(completion: str, names: re.Pattern[str] | None) -> str:
+    """What makes two replies the same reply: the words, any player's name masked."""
+    text = names.sub(PLAYER_MASK, completion) if names else completion
+    return " ".join(text.lower().split())
+
+
+def names_pattern(names: set[str]) -> re.Pattern[str] | None:
+    names = {n for n in names if n}
+    if not names:
+        return None
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(r"(?<!\w)(?:" + alternatives + r")(?!\w)", re.IGNORECASE)
+
+
+def cap_copies(examples: list[Example], names: re.Pattern[str] | None, max_copies: int) -> list[Example]:
+    """Keep at most ``max_copies`` of each reply (0: all), so one frequent reply cannot drown the rest."""
+    if max_copies <= 0:
+        return examples
+    seen: dict[str, int] = defaultdict(int)
+    kept = []
+    for ex in examples:
+        key = reply_key(ex.completion, names)
+        seen[key] += 1
+        if seen[key] <= max_copies:
+            kept.append(ex)
+    return kept
+
+
 def dataset_build(
-    *, persona: Persona, heldout_fraction: float = 0.2, seed: int = 0, max_ratings: int = 20000
+    *,
+    persona: Persona,
+    heldout_fraction: float = 0.2,
+    seed: int = 0,
+    max_ratings: int = 20000,
+    max_copies_per_reply: int = 0,
 ) -> DatasetSnapshot:
     ratings = list(
         eligible_ratings(persona)
         .select_related("exchange")
         .order_by("-updated_at", "-pk")
-        .only("pk", "score", "exchange__id", "exchange__prompt", "exchange__raw_text")[:max_ratings]
+        .only("pk", "score", "exchange__id", "exchange__prompt", "exchange__raw_text", "exchange__player_name")[
+            :max_ratings
+        ]
     )
     # One verdict per exchange: the sign of its raters' net score (ties say nothing).
     net: dict[Any, int] = defaultdict(int)
@@ -121,7 +213,9 @@ def dataset_build(
         by_exchange[rating.exchange_id].append(rating.pk)
         exchanges[rating.exchange_id] = rating.exchange
     examples = [
-        Example(str(xid), ex.prompt, ex.raw_text, net[xid] > 0) for xid, ex in exchanges.items() if net[xid] != 0
+        Example(str(xid), ex.prompt, ex.raw_text, net[xid] > 0, ex.player_name)
+        for xid, ex in exchanges.items()
+        if net[xid] != 0
     ]
     examples.sort(key=lambda e: e.exchange_id)
     rng = random.Random(seed)
@@ -152,6 +246,13 @@ def dataset_build(
         pair = {"prompt": chosen.prompt, "chosen": chosen.raw_text, "rejected": rejected.raw_text}
         (heldout.pairs if is_heldout(chosen.prompt, heldout_fraction) else train_pairs).append(pair)
 
+    # The model writes any player's name (not only the asker's): mask every name seen.
+    heldout.player_names = {ex.player for ex in examples if ex.player}
+    names = names_pattern(heldout.player_names)
+    n_liked, n_disliked = len(train_liked), len(train_disliked)
+    train_liked = cap_copies(train_liked, names, max_copies_per_reply)
+    train_disliked = cap_copies(train_disliked, names, max_copies_per_reply)
+    copies_dropped = n_liked - len(train_liked) + n_disliked - len(train_disliked)
     # Liked replies are rare: keep them all, and a bounded sample of the disliked ones.
     cap = max(MAX_DISLIKED_PER_LIKED * len(train_liked), 16)
     kept_disliked = train_disliked if len(train_disliked) <= cap else rng.sample(train_disliked, cap)
@@ -176,6 +277,7 @@ def dataset_build(
         "train_liked": len(train_liked),
         "train_disliked": len(kept_disliked),
         "train_disliked_dropped": len(train_disliked) - len(kept_disliked),
+        "train_copies_dropped": copies_dropped,
         "train_pairs": len(train_pairs),
         "heldout_liked": len(heldout.liked),
         "heldout_disliked": len(heldout.disliked),

@@ -1,6 +1,6 @@
 """The evaluation gate: a candidate adapter replaces the active one only if it is not worse.
 
-Two measurements, both on data the trainer never saw:
+Every measurement is on data the trainer never saw:
 
 - preference, by log-probability: the mean per-token log-probability of each
   held-out reply under the adapter. ``pref_accuracy`` is the chance that a
@@ -12,23 +12,39 @@ Two measurements, both on data the trainer never saw:
   ``blocked_rate`` is the share of replies with a blocked action,
   ``policy_hit_rate`` the share with any rule hit, ``empty_rate`` the share
   with no visible text.
+- diversity, on the same sampled replies (players' names masked, so
+  "See you, bob." and "See you, kim." are one reply): ``distinct_2`` is the
+  share of distinct word bigrams among all bigrams, ``distinct_openings`` the
+  share of distinct first-three-word openings, ``distinct_replies`` the share
+  of distinct replies. A persona that answers everything the same way has
+  collapsed, whatever its preference figures say.
+- drift, on the same sampled replies: ``reference_logp`` is their mean
+  per-token log-probability under the active version. Diversity alone would
+  reward word salad (a degenerate model is very "diverse"); a candidate whose
+  replies the active version finds far less likely than its own has drifted
+  off the language, not learned a taste.
 
 The gate refuses when preference accuracy drops beyond a tolerance, when the
-margin does not grow, or when the blocked, policy-hit or empty rate rises
-beyond a tolerance.
+margin does not grow, when the blocked, policy-hit or empty rate rises beyond
+a tolerance, when a gated diversity figure falls more than ``diversity_drop``
+(a fraction) below the active version's, or when ``reference_logp`` falls by
+more than ``max_drift`` (a fraction of its value for the active version's own
+replies).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any
 
 import torch
 
-from training_tasks.dataset import HeldOut
+from training_tasks.dataset import HeldOut, names_pattern, reply_key
 
 
 @dataclass(frozen=True)
@@ -38,9 +54,27 @@ class GateConfig:
     behaviour_tolerance: float = 0.05
     samples: int = 32
     max_tokens: int = 48
+    # Diversity needs more replies than the policy checks to tell a collapse from chance: the gate
+    # samples max(samples, diversity_samples) held-out prompts and measures both on all of them
+    # (samples=0: no sampling at all).
+    # (On the starter model, 128 replies put the shipped pipeline's distinct-2 anywhere from -6% to
+    # -23% over four runs, the base model's own from 0.44 to 0.51 with the same seed; 256: -2%, -3%.)
+    diversity_samples: int = 256
+    # Refuse a candidate whose diversity falls more than this fraction below the active version's.
+    # Measured on the starter model (256 replies): the shipped pipeline 0 to +2% openings, -2 to -3%
+    # distinct-2; the former default (SFT 4 epochs at 1e-3), collapsed to one farewell: -68% and
+    # -47%; KTO at 1.5e-4, which trades some variety for the rule: -17% and -28%.
+    # Distinct replies hardly tell a collapse apart, so they are shown, not gated.
+    diversity_drop: float = 0.3
+    diversity_keys: tuple[str, ...] = ("distinct_openings", "distinct_2")
+    # How much more surprising (as a fraction of the active version's own per-token negative
+    # log-likelihood) the candidate's replies may be to the active version. On the starter model
+    # (0.58-0.61 nats a token for its own replies): the shipped pipeline +22-36%, other candidates
+    # that learned the taste up to +46%, KTO at 2e-4 (word salad creeping in) +64%, KTO alone +265%.
+    max_drift: float = 0.5
 
 
-def _score(model, tokenizer, items: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float]:
+def reply_logps(model, tokenizer, items: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float]:
     """Mean log-probability per token of ``completion + eos`` after ``prompt``."""
     eos = tokenizer.eos_token or ""
     out: list[float] = []
@@ -80,13 +114,13 @@ def _auc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
 
 
 def preference_metrics(model, tokenizer, heldout: HeldOut) -> dict[str, Any]:
-    liked = _score(model, tokenizer, [(e.prompt, e.completion) for e in heldout.liked])
-    disliked = _score(model, tokenizer, [(e.prompt, e.completion) for e in heldout.disliked])
+    liked = reply_logps(model, tokenizer, [(e.prompt, e.completion) for e in heldout.liked])
+    disliked = reply_logps(model, tokenizer, [(e.prompt, e.completion) for e in heldout.disliked])
     metrics: dict[str, Any] = {"heldout_liked": len(liked), "heldout_disliked": len(disliked)}
     auc = _auc(liked, disliked)
     if heldout.pairs:
-        chosen = _score(model, tokenizer, [(p["prompt"], p["chosen"]) for p in heldout.pairs])
-        rejected = _score(model, tokenizer, [(p["prompt"], p["rejected"]) for p in heldout.pairs])
+        chosen = reply_logps(model, tokenizer, [(p["prompt"], p["chosen"]) for p in heldout.pairs])
+        rejected = reply_logps(model, tokenizer, [(p["prompt"], p["rejected"]) for p in heldout.pairs])
         wins = sum((c > r) + 0.5 * (c == r) for c, r in zip(chosen, rejected))
         metrics["pair_accuracy"] = round(wins / len(chosen), 4)
         # Pairs weigh like the pairs inside the AUC.
@@ -149,22 +183,54 @@ def sample_replies(
     return [done[f"gate-{i}"] for i in range(len(prompts))]
 
 
-def behaviour_metrics(results: Sequence[Any], check: Callable[[str, list[dict[str, Any]]], Any]) -> dict[str, Any]:
+_WORD = re.compile(r"\w+(?:'\w+)?")
+
+
+def diversity_metrics(texts: Sequence[str], names: Iterable[str] = ()) -> dict[str, float]:
+    """How varied a set of replies is (see the module docstring). Compare only sets of equal size.
+
+    ``names``: the players' names, masked wherever they appear (the model names any player, not
+    only the one who asked), so "See you, bob." and "See you, kim." are one reply.
+    """
+    pattern = names_pattern(set(names))
+    words = [_WORD.findall(reply_key(t, pattern)) for t in texts]
+    bigrams = [(a, b) for w in words for a, b in zip(w, w[1:])]
+    n = max(1, len(words))
+    return {
+        "distinct_2": round(len(set(bigrams)) / len(bigrams), 4) if bigrams else 0.0,
+        "distinct_openings": round(len({tuple(w[:3]) for w in words}) / n, 4),
+        "distinct_replies": round(len({tuple(w) for w in words}) / n, 4),
+    }
+
+
+def behaviour_metrics(
+    results: Sequence[Any],
+    check: Callable[[str, list[dict[str, Any]]], Any],
+    names: Iterable[str] = (),
+) -> dict[str, Any]:
     """``check(text, actions)`` is the serving policy (``agents_app.policy.check_reply``)."""
     n = max(1, len(results))
     verdicts = [check(r.text, [dict(a) for a in r.actions]) for r in results]
     blocked = sum(1 for v in verdicts if v.blocked)
     flagged = sum(1 for v in verdicts if v.hits)
     empty = sum(1 for r in results if not r.text.strip())
-    # Not gated, shown to moderators: a model that opens every reply the same way has collapsed.
-    openings = {" ".join(r.text.lower().split()[:2]) for r in results}
     return {
         "samples": len(results),
         "blocked_rate": round(blocked / n, 4),
         "policy_hit_rate": round(flagged / n, 4),
         "empty_rate": round(empty / n, 4),
-        "distinct_openings": round(len(openings) / n, 4),
+        **diversity_metrics([r.text for r in results], names),
     }
+
+
+def _load_scorer(base_model_path, adapter_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32, local_files_only=True)
+    if adapter_path:
+        model = PeftModel.from_pretrained(model, str(adapter_path))
+    return model.eval()
 
 
 def evaluate_adapter(
@@ -175,24 +241,32 @@ def evaluate_adapter(
     persona_spec,
     check: Callable[[str, list[dict[str, Any]]], Any],
     config: GateConfig,
+    reference_path: str | None | EllipsisType = ...,
 ) -> dict[str, Any]:
-    """Both measurements for one adapter (``None``: the bare base model)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Every measurement for one adapter (``None``: the bare base model).
+
+    ``reference_path``: the version the candidate is compared with (the active one; ``...``: this
+    adapter itself). Its log-probability of this adapter's sampled replies is ``reference_logp``.
+    """
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32, local_files_only=True)
-    if adapter_path:
-        model = PeftModel.from_pretrained(model, str(adapter_path))
-    model.eval()
+    prompts = heldout.prompts()[: max(config.samples, config.diversity_samples) if config.samples else 0]
+    results = (
+        sample_replies(base_model_path, adapter_path, prompts, persona_spec, max_tokens=config.max_tokens, seed=1234)
+        if prompts
+        else []
+    )
+    # One model in memory at a time: the engine's is gone before the scorers load.
+    model = _load_scorer(base_model_path, adapter_path)
     metrics = preference_metrics(model, tokenizer, heldout)
-    del model
-    prompts = heldout.prompts()[: config.samples]
-    if prompts:
-        results = sample_replies(
-            base_model_path, adapter_path, prompts, persona_spec, max_tokens=config.max_tokens, seed=1234
-        )
-        metrics.update(behaviour_metrics(results, check))
+    if results:
+        metrics.update(behaviour_metrics(results, check, heldout.player_names))
+        if reference_path is not ... and reference_path != adapter_path:
+            del model
+            model = _load_scorer(base_model_path, reference_path)
+        logps = reply_logps(model, tokenizer, [(p, r.raw_text) for p, r in zip(prompts, results)])
+        metrics["reference_logp"] = round(sum(logps) / len(logps), 4)
     return metrics
 
 
@@ -214,4 +288,15 @@ def gate_decide(before: dict[str, Any], after: dict[str, Any], config: GateConfi
         b, a = before.get(key), after.get(key)
         if a is not None and b is not None and a > b + tolerance:
             reasons.append(f"{key} rose from {b} to {a}")
+    # The candidate's replies, read by the active version, against the active version's own: a model
+    # that drifted into text its predecessor would never write (word salad) has degenerated.
+    r_b, r_a = before.get("reference_logp"), after.get("reference_logp")
+    if r_a is not None and r_b is not None and r_a < r_b - config.max_drift * abs(r_b):
+        reasons.append(f"reference_logp fell from {r_b} to {r_a}: replies drifted from what the persona says")
+    for key in config.diversity_keys:
+        b, a = before.get(key), after.get(key)
+        if a is not None and b is not None and a < b * (1 - config.diversity_drop):
+            reasons.append(
+                f"{key} fell from {b} to {a} (more than {config.diversity_drop:.0%} below): replies collapsed"
+            )
     return not reasons, reasons

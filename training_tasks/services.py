@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
@@ -157,18 +157,16 @@ class RunLog:
 
 
 def train_config() -> TrainConfig:
+    """TrainConfig's defaults, with whichever of its fields ``VOYAGER_TRAINING`` names."""
     knobs = settings.VOYAGER_TRAINING
-    return replace(
-        TrainConfig(),
-        sft_lr=knobs["sft_lr"],
-        sft_epochs=knobs["sft_epochs"],
-        pref_lr=knobs["pref_lr"],
-        pref_epochs=knobs["pref_epochs"],
-    )
+    return replace(TrainConfig(), **{f.name: knobs[f.name] for f in fields(TrainConfig) if f.name in knobs})
 
 
 def gate_config() -> gate.GateConfig:
-    return gate.GateConfig(samples=settings.VOYAGER_TRAINING["gate_samples"])
+    """GateConfig's defaults, with whichever of its fields ``VOYAGER_TRAINING`` names as ``gate_<field>``."""
+    knobs = settings.VOYAGER_TRAINING
+    names = [f.name for f in fields(gate.GateConfig)]
+    return replace(gate.GateConfig(), **{n: knobs[f"gate_{n}"] for n in names if f"gate_{n}" in knobs})
 
 
 def base_model_id() -> str:
@@ -246,7 +244,12 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
     persona = Persona.objects.select_related("active_adapter").get(pk=run.persona_id)
     knobs = settings.VOYAGER_TRAINING
     config, gconfig = train_config(), gate_config()
-    snapshot = dataset.dataset_build(persona=persona, heldout_fraction=knobs["heldout_fraction"], seed=run.pk)
+    snapshot = dataset.dataset_build(
+        persona=persona,
+        heldout_fraction=knobs["heldout_fraction"],
+        seed=run.pk,
+        max_copies_per_reply=config.max_copies_per_reply,
+    )
     run.rating_ids, run.pairwise_vote_ids = snapshot.rating_ids, snapshot.pairwise_vote_ids
     run.data_counts = {**run.data_counts, **snapshot.counts}
     run.save(update_fields=["rating_ids", "pairwise_vote_ids", "data_counts"])
@@ -306,6 +309,7 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
         persona_spec=spec,
         check=check,
         config=gconfig,
+        reference_path=active_path,
     )
     passed, reasons = gate.gate_decide(before, after, gconfig)
     after = {**after, "gate": {"passed": passed, "reasons": reasons}, "stages": result.stages}

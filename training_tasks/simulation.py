@@ -303,7 +303,11 @@ def rule_rate(
     samples = []
     for m in messages:
         event = results[m["request_id"]]
-        text = event.text if isinstance(event, Result) else ""
+        ok = isinstance(event, Result)
+        text = event.text if ok else ""
         liked = hidden_rule(text, m["player"], rule)
-        samples.append({"player": m["player"], "text": m["text"], "reply": text, "liked": liked})
+        sample = {"player": m["player"], "text": m["text"], "reply": text, "liked": liked}
+        # What the model saw and wrote, for whoever scores the replies (the benchmark's fluency).
+        sample.update(prompt=event.prompt_text if ok else "", raw=event.raw_text if ok else "")
+        samples.append(sample)
     return sum(s["liked"] for s in samples) / max(1, n), samples

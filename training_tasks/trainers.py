@@ -1,14 +1,22 @@
-"""Train a persona's LoRA adapter with TRL: SFT on liked replies, then a gentle preference stage.
+"""Train a persona's LoRA adapter with TRL: a short SFT on liked replies, then KTO (or DPO).
 
-Why two stages: on our small models, preference optimisation alone (KTO) made
-replies *worse* (docs FINDINGS "Learning loop": the log-probabilities of liked
-and disliked replies both fell), while supervised fine-tuning on the liked
-replies moved the hidden-rule rate a lot. So stage 1 is TRL's ``SFTTrainer``
-on the liked replies (completion-only loss), and stage 2 is ``DPOTrainer``
-when there are enough preference pairs, else ``KTOTrainer``, with a small
-learning rate and the *post-SFT* model as the reference, so it only sharpens
-what SFT learned. Either stage can be switched off in the config; what ships
-is what the benchmark measured (``benchmarks/rlhf.py``).
+What ships is what ``benchmarks/rlhf.py`` measured on the starter model (the
+README's RLHF section has the table):
+
+- SFT alone moves the hidden-rule rate a lot but collapses the persona: at
+  4 epochs × 1e-3 nearly every reply became "See you, <name>." (distinct-2
+  0.25 → 0.16). Gentle SFT (1-2 epochs at 5e-4, each reply kept at most 3
+  times) keeps the persona, and moves the rate a little (1 epoch) or enough
+  with some loss of diversity (2 epochs).
+- KTO alone (docs FINDINGS "Learning loop") turns the language into word salad:
+  very "diverse", and the base model's log-probability of the replies falls
+  from −0.66 to −2.4 nats per token.
+- A short SFT, then KTO on the thumbs up and down with the model *before*
+  training as the reference, reaches the rate of the longer SFT with more of
+  the persona's variety: the default.
+
+DPO replaces KTO when there are enough same-prompt preference pairs. Either
+stage can be switched off in the config.
 
 This module does not import Django: it takes plain lists and paths.
 """
@@ -39,17 +47,27 @@ class TrainConfig:
     seed: int = 0
     max_length: int = 512
     batch_size: int = 8
-    # Stage 1: SFT on liked replies.
-    sft_epochs: float = 4.0
-    sft_lr: float = 1e-3
+    # Stage 1: a short SFT on liked replies (longer or bolder collapses the persona).
+    sft_epochs: float = 1.0
+    sft_lr: float = 5e-4
     sft_min_examples: int = 4
-    # Stage 2: preference optimisation, small steps around the SFT model.
+    # Stage 2: preference optimisation on the thumbs (KTO) or pairs (DPO).
     pref_epochs: float = 1.0
-    pref_lr: float = 5e-5
+    pref_lr: float = 1e-4
     pref_beta: float = 0.1
+    # The preference stage's reference: "start" (the model before training, as the active version
+    # players rated: the stage's implicit KL keeps the persona near it) or "sft" (the model after
+    # stage 1: the stage only sharpens what SFT learned).
+    pref_reference: str = "start"
+    # KTO: scales the dataset's balanced desirable/undesirable weights.
+    desirable_scale: float = 1.0
+    undesirable_scale: float = 1.0
     min_dpo_pairs: int = 16
     min_kto_examples: int = 16
     max_steps_cap: int = 2000
+    # The dataset keeps at most this many copies of one reply (player names masked) on each side:
+    # 47 liked "See you, <name>." taught the model to say nothing else (0 keeps every copy).
+    max_copies_per_reply: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -151,6 +169,8 @@ def _common_args(config: TrainConfig, out: str, epochs: float, lr: float, n: int
         "use_cpu": device() == "cpu",
         "bf16": False,
         "fp16": False,
+        # TRL turns it on by default; a small LoRA model has the memory, and recomputing costs time.
+        "activation_checkpointing": False,
         "remove_unused_columns": False,
     }
 
@@ -183,6 +203,12 @@ def train_adapter(
     model, tokenizer = load_policy(base_model_path, init_adapter, config)
     curve: list[dict[str, Any]] = []
     stages: list[str] = []
+    use_dpo = len(data.dpo) >= config.min_dpo_pairs
+    use_kto = not use_dpo and len(data.kto) >= config.min_kto_examples and _has_both_labels(data.kto)
+    use_pref = config.pref_epochs > 0 and (use_dpo or use_kto)
+    if config.pref_reference not in ("sft", "start"):
+        raise ValueError(f"pref_reference: {config.pref_reference!r} is not 'sft' or 'start'")
+    ref = _frozen_copy(model) if use_pref and config.pref_reference == "start" else None
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     # Scratch lives inside out_dir: whoever cleans up after a dead run removes it too.
     with tempfile.TemporaryDirectory(prefix="trl-", dir=out_dir) as scratch:
@@ -206,10 +232,8 @@ def train_adapter(
                 callbacks=[recorder.callback],
             ).train()
             stages.append("sft")
-        use_dpo = len(data.dpo) >= config.min_dpo_pairs
-        use_kto = not use_dpo and len(data.kto) >= config.min_kto_examples and _has_both_labels(data.kto)
-        if config.pref_epochs > 0 and (use_dpo or use_kto):
-            ref = _frozen_copy(model)
+        if use_pref:
+            ref = ref if ref is not None else _frozen_copy(model)
             if use_dpo:
                 from trl import DPOConfig, DPOTrainer
 
@@ -227,12 +251,15 @@ def train_adapter(
                     **_common_args(config, scratch, config.pref_epochs, config.pref_lr, len(data.kto)),
                     max_length=config.max_length,
                     beta=config.pref_beta,
-                    desirable_weight=data.desirable_weight,
-                    undesirable_weight=data.undesirable_weight,
+                    desirable_weight=data.desirable_weight * config.desirable_scale,
+                    undesirable_weight=data.undesirable_weight * config.undesirable_scale,
                     dataset_num_proc=None,
                 )
                 trainer_cls, dataset, stage = KTOTrainer, data.kto, "kto"
-            on_log(f"{stage}: {len(dataset)} examples, {args.max_steps} steps, lr {config.pref_lr}")
+            on_log(
+                f"{stage}: {len(dataset)} examples, {args.max_steps} steps, lr {config.pref_lr}, "
+                f"beta {config.pref_beta}, reference: the {config.pref_reference} model"
+            )
             recorder = _LossRecorder(stage, curve, on_log)
             trainer_cls(
                 model=model,

@@ -132,3 +132,17 @@ def test_disliked_replies_are_capped_and_the_snapshot_lists_only_what_went_in(np
     assert snap.train.desirable_weight == 1.0 and snap.train.undesirable_weight == 0.25
     used = set(snap.rating_ids)
     assert {r.pk for r in liked} <= used and len(used & {r.pk for r in disliked}) == 20
+
+
+def test_one_reply_said_to_many_players_is_kept_only_a_few_times(npc):
+    for i, player in enumerate(["alice", "bob", "kim", "luna", "noor", "emma"]):
+        # The model names any player, not only the one who asked.
+        rate(say(npc, prompt=f"bye {i}", raw=f"See you, {['kim', 'bob'][i % 2]}.", player=player), 1)
+    rate(say(npc, prompt="bye 9", raw="Farewell, alice. Mind the anvil."), 1)
+    snap = dataset_build(persona=npc.persona, heldout_fraction=0.0, max_copies_per_reply=2)
+    kept = sorted(e["completion"] for e in snap.train.sft)
+    # Which two copies stay is not fixed (names are masked when replies are compared): two of them do.
+    assert kept[0] == "Farewell, alice. Mind the anvil." and len(kept) == 3
+    assert all(k in ("See you, bob.", "See you, kim.") for k in kept[1:])
+    assert snap.counts["train_copies_dropped"] == 4 and len(snap.rating_ids) == 3
+    assert len(dataset_build(persona=npc.persona, heldout_fraction=0.0).train.sft) == 7  # 0: keep every copy

@@ -22,7 +22,7 @@ from agents_app.models import AdapterVersion, Exchange, Npc, Persona, PolicyFlag
 from inference.prompt import GameContext, PersonaSpec, render_starter
 from tests.processes import child_database_url
 from training_tasks import services
-from training_tasks.gate import GateConfig, gate_decide
+from training_tasks.gate import GateConfig, diversity_metrics, gate_decide
 
 ROOT = Path(__file__).resolve().parents[2]
 NIGHT = "2026-11-24"
@@ -63,6 +63,51 @@ def test_the_gate_fails_closed_without_held_out_data():
     assert gate_decide({}, {"reward_margin": 1.0}, GateConfig())[0] is False
 
 
+VARIED = [
+    "Well met, bob. The forge is north of the well.",
+    "Hm. Steel does not lie.",
+    "Aye. [[ACTION:jump]] Twice!",
+    "I know the old mine. Head east, kim.",
+    "See you, luna. Mind the anvil.",
+    "Not today. Hot iron waits for nobody.",
+]
+COLLAPSED = ["See you, bob.", "See you, kim.", "See you, luna.", "See you, bob.", "See you, emma.", "See you, kim."]
+
+
+def test_diversity_counts_one_reply_to_different_players_as_one_reply():
+    varied = diversity_metrics(VARIED, ["bob", "kim", "luna", "emma"])
+    collapsed = diversity_metrics(COLLAPSED, ["bob", "kim", "luna", "emma"])
+    assert varied["distinct_replies"] == 1.0 and collapsed["distinct_replies"] == round(1 / 6, 4)
+    assert collapsed["distinct_openings"] == round(1 / 6, 4) and collapsed["distinct_2"] == 0.1667
+    assert varied["distinct_2"] > 0.9
+    # Without the names, the collapse hides behind them.
+    assert diversity_metrics(COLLAPSED)["distinct_replies"] == round(4 / 6, 4)
+
+
+def test_the_gate_refuses_a_candidate_whose_replies_collapsed_even_if_it_ranks_better():
+    names = ["bob", "kim", "luna", "emma"]
+    before = {"pref_accuracy": 0.6, "reward_margin": 0.1, **diversity_metrics(VARIED, names)}
+    after = {"pref_accuracy": 0.9, "reward_margin": 0.9, **diversity_metrics(COLLAPSED, names)}
+    passed, reasons = gate_decide(before, after, GateConfig())
+    assert not passed and any("distinct_2 fell" in r for r in reasons)
+    assert any("distinct_openings fell" in r for r in reasons)
+    slightly_less = {**after, **{k: before[k] * 0.8 for k in ("distinct_2", "distinct_replies", "distinct_openings")}}
+    assert gate_decide(before, slightly_less, GateConfig(diversity_drop=0.25)) == (True, [])
+    assert gate_decide(before, slightly_less, GateConfig(diversity_drop=0.1))[0] is False
+
+
+def test_the_gate_refuses_word_salad_that_looks_diverse():
+    """Degenerate text is very 'diverse': the active version's log-probability of it tells."""
+    before = {"pref_accuracy": 0.6, "reward_margin": 0.1, "distinct_2": 0.25, "reference_logp": -0.9}
+    salad = {"pref_accuracy": 0.9, "reward_margin": 1.5, "distinct_2": 0.42, "reference_logp": -2.6}
+    learned = {**salad, "reference_logp": -1.15}
+    passed, reasons = gate_decide(before, salad, GateConfig())
+    assert not passed and reasons == [
+        "reference_logp fell from -0.9 to -2.6: replies drifted from what the persona says"
+    ]
+    assert gate_decide(before, learned, GateConfig()) == (True, [])
+
+
 # --- fixtures ------------------------------------------------------------------------------------
 
 
@@ -83,15 +128,28 @@ def blacksmith(owner) -> Persona:
     )
 
 
-def seed_ratings(persona: Persona, n: int = 120, liked: str = "Well met, {player}. Steel does not lie.") -> list:
-    """Rated exchanges whose prompts are rendered the way the engine renders them."""
+GREETS = ["Well met", "Hello", "Welcome back", "Good day", "Greetings", "Hail"]
+TAILS = ["Steel does not lie.", "Mind the anvil.", "Hot iron waits for nobody.", "The forge is warm.",
+         "Bring me ore.", "Good steel takes time.", "Come back tomorrow.", "The bellows need mending."]  # fmt: skip
+
+
+def seed_ratings(persona: Persona, n: int = 120, liked: str = "{greet}, {player}. {tail}") -> list:
+    """Rated exchanges whose prompts are rendered the way the engine renders them.
+
+    Varied replies, as players get: the dataset keeps few copies of one reply, and the gate
+    refuses a candidate that answers everything the same way.
+    """
     npc = Npc.objects.create(world_id=f"sim-{persona.slug}-{uuid.uuid4().hex[:6]}", persona=persona)
     spec = PersonaSpec(persona.slug, persona.name, persona.system_prompt, tuple(persona.traits))
     ratings = []
     for i in range(n):
         player, question = PLAYERS[i % len(PLAYERS)], QUESTIONS[(i // len(PLAYERS)) % len(QUESTIONS)]
         good = i % 3 == 0
-        raw = liked.format(player=player) if good else ["No.", "Hm. Mind the anvil.", "[[ACTION:jump]] Fine."][i % 3]
+        tail = TAILS[(i // 3) % len(TAILS)]
+        greet = GREETS[(i // 3) % len(GREETS)]
+        raw = (
+            liked.format(player=player, greet=greet, tail=tail) if good else f"{['No.', 'Hm.', 'Fine.'][i % 3]} {tail}"
+        )
         exchange = Exchange.objects.create(
             npc=npc,
             persona=persona,
@@ -151,6 +209,9 @@ class Worker:
             # The tiny model needs bolder steps than the starter model to move in a few seconds.
             "VOYAGER_TRAINING_SFT_EPOCHS": "8",
             "VOYAGER_TRAINING_SFT_LR": "3e-3",
+            # The shipped pipeline's shape: SFT, then KTO on the thumbs.
+            "VOYAGER_TRAINING_PREF_EPOCHS": "1",
+            "VOYAGER_TRAINING_PREF_LR": "1e-4",
             "PYTHONUNBUFFERED": "1",
             **env,
         }
@@ -271,10 +332,14 @@ def test_the_nightly_task_trains_gates_promotes_and_tells_the_workers(alice, sta
     assert file_sha256(v2.absolute_path / "adapter_model.safetensors") == v2.sha256
     assert hidden.ratings.get().pk not in run.rating_ids and ratings[4].pk not in run.rating_ids
     assert set(run.rating_ids) <= {r.pk for r in ratings}
-    assert run.method == "sft" and run.loss_curve and run.metrics_before["pref_accuracy"] is not None
+    assert run.method == "kto" and run.metrics_after["stages"] == ["sft", "kto"]
+    assert run.loss_curve and run.metrics_before["pref_accuracy"] is not None
     assert (
         run.metrics_after["gate"]["passed"] and run.metrics_after["reward_margin"] > run.metrics_before["reward_margin"]
     )
+    # The diversity and drift the gate compared are on the run, before and after, for moderators to read.
+    shown = {"distinct_2", "distinct_openings", "distinct_replies", "reference_logp", "samples"}
+    assert shown <= run.metrics_before.keys() and shown <= run.metrics_after.keys()
     warm = async_to_sync(layer.receive)(listener)
     assert warm == {
         "type": "inference.adapter_activated",
@@ -357,7 +422,7 @@ def test_the_gate_refuses_a_candidate_that_learned_a_forbidden_action(alice, sta
     from training_tasks.tasks import train_persona
 
     persona = blacksmith(alice)
-    seed_ratings(persona, n=150, liked="[[ACTION:dance wildly]] Ha!")
+    seed_ratings(persona, n=150, liked="[[ACTION:dance wildly]] Ha! {tail}")
     run = TrainingRun.objects.create(persona=persona, night=NIGHT)
     worker = start_worker(VOYAGER_TRAINING_SFT_EPOCHS="10")
     worker.send(train_persona, run.pk)

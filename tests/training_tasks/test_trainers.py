@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from inference.loading import load_base_model
@@ -19,21 +21,27 @@ QUICK = TrainConfig(sft_epochs=1, pref_epochs=1)
 
 
 @pytest.mark.parametrize(
-    ("data", "stages"),
+    ("data", "stages", "reference"),
     [
-        (TrainingData(sft=SFT), ["sft"]),
-        (TrainingData(sft=SFT, kto=KTO), ["sft", "kto"]),
-        (TrainingData(sft=SFT, kto=KTO, dpo=DPO), ["sft", "dpo"]),
+        (TrainingData(sft=SFT), ["sft"], "sft"),
+        (TrainingData(sft=SFT, kto=KTO), ["sft", "kto"], "sft"),
+        (TrainingData(sft=SFT, kto=KTO), ["sft", "kto"], "start"),
+        (TrainingData(sft=SFT, kto=KTO, dpo=DPO), ["sft", "dpo"], "sft"),
     ],
-    ids=["sft-only", "sft-then-kto", "sft-then-dpo"],
+    ids=["sft-only", "sft-then-kto", "sft-then-kto-from-the-start", "sft-then-dpo"],
 )
-def test_each_stage_trains_a_peft_adapter_the_engine_can_load(tiny_model, tmp_path, data, stages):
+def test_each_stage_trains_a_peft_adapter_the_engine_can_load(tiny_model, tmp_path, data, stages, reference):
+    config = replace(QUICK, pref_reference=reference)
     result = train_adapter(
-        base_model_path=tiny_model, init_adapter=None, data=data, out_dir=tmp_path / "a", config=QUICK
+        base_model_path=tiny_model, init_adapter=None, data=data, out_dir=tmp_path / "a", config=config
     )
     assert result.stages == stages and result.method == stages[-1]
     assert {p["stage"] for p in result.loss_curve} == set(stages)
-    if stages[-1] != "sft":
+    if stages[-1] == "kto" and reference == "start":
+        # The reference is the model before SFT: the liked replies already score above it.
+        first = next(p for p in result.loss_curve if p["stage"] == "kto")
+        assert first["rewards/chosen"] > 0
+    elif stages[-1] != "sft":
         # The reference is the SFT model, so the preference stage starts from a zero margin.
         first = next(p for p in result.loss_curve if p["stage"] == stages[-1])
         assert first.get("rewards/margins", 0.0) == pytest.approx(0.0, abs=1e-4)
@@ -58,6 +66,22 @@ def test_training_continues_from_the_active_adapter(tiny_model, tmp_path):
     assert a.modules.keys() == b.modules.keys()
     name = next(iter(a.modules))
     assert not (a.modules[name][1] == b.modules[name][1]).all()
+
+
+def test_an_unknown_reference_is_refused_before_any_training(tiny_model, tmp_path):
+    config = replace(QUICK, pref_reference="yesterday")
+    with pytest.raises(ValueError, match="pref_reference"):
+        train_adapter(base_model_path=tiny_model, init_adapter=None, data=TrainingData(sft=SFT, kto=KTO),
+                      out_dir=tmp_path / "a", config=config)  # fmt: skip
+
+
+def test_every_trainer_and_gate_knob_can_be_set_in_the_settings(settings):
+    from training_tasks import services
+
+    settings.VOYAGER_TRAINING = {**settings.VOYAGER_TRAINING, "pref_beta": 0.3, "max_copies_per_reply": 5,
+                                 "gate_diversity_drop": 0.4, "gate_samples": 8}  # fmt: skip
+    assert (services.train_config().pref_beta, services.train_config().max_copies_per_reply) == (0.3, 5)
+    assert (services.gate_config().diversity_drop, services.gate_config().samples) == (0.4, 8)
 
 
 def test_nothing_to_learn_from_is_an_error(tiny_model, tmp_path):
