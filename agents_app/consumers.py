@@ -356,7 +356,7 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         await self.send_json(reply)
         observability.observe_reply(
             persona=frame.persona,
-            ttft_s=None if ttft_ms is None else ttft_ms / 1000,
+            ttft_s=ttft_ms / 1000,
             total_s=now - ask.started,
             completion_tokens=int(message.get("completion_tokens") or 0),
         )

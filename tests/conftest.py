@@ -58,3 +58,22 @@ def fresh_policy_rules():
     policy.forget_rules()
     yield
     policy.forget_rules()
+
+
+@pytest.fixture
+def dana(django_user_model):
+    """Dana is a moderator."""
+    from agents_app.moderation import moderator_grant
+
+    user = django_user_model.objects.create_user("dana", "dana@example.org", "dana-password-1")
+    return moderator_grant(user=user)
+
+
+@pytest.fixture
+def erin(django_user_model):
+    """Erin is staff (she edits personas) but no moderator: moderators' queues and actions are not hers."""
+    from django.contrib.auth.models import Group
+
+    user = django_user_model.objects.create_user("erin", "erin@example.org", "erin-password-1", is_staff=True)
+    user.groups.add(Group.objects.get(name="modder"))
+    return user

@@ -204,7 +204,8 @@ def simulate_players(
                 active = [c for c in conversations if turn < len(c.questions)]
                 plans, messages = {}, []
                 for k, conv in enumerate(active):
-                    plan = _plan(conv.npc)
+                    # The plan the gateway makes for any NPC: persona, active adapter, recent turns.
+                    plan = gateway.ask_prepare(server=None, npc_world_id=conv.npc.world_id, persona_slug=persona.slug)
                     rid = f"sim-{run_tag}-{made}-{turn}-{k}"
                     plans[rid] = (conv, plan)
                     messages.append(
@@ -249,24 +250,6 @@ def simulate_players(
         if own_engine:
             engine.stop(drain=False, timeout=30)
     return SimulationReport(replies=made, liked=liked, errors=errors, seconds=time.monotonic() - started)
-
-
-def _plan(npc: Npc) -> gateway.AskPlan:
-    """What ``gateway.ask_prepare`` gives the consumer, for a playground NPC (no game server)."""
-    persona = Persona.objects.select_related("active_adapter").get(pk=npc.persona_id)
-    adapter = persona.active_adapter
-    if adapter is not None and adapter.status != adapter.Status.ACTIVE:
-        adapter = None
-    return gateway.AskPlan(
-        npc_id=npc.pk,
-        persona_id=persona.pk,
-        adapter_version_id=adapter.pk if adapter else None,
-        request={
-            "persona": gateway.persona_payload(persona),
-            "adapter": gateway.adapter_ref(adapter),
-            "memory": gateway.npc_memory(npc, settings.VOYAGER_MEMORY_TURNS),
-        },
-    )
 
 
 def rule_rate(

@@ -10,25 +10,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from agents_app.models import AdapterVersion, Exchange, Npc, PolicyFlag, PolicyRule
-from agents_app.moderation import moderator_grant
 
 pytestmark = pytest.mark.django_db
 QUEUE = reverse("admin:agents_app_policyflag_changelist")
-
-
-@pytest.fixture
-def dana(django_user_model):
-    """Dana is a moderator."""
-    user = django_user_model.objects.create_user("dana", "dana@example.org", "dana-password-1")
-    return moderator_grant(user=user)
-
-
-@pytest.fixture
-def erin(django_user_model):
-    """Erin is staff (she edits personas) but no moderator: the queue is not hers."""
-    user = django_user_model.objects.create_user("erin", "erin@example.org", "erin-password-1", is_staff=True)
-    user.groups.add(Group.objects.get(name="modder"))
-    return user
 
 
 @pytest.fixture

@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.admin.models import ADDITION, LogEntry
-from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from agents_app.models import Exchange, PairwiseVote, PlayerLink, RaterBlock, Rating
-from agents_app.moderation import moderator_grant
 from training_tasks.dataset import dataset_build, raters_block
 
 pytestmark = pytest.mark.django_db
 RATINGS = reverse("admin:agents_app_rating_changelist")
 BLOCKS = reverse("admin:agents_app_raterblock_changelist")
-
-
-@pytest.fixture
-def dana(django_user_model):
-    """Dana is a moderator."""
-    user = django_user_model.objects.create_user("dana", "dana@example.org", "dana-password-1")
-    return moderator_grant(user=user)
-
-
-@pytest.fixture
-def erin(django_user_model):
-    """Erin is staff (she edits personas) but no moderator: whose ratings count is not hers to decide."""
-    user = django_user_model.objects.create_user("erin", "erin@example.org", "erin-password-1", is_staff=True)
-    user.groups.add(Group.objects.get(name="modder"))
-    return user
 
 
 def say(npc, prompt: str, raw: str = "Hello.") -> Exchange:
