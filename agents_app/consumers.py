@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -43,6 +44,8 @@ log = logging.getLogger("voyager.gateway")
 
 # An accepted ask whose worker stops beating for this long is answered `unavailable`.
 WATCH_INTERVAL = 0.25
+# NPCs per connection whose last plan is kept for speculative asks.
+MAX_PLANS = 4096
 
 
 _live_cache: tuple[float, list[str]] = (0.0, [])
@@ -88,6 +91,13 @@ class PendingAsk:
     first_delta: float | None = None
     done: bool = False
     workers_at_send: frozenset[str] = frozenset()
+    # A speculative ask (sent with the NPC's last plan): its database check, running meanwhile.
+    verify: asyncio.Task | None = None
+
+
+def _model_side(plan: gateway.AskPlan) -> dict:
+    """What of a plan shapes the worker's answer (the memory is the connection's own)."""
+    return {k: v for k, v in plan.request.items() if k != "memory"}
 
 
 def bearer_token(scope) -> str | None:
@@ -109,6 +119,7 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         self.asks: dict[str, PendingAsk] = {}  # by the mod's ask id
         self.by_request: dict[str, str] = {}  # worker request id → ask id
         self.memory = gateway.NpcMemory()  # each NPC's last turns: read once, then kept here
+        self.plans: dict[str, gateway.AskPlan] = {}  # each NPC's last checked plan, for speculative asks
         self.bucket = TokenBucket(settings.VOYAGER_GATEWAY_RATE, settings.VOYAGER_GATEWAY_BURST)
         self.watchdog: asyncio.Task | None = None
         if settings.VOYAGER_EMBEDDED_WORKER:
@@ -131,6 +142,20 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
             self.watchdog.cancel()
         if getattr(self, "group", None):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def dispatch(self, message):
+        """As Channels dispatches, without its ``close_old_connections`` before every message.
+
+        That call is a trip to the database thread per frame and per worker message, and with
+        ``CONN_HEALTH_CHECKS`` it makes the next query start with a ``SELECT 1``: on an ask,
+        three thread trips and two round trips more. Nothing here touches the database outside
+        ``hotpath.db`` (connection hygiene at most once a second) or ``database_sync_to_async``
+        (hygiene around each call).
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def gateway_token_changed(self, message):
         """The server's token was changed or revoked in the portal: this connection's token is void."""
@@ -218,18 +243,25 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
             frame.persona,
             extra={"request_id": request_id},
         )
-        try:
-            plan = await db(
-                gateway.ask_prepare,
-                server=self.server,
-                npc_world_id=frame.npc,
-                persona_slug=frame.persona,
-                with_memory=not self.memory.knows(frame.npc),
-            )
-        except ServiceError as exc:
-            await self.fail_ask(exc.code, str(exc), frame.id, request_id)
-            return
-        plan.request["memory"] = self.memory.turns(plan, frame.npc)
+        known = self.plans.get(frame.npc)
+        speculative = (
+            known is not None
+            and known.persona is not None
+            and known.persona.slug == frame.persona
+            and not (known.npc is not None and known.npc.is_frozen())
+        )
+        if speculative:
+            # The NPC answered on this connection before: the ask goes to the worker with that
+            # plan at once, and the database check runs meanwhile. Nothing of the answer reaches
+            # the game before the check has passed (see _verify).
+            plan = known
+        else:
+            try:
+                plan = await self._prepare(frame, with_memory=not self.memory.knows(frame.npc))
+            except ServiceError as exc:
+                await self.fail_ask(exc.code, str(exc), frame.id, request_id)
+                return
+            self._keep_plan(frame.npc, plan)
         if not await live_workers() and not await live_workers(fresh=True):
             await self.fail_ask(ErrorCode.UNAVAILABLE, "no inference worker is running", frame.id, request_id)
             return
@@ -244,23 +276,98 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         )
         self.asks[frame.id] = ask
         self.by_request[ask.request_id] = frame.id
-        context = frame.context.model_dump(exclude_none=True) if frame.context else {}
+        await self._dispatch(ask)
+        if speculative:
+            ask.verify = asyncio.create_task(self._verify(ask))
+        if self.watchdog is None or self.watchdog.done():
+            self.watchdog = asyncio.create_task(self._watch())
+
+    async def _prepare(self, frame: Ask, *, with_memory: bool) -> gateway.AskPlan:
+        return await db(
+            gateway.ask_prepare,
+            server=self.server,
+            npc_world_id=frame.npc,
+            persona_slug=frame.persona,
+            with_memory=with_memory,
+        )
+
+    def _keep_plan(self, npc: str, plan: gateway.AskPlan) -> None:
+        self.plans.pop(npc, None)
+        self.plans[npc] = plan
+        if len(self.plans) > MAX_PLANS:  # the longest unused goes first
+            del self.plans[next(iter(self.plans))]
+
+    async def _dispatch(self, ask: PendingAsk) -> None:
+        """Send the ask to whichever worker takes it first, as the plan says."""
+        frame = ask.frame
+        timeout = max(0.0, ask.deadline - time.monotonic())
         await self.channel_layer.send(
             REQUEST_CHANNEL,
             {
                 "type": "inference.request",
                 "request_id": ask.request_id,
                 "reply_channel": self.channel_name,
-                **plan.request,
-                "context": context,
+                **ask.plan.request,
+                "memory": self.memory.turns(ask.plan, frame.npc),
+                "context": frame.context.model_dump(exclude_none=True) if frame.context else {},
                 "player": frame.player,
                 "text": frame.text,
                 "max_tokens": frame.max_tokens,
                 "deadline": time.time() + timeout,
             },
         )
-        if self.watchdog is None or self.watchdog.done():
-            self.watchdog = asyncio.create_task(self._watch())
+
+    async def _verify(self, ask: PendingAsk) -> None:
+        try:
+            await self._verify_plan(ask)
+        except Exception:  # a task of its own: nobody else would hear of it
+            log.exception("checking ask %s failed", ask.frame.id, extra={"request_id": ask.request_id})
+
+    async def _verify_plan(self, ask: PendingAsk) -> None:
+        """The database check of a speculative ask, run while the worker answers.
+
+        Passed: the ask goes on with the fresh plan. Refused (the NPC was frozen, its persona
+        deleted...): the worker's request is cancelled and the ask answered with the error. The
+        persona or its active adapter changed: the answer under way is from the old one, so it
+        is cancelled and the ask sent again with the fresh plan.
+        """
+        frame = ask.frame
+        try:
+            fresh = await self._prepare(frame, with_memory=False)
+        except ServiceError as exc:
+            self.plans.pop(frame.npc, None)
+            if not ask.done:
+                await self._cancel_ask(ask)
+                await self.fail_ask(exc.code, str(exc), frame.id, ask.request_id)
+            return
+        except Exception:
+            log.exception("checking ask %s failed", frame.id, extra={"request_id": ask.request_id})
+            self.plans.pop(frame.npc, None)
+            if not ask.done:
+                await self._cancel_ask(ask)
+                await self.fail_ask(ErrorCode.INTERNAL, "the gateway failed on this frame", frame.id, ask.request_id)
+            return
+        self._keep_plan(frame.npc, fresh)
+        if ask.done:
+            return
+        sent, ask.plan = ask.plan, fresh
+        if _model_side(sent) != _model_side(fresh):
+            log.info("ask %s: its persona changed, sent again", frame.id, extra={"request_id": ask.request_id})
+            await self._withdraw(ask)
+            ask.request_id = uuid.uuid4().hex
+            ask.worker_id = ask.worker_channel = None
+            ask.first_delta = None
+            self.by_request[ask.request_id] = frame.id
+            await self._dispatch(ask)
+
+    async def _checked(self, ask: PendingAsk, message) -> bool:
+        """Whether a worker's message may go on to the game: the ask's check passed, and the
+        message is for the request now under way (not one withdrawn after the check)."""
+        if ask.verify is not None:
+            if not ask.verify.done():
+                await asyncio.shield(ask.verify)
+            ask.verify = None
+        return not ask.done and message.get("request_id") == ask.request_id
 
     async def on_cancel(self, frame: Cancel):
         ask = self.asks.get(frame.id)
@@ -309,16 +416,17 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
 
     async def inference_delta(self, message):
         ask = self._ask_for(message)
-        if ask:
-            self._note_worker(ask, message)
-        if ask and message.get("text"):
+        if ask is None or not await self._checked(ask, message):
+            return
+        self._note_worker(ask, message)
+        if message.get("text"):
             if ask.first_delta is None:
                 ask.first_delta = time.monotonic()
             await self.send_json({"type": "delta", "id": ask.frame.id, "text": message["text"]})
 
     async def inference_result(self, message):
         ask = self._ask_for(message)
-        if ask is None:
+        if ask is None or not await self._checked(ask, message):
             return
         self._finish(ask)
         self._note_worker(ask, message)
@@ -372,7 +480,7 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
 
     async def inference_error(self, message):
         ask = self._ask_for(message)
-        if ask is None:
+        if ask is None or not await self._checked(ask, message):
             return
         self._finish(ask)
         code = message.get("code", ErrorCode.INTERNAL)
@@ -389,6 +497,11 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
 
     async def _cancel_ask(self, ask: PendingAsk) -> None:
         self._finish(ask)
+        await self._withdraw(ask)
+
+    async def _withdraw(self, ask: PendingAsk) -> None:
+        """Tell the worker to drop the ask's request under way."""
+        self.by_request.pop(ask.request_id, None)
         cancel = {"type": "inference.cancel", "request_id": ask.request_id}
         if ask.worker_channel:
             await self.channel_layer.send(ask.worker_channel, cancel)

@@ -425,6 +425,78 @@ async def test_a_frozen_npc_is_answered_npc_frozen(game_server, npc):
     assert error["code"] == "npc_frozen" and error["id"] == "a1"
 
 
+@pytest.mark.parametrize("gap", [0.0, 0.05], ids=["answer-before-the-check", "answer-after-the-check"])
+async def test_an_npc_frozen_since_its_last_answer_says_nothing_more(game_server, npc, gap, monkeypatch):
+    """A known NPC's ask goes to the worker before its database check; the check still decides."""
+    prepare = gateway.ask_prepare
+
+    def slow_prepare(**kwargs):  # a check slower than the answer: the answer must wait for it
+        time.sleep(0.3)
+        return prepare(**kwargs)
+
+    backend = ScriptedBackend(gap=gap)
+    async with running_worker(backend):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask(id="a1"))
+        assert (await collect_until(communicator))[-1]["type"] == "reply"
+        await database_sync_to_async(Npc.objects.filter(pk=npc.pk).update)(
+            frozen_until=timezone.now() + timezone.timedelta(minutes=5)
+        )
+        if not gap:
+            monkeypatch.setattr(gateway, "ask_prepare", slow_prepare)
+        await send(communicator, ask(id="a2"))
+        frames = await collect_until(communicator)
+        await asyncio.sleep(0.3)  # anything the withdrawn answer still sends would arrive now
+        assert await communicator.receive_nothing(timeout=0.2)
+        await communicator.disconnect()
+    assert [f["type"] for f in frames] == ["error"]
+    assert frames[0]["code"] == "npc_frozen" and frames[0]["id"] == "a2"
+    assert len(backend.requests) == 2  # the second went out before the check...
+    if gap:
+        assert backend.requests[1]["request_id"] in backend.cancelled  # ...and was called back
+    assert await database_sync_to_async(Exchange.objects.count)() == 1
+
+
+async def test_an_adapter_activated_between_asks_answers_the_next_one(game_server, persona, npc):
+    backend = ScriptedBackend(gap=0.05)
+    async with running_worker(backend):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask(id="a1"))
+        assert (await collect_until(communicator))[-1]["type"] == "reply"
+
+        def activate():
+            adapter = AdapterVersion.objects.create(
+                persona=persona,
+                version=2,
+                files_path="adapters/miner/2",
+                sha256="c" * 64,
+                base_model_id="starter",
+                rank=8,
+                target_modules=["q_proj"],
+                size_bytes=10,
+                status="active",
+            )
+            persona.active_adapter = adapter
+            persona.save()
+            return adapter
+
+        adapter = await database_sync_to_async(activate)()
+        await send(communicator, ask(id="a2", text="and now?"))
+        frames = await collect_until(communicator)
+        await asyncio.sleep(0.2)
+        assert await communicator.receive_nothing(timeout=0.2)
+        await communicator.disconnect()
+    # Sent at once with the old plan, called back when the check saw the new adapter, sent again.
+    first, stale, again = backend.requests
+    assert first["adapter"] is None and stale["adapter"] is None and again["adapter"]["id"] == adapter.pk
+    assert stale["request_id"] in backend.cancelled
+    assert again["memory"] == [{"player": "steve", "text": "hello Mo", "reply": "Hello there"}]
+    assert [f["type"] for f in frames] == ["delta", "delta", "reply"]
+    assert "".join(f["text"] for f in frames[:-1]) == frames[-1]["text"] == "Hello there"
+    stored = await database_sync_to_async(Exchange.objects.get)(pk=frames[-1]["exchange"])
+    assert stored.adapter_version_id == adapter.pk and stored.player_text == "and now?"
+
+
 async def test_with_no_worker_an_ask_is_answered_unavailable_at_once(game_server, persona):
     store = heartbeats()
     for worker_id in await store.alive():
