@@ -4,19 +4,29 @@ channels-redis 4.3 sends a message in four round trips (trim expired, count,
 add, expire) and receives one in four (restore the backup queue, blocking pop,
 back the message up, clear the backup). Every ask crosses the layer twice
 (request, result), so that is 16 round trips, each a wait and a slice of CPU
-on both sides. This layer does the same steps, with the same keys, capacity,
-expiry and backup-queue guarantees, in Lua scripts:
+on both sides. This layer keeps the same keys, capacity and expiry:
 
-- ``send``: one round trip.
-- ``receive`` when a message is waiting: one round trip for restore, pop and
-  back up, then the usual clean-up of the backup; only an empty channel falls
-  back to the blocking pop.
+- ``send``: one round trip (a Lua script).
+- ``receive``: one round trip when a message is waiting (a script that puts
+  back what an interrupted stock receiver left in the backup queue, then pops);
+  an empty channel falls back to the blocking pop, and the message it returns
+  is handed on at once.
+
+No backup copy is written. The stock layer backs each popped message up with
+one more round trip after the pop and removes the copy the moment the message
+is returned, before anyone handles it: the copy only covers a receive
+cancelled during that extra round trip, and the round trip itself sits
+between every message and its consumer. Here there is no await between the
+pop's answer and the hand-over, so there is no such window to cover. A
+receive cancelled while it waits loses nothing (the message stays in Redis);
+one cancelled while the pop's answer is on the wire loses it, as with the
+stock layer.
 
 Messages and keys are the stock layer's, so processes on either layer talk to
 each other. The overridden methods are channels-redis internals: the version is
 pinned in ``pyproject.toml`` and ``tests/portal/test_channel_layer.py`` covers
-the behaviour (order, capacity, expiry, nothing lost when a receive is
-cancelled).
+the behaviour (order, capacity, expiry, cancellation, a stock receiver's
+leftovers).
 """
 
 from __future__ import annotations
@@ -36,8 +46,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
-# Put back what an interrupted receive left in the backup queue, then take the oldest
-# message, if any, keeping a copy in the backup queue until it has been handled.
+# Put back what an interrupted stock receiver left in the backup queue, then take the
+# oldest message, if any.
 POP = """
 local backed_up = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 for i = #backed_up, 1, -2 do
@@ -46,7 +56,6 @@ end
 redis.call('DEL', KEYS[2])
 local popped = redis.call('ZPOPMIN', KEYS[1])
 if popped[1] then
-    redis.call('ZADD', KEYS[2], popped[2], popped[1])
     return popped[1]
 end
 return false
@@ -97,10 +106,11 @@ class FastRedisChannelLayer(RedisChannelLayer):
         member = await self._script(connection, POP)(keys=[channel, backup_queue], client=connection)
         if member:
             return member
-        # Nothing waiting: block (the backup queue is already empty, and cancelling here loses nothing).
+        # Nothing waiting: block (cancelling while nothing has come loses nothing).
         result = await connection.bzpopmin(channel, timeout=timeout)
         if result is None:
             return None
-        _, member, timestamp = result
-        await connection.zadd(backup_queue, {member: float(timestamp)})
-        return member
+        return result[1]
+
+    async def _clean_receive_backup(self, index, channel):
+        """Nothing to clean: this layer writes no backup copy (see the module docstring)."""

@@ -63,15 +63,33 @@ async def test_expired_messages_are_dropped_on_the_next_send():
     await fast.flush()
 
 
-async def test_a_message_popped_by_a_receive_that_never_finished_is_delivered_again():
-    fast, _ = layers()
-    await fast.send("test.backup", {"type": "m", "n": 7})
+async def test_what_an_interrupted_stock_receiver_backed_up_is_delivered_again():
+    fast, stock = layers()
+    await stock.send("test.backup", {"type": "m", "n": 7})
     key = fast.prefix + "test.backup"
-    # A receiver takes the message off the channel and dies before handling it...
-    assert await fast._brpop_with_clean(0, key, timeout=1) is not None
+    # A stock receiver takes the message off the channel, backs it up, and dies before the clean-up...
+    assert await stock._brpop_with_clean(0, key, timeout=1) is not None
     assert await fast.connection(0).zcard(key) == 0
+    assert await fast.connection(0).zcard(stock._backup_channel_name(key)) == 1
     # ...and the next receive finds it restored from the backup queue.
     assert (await asyncio.wait_for(fast.receive("test.backup"), 5))["n"] == 7
+    assert await fast.connection(0).zcard(stock._backup_channel_name(key)) == 0
+    await fast.flush()
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["shared-channel", "process-local-channel"])
+async def test_a_receive_cancelled_while_it_waits_loses_nothing(local):
+    fast, stock = layers()
+    channel = await fast.new_channel() if local else "test.cancelled"
+    waiting = asyncio.ensure_future(fast.receive(channel))
+    await asyncio.sleep(0.2)  # blocked in Redis by now
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await stock.send(channel, {"type": "m", "n": "kept"})
+    assert (await asyncio.wait_for(fast.receive(channel), 5))["n"] == "kept"
+    key = fast.prefix + (fast.non_local_name(channel) if local else channel)
+    assert await fast.connection(0).zcard(fast._backup_channel_name(key)) == 0  # no copy left behind
     await fast.flush()
 
 
