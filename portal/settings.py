@@ -246,7 +246,14 @@ VOYAGER_TRAINING = {
     "pref_epochs": env_float("VOYAGER_TRAINING_PREF_EPOCHS", 1.0, minimum=0.0),
     "heldout_fraction": env_float("VOYAGER_TRAINING_HELDOUT", 0.2, minimum=0.01),
     "gate_samples": env_int("VOYAGER_TRAINING_GATE_SAMPLES", 32, minimum=0),
+    # "on": the gate also trains a reward model on the run's data and refuses a candidate whose
+    # replies it scores no higher than the active version's (training_tasks.reward).
+    "gate_reward_model": env_str("VOYAGER_TRAINING_GATE_REWARD_MODEL", "off"),
 }
+if VOYAGER_TRAINING["gate_reward_model"] not in {"off", "on"}:
+    raise ImproperlyConfigured(
+        f"VOYAGER_TRAINING_GATE_REWARD_MODEL={VOYAGER_TRAINING['gate_reward_model']!r} must be 'off' or 'on'"
+    )
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
 if PRODUCTION:

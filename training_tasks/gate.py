@@ -30,6 +30,36 @@ a tolerance, when a gated diversity figure falls more than ``diversity_drop``
 (a fraction) below the active version's, or when ``reference_logp`` falls by
 more than ``max_drift`` (a fraction of its value for the active version's own
 replies).
+
+A reward model instead? ``reward_model="on"`` (``VOYAGER_TRAINING_GATE_REWARD_MODEL``)
+trains one with TRL's RewardTrainer on the run's training split
+(``training_tasks.reward``), scores both versions' sampled replies with it
+(``rm_reward``), and adds "refuse when rm_reward does not rise" to the rules
+above. ``benchmarks/gate.py`` compared the gates on the starter model: 2,000
+replies rated by "the reply greets me", seven candidates trained from the same
+snapshot, ground truth on 400 fresh prompts (better: the greeting rate up by at
+least 0.05, distinct-2 at most 30% down, the base model's per-token NLL of the
+replies at most 1.5 times its own):
+
+- the reward model ranks the held-out split far better than log-probabilities
+  do (AUC 0.97 against 0.16 under the base model, 0.42 under the shipped
+  candidate), but as the only rule it was right on 5 of 7: it passed the
+  collapsed candidate (SFT 4 × 1e-3: greets 0.91, distinct-2 −42%) and the
+  degenerate one (KTO alone 2 × 5e-4: greets 0.98, distinct-2 −59%, NLL ×1.54)
+  with the highest rewards of all (+2.8 and +4.5 against −3.4 for the base
+  model): it rewards the greeting words, whatever surrounds them;
+- these rules alone: 6 of 7; they passed a no-op (SFT 1 × 1e-6) whose reward
+  margin grew by 0.0002;
+- these rules plus the reward model's (the option), or the reward model's plus
+  the policy, drift and diversity checks: 7 of 7; the no-op was refused
+  because its sampled replies were the same as the base model's, so the reward
+  could not rise.
+
+The option costs a reward model's training (26 s and 280 MB more on the
+starter model; a second copy of the base model in memory for the whole run on a
+real one) and a scoring pass per evaluation (about 2 s), for one candidate in
+seven that changes nothing players see. So it stays off; a reward model is
+never the gate alone.
 """
 
 from __future__ import annotations
@@ -37,6 +67,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import EllipsisType
@@ -45,6 +76,8 @@ from typing import Any
 import torch
 
 from training_tasks.dataset import HeldOut, names_pattern, reply_key
+
+REWARD_MODEL_CHOICES = ("off", "on")
 
 
 @dataclass(frozen=True)
@@ -72,6 +105,18 @@ class GateConfig:
     # (0.58-0.61 nats a token for its own replies): the shipped pipeline +22-36%, other candidates
     # that learned the taste up to +46%, KTO at 2e-4 (word salad creeping in) +64%, KTO alone +265%.
     max_drift: float = 0.5
+    # "on": a reward model (training_tasks.reward, TRL's RewardTrainer) is trained on the run's
+    # training split, scores the active version's and the candidate's sampled replies, and the gate
+    # also refuses a candidate whose mean reward (rm_reward) does not rise by more than rm_min_gain.
+    # Off by default: benchmarks/gate.py measured it on the starter model (see the module docstring).
+    reward_model: str = "off"
+    rm_min_gain: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.reward_model not in REWARD_MODEL_CHOICES:
+            raise ValueError(
+                f"gate reward_model={self.reward_model!r}: expected one of {', '.join(REWARD_MODEL_CHOICES)}"
+            )
 
 
 def reply_logps(model, tokenizer, items: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float]:
@@ -113,20 +158,34 @@ def _auc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
-def preference_metrics(model, tokenizer, heldout: HeldOut) -> dict[str, Any]:
-    liked = reply_logps(model, tokenizer, [(e.prompt, e.completion) for e in heldout.liked])
-    disliked = reply_logps(model, tokenizer, [(e.prompt, e.completion) for e in heldout.disliked])
-    metrics: dict[str, Any] = {"heldout_liked": len(liked), "heldout_disliked": len(disliked)}
+def heldout_ranking(score: Callable[[Sequence[tuple[str, str]]], list[float]], heldout: HeldOut) -> dict[str, Any]:
+    """How well ``score`` (higher: better) ranks the held-out liked replies above the disliked ones.
+
+    ``auc``: the chance that a random liked reply scores above a random disliked one, with the
+    same-prompt pairs counted in too (each weighs like one pair inside the AUC).
+    """
+    liked = score([(e.prompt, e.completion) for e in heldout.liked])
+    disliked = score([(e.prompt, e.completion) for e in heldout.disliked])
+    out: dict[str, Any] = {"liked": liked, "disliked": disliked, "pair_accuracy": None}
     auc = _auc(liked, disliked)
     if heldout.pairs:
-        chosen = reply_logps(model, tokenizer, [(p["prompt"], p["chosen"]) for p in heldout.pairs])
-        rejected = reply_logps(model, tokenizer, [(p["prompt"], p["rejected"]) for p in heldout.pairs])
+        chosen = score([(p["prompt"], p["chosen"]) for p in heldout.pairs])
+        rejected = score([(p["prompt"], p["rejected"]) for p in heldout.pairs])
         wins = sum((c > r) + 0.5 * (c == r) for c, r in zip(chosen, rejected))
-        metrics["pair_accuracy"] = round(wins / len(chosen), 4)
-        # Pairs weigh like the pairs inside the AUC.
+        out["pair_accuracy"] = round(wins / len(chosen), 4)
         auc_pairs = len(liked) * len(disliked)
         auc = (((auc or 0) * auc_pairs) + wins) / (auc_pairs + len(chosen))
-    metrics["pref_accuracy"] = None if auc is None else round(auc, 4)
+    out["auc"] = None if auc is None else round(auc, 4)
+    return out
+
+
+def preference_metrics(model, tokenizer, heldout: HeldOut) -> dict[str, Any]:
+    ranking = heldout_ranking(lambda items: reply_logps(model, tokenizer, items), heldout)
+    liked, disliked = ranking["liked"], ranking["disliked"]
+    metrics: dict[str, Any] = {"heldout_liked": len(liked), "heldout_disliked": len(disliked)}
+    if ranking["pair_accuracy"] is not None:
+        metrics["pair_accuracy"] = ranking["pair_accuracy"]
+    metrics["pref_accuracy"] = ranking["auc"]
     if liked and disliked:
         metrics["liked_logp"] = round(sum(liked) / len(liked), 4)
         metrics["disliked_logp"] = round(sum(disliked) / len(disliked), 4)
@@ -242,14 +301,19 @@ def evaluate_adapter(
     check: Callable[[str, list[dict[str, Any]]], Any],
     config: GateConfig,
     reference_path: str | None | EllipsisType = ...,
+    reward_model=None,
 ) -> dict[str, Any]:
     """Every measurement for one adapter (``None``: the bare base model).
 
     ``reference_path``: the version the candidate is compared with (the active one; ``...``: this
     adapter itself). Its log-probability of this adapter's sampled replies is ``reference_logp``.
+    ``reward_model``: a ``training_tasks.reward.RewardModel``; its mean score of the sampled replies
+    is ``rm_reward``. ``eval_seconds``: where the time went.
     """
     from transformers import AutoTokenizer
 
+    clock = time.monotonic()
+    seconds: dict[str, float] = {}
     tokenizer = AutoTokenizer.from_pretrained(base_model_path, local_files_only=True)
     prompts = heldout.prompts()[: max(config.samples, config.diversity_samples) if config.samples else 0]
     results = (
@@ -257,6 +321,8 @@ def evaluate_adapter(
         if prompts
         else []
     )
+    seconds["sampling"] = round(time.monotonic() - clock, 2)
+    clock = time.monotonic()
     # One model in memory at a time: the engine's is gone before the scorers load.
     model = _load_scorer(base_model_path, adapter_path)
     metrics = preference_metrics(model, tokenizer, heldout)
@@ -267,11 +333,32 @@ def evaluate_adapter(
             model = _load_scorer(base_model_path, reference_path)
         logps = reply_logps(model, tokenizer, [(p, r.raw_text) for p, r in zip(prompts, results)])
         metrics["reference_logp"] = round(sum(logps) / len(logps), 4)
+    del model
+    seconds["log_probabilities"] = round(time.monotonic() - clock, 2)
+    if reward_model is not None and results:
+        from training_tasks.reward import reward_scores
+
+        clock = time.monotonic()
+        # What the model wrote, actions markup included: what the reward model was trained on.
+        scores = reward_scores(
+            reward_model.model, reward_model.tokenizer, [(p, r.raw_text) for p, r in zip(prompts, results)]
+        )
+        metrics["rm_reward"] = round(sum(scores) / len(scores), 4)
+        seconds["reward_model"] = round(time.monotonic() - clock, 2)
+    metrics["eval_seconds"] = seconds
     return metrics
 
 
 def gate_decide(before: dict[str, Any], after: dict[str, Any], config: GateConfig) -> tuple[bool, list[str]]:
     """(passed, reasons it failed). Missing measurements fail closed."""
+    reasons = preference_reasons(before, after, config) + sanity_reasons(before, after, config)
+    if config.reward_model == "on":
+        reasons += reward_model_reasons(before, after, config)
+    return not reasons, reasons
+
+
+def preference_reasons(before: dict[str, Any], after: dict[str, Any], config: GateConfig) -> list[str]:
+    """The held-out ranking by log-probability: accuracy must not fall, the margin must grow."""
     reasons: list[str] = []
     acc_b, acc_a = before.get("pref_accuracy"), after.get("pref_accuracy")
     if acc_a is None or acc_b is None:
@@ -281,6 +368,12 @@ def gate_decide(before: dict[str, Any], after: dict[str, Any], config: GateConfi
     m_b, m_a = before.get("reward_margin"), after.get("reward_margin")
     if m_a is not None and m_b is not None and m_a <= m_b + config.min_margin_gain:
         reasons.append(f"reward margin did not grow ({m_b} → {m_a})")
+    return reasons
+
+
+def sanity_reasons(before: dict[str, Any], after: dict[str, Any], config: GateConfig) -> list[str]:
+    """The sampled replies: policy rates, drift from the active version, diversity."""
+    reasons: list[str] = []
     # One reply more or less is noise, not a trend: never refuse on a single sample's difference.
     samples = min(before.get("samples") or 0, after.get("samples") or 0)
     tolerance = max(config.behaviour_tolerance, 1.5 / samples) if samples else config.behaviour_tolerance
@@ -299,4 +392,14 @@ def gate_decide(before: dict[str, Any], after: dict[str, Any], config: GateConfi
             reasons.append(
                 f"{key} fell from {b} to {a} (more than {config.diversity_drop:.0%} below): replies collapsed"
             )
-    return not reasons, reasons
+    return reasons
+
+
+def reward_model_reasons(before: dict[str, Any], after: dict[str, Any], config: GateConfig) -> list[str]:
+    """The reward-model rule alone: the candidate's replies must score higher than the active version's."""
+    b, a = before.get("rm_reward"), after.get("rm_reward")
+    if a is None or b is None:
+        return ["no reward-model score to compare on"]
+    if a <= b + config.rm_min_gain:
+        return [f"rm_reward did not rise ({b} → {a})"]
+    return []

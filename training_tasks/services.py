@@ -24,6 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
@@ -166,7 +167,10 @@ def gate_config() -> gate.GateConfig:
     """GateConfig's defaults, with whichever of its fields ``VOYAGER_TRAINING`` names as ``gate_<field>``."""
     knobs = settings.VOYAGER_TRAINING
     names = [f.name for f in fields(gate.GateConfig)]
-    return replace(gate.GateConfig(), **{n: knobs[f"gate_{n}"] for n in names if f"gate_{n}" in knobs})
+    try:
+        return replace(gate.GateConfig(), **{n: knobs[f"gate_{n}"] for n in names if f"gate_{n}" in knobs})
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"VOYAGER_TRAINING: {exc}") from exc
 
 
 def base_model_id() -> str:
@@ -270,6 +274,15 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
     active_path = str(active.absolute_path) if active else None
     spec = persona_spec(persona)
 
+    reward_model = None
+    if gconfig.reward_model == "on":
+        from training_tasks.reward import reward_heldout_metrics, train_reward_model
+
+        # Trained on the same split as the candidate; kept in memory until both sides are scored.
+        reward_model = train_reward_model(base_model_path=settings.VOYAGER_BASE_MODEL, data=train, on_log=note)
+        rm_figures = reward_heldout_metrics(reward_model, snapshot.heldout)
+        note(f"reward model: {json.dumps(rm_figures)}")
+
     rules = policy.RuleSet.for_persona(persona)
 
     def check(text, actions):
@@ -284,6 +297,7 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
         persona_spec=spec,
         check=check,
         config=gconfig,
+        reward_model=reward_model,
     )
     run.metrics_before = before
     run.save(update_fields=["metrics_before"])
@@ -310,9 +324,13 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
         check=check,
         config=gconfig,
         reference_path=active_path,
+        reward_model=reward_model,
     )
+    del reward_model
     passed, reasons = gate.gate_decide(before, after, gconfig)
     after = {**after, "gate": {"passed": passed, "reasons": reasons}, "stages": result.stages}
+    if gconfig.reward_model == "on":
+        after["reward_model"] = rm_figures
     after["train_seconds"] = round(result.seconds, 2)
     after["pipeline_seconds"] = round(time.monotonic() - started, 2)
     run.metrics_after = after

@@ -252,6 +252,15 @@ def simulate_players(
     return SimulationReport(replies=made, liked=liked, errors=errors, seconds=time.monotonic() - started)
 
 
+_probe_ids: dict[str, int] = {}
+
+
+def _probe_id(path: str) -> int:
+    """An adapter id of its own per directory: the engine keeps loaded adapters by id, so two
+    directories under one id would answer with whichever was loaded first."""
+    return _probe_ids.setdefault(str(path), 10**9 + len(_probe_ids))
+
+
 def rule_rate(
     *, persona: Persona, n: int, seed: int, adapter_path: str | None = None, engine=None, rule: str = "greets"
 ) -> tuple[float, list[dict[str, Any]]]:
@@ -263,7 +272,7 @@ def rule_rate(
     own_engine = engine is None
     engine = engine or load_engine()
     payload = gateway.persona_payload(persona)
-    adapter = {"id": 10**6 + seed, "version": 1, "path": adapter_path} if adapter_path else None
+    adapter = {"id": _probe_id(adapter_path), "version": 1, "path": adapter_path} if adapter_path else None
     try:
         messages = []
         for i in range(n):

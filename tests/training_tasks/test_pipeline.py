@@ -434,3 +434,25 @@ def test_the_gate_refuses_a_candidate_that_learned_a_forbidden_action(alice, sta
     persona.refresh_from_db()
     assert persona.active_adapter is None and not AdapterVersion.objects.filter(persona=persona).exists()
     assert run.produced_version is None and temp_dirs(media, persona) == []
+
+
+@needs_backends
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_with_the_reward_model_on_the_run_trains_one_and_gates_on_its_scores(alice, start_worker, media):
+    from training_tasks.tasks import train_persona
+
+    persona = blacksmith(alice)
+    seed_ratings(persona)
+    run = TrainingRun.objects.create(persona=persona, night=NIGHT)
+    worker = start_worker(VOYAGER_TRAINING_GATE_REWARD_MODEL="on")
+    worker.send(train_persona, run.pk)
+    run = wait_for(lambda: finished(run.pk), worker, timeout=240)
+
+    assert run.status in (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.GATE_REJECTED), f"{run.error}\n{run.log}"
+    assert "reward model:" in run.log
+    figures = run.metrics_after["reward_model"]
+    assert figures["rm_pairs"] > 0 and 0.0 <= figures["rm_heldout_auc"] <= 1.0
+    before, after = run.metrics_before["rm_reward"], run.metrics_after["rm_reward"]
+    refused_on_reward = any(r.startswith("rm_reward did not rise") for r in run.metrics_after["gate"]["reasons"])
+    assert refused_on_reward == (after <= before)
