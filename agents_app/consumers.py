@@ -276,9 +276,9 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         )
         self.asks[frame.id] = ask
         self.by_request[ask.request_id] = frame.id
-        await self._dispatch(ask)
-        if speculative:
+        if speculative:  # the check starts on the database thread while the ask goes out
             ask.verify = asyncio.create_task(self._verify(ask))
+        await self._dispatch(ask)
         if self.watchdog is None or self.watchdog.done():
             self.watchdog = asyncio.create_task(self._watch())
 

@@ -1,11 +1,15 @@
-"""The gateway's one-query NPC read returns what the ORM returns."""
+"""The gateway's one-query NPC read and one-statement exchange write do what the ORM does."""
+
+import uuid
 
 import pytest
 from django.db import connection
+from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
-from agents_app import gateway
-from agents_app.models import AdapterVersion, Npc
+from agents_app import gateway, policy
+from agents_app.models import AdapterVersion, Exchange, Npc
 
 pytestmark = pytest.mark.django_db
 
@@ -48,3 +52,63 @@ def test_an_ask_for_a_known_npc_is_one_query(npc, persona):
             server=npc.game_server, npc_world_id=npc.world_id, persona_slug=persona.slug, with_memory=False
         )
     assert len(queries) == 1 and plan.npc_id == npc.pk and plan.request["persona"]["slug"] == persona.slug
+
+
+def _record(plan, text="Well met, Alex — ünïcode 🙂"):
+    result = {
+        "text": text,
+        "raw_text": text + " [[ACTION:jump]]",
+        "actions": [],
+        "prompt": "PROMPT",
+        "base_model_id": "starter",
+        "worker_id": "w1",
+        "prompt_tokens": 7,
+        "completion_tokens": 5,
+        "finish_reason": "stop",
+        "adapter_id": plan.adapter_version_id,
+    }
+    return gateway.exchange_record(
+        plan=plan, player="alex", text="hi", context={"pos": [1, 2, 3], "biome": "taiga"}, result=result,
+        ttft_ms=1.5, total_ms=2.25,
+    )  # fmt: skip
+
+
+def test_a_clean_reply_is_one_insert_that_stores_what_the_orm_would(npc, persona):
+    adapter = AdapterVersion.objects.create(
+        persona=persona, version=2, files_path="adapters/miner/2", sha256="e" * 64, base_model_id="starter",
+        rank=8, target_modules=["q_proj"], size_bytes=10, status="active",
+    )  # fmt: skip
+    persona.active_adapter = adapter
+    persona.save()
+    Npc.objects.filter(pk=npc.pk).update(last_active_at=timezone.now())  # fresh: no activity mark to write
+    plan = gateway.ask_prepare(server=npc.game_server, npc_world_id=npc.world_id, persona_slug=persona.slug)
+    policy.RuleSet.for_persona(persona)  # the rules are cached between replies
+    with CaptureQueriesContext(connection) as queries:
+        exchange, verdict = _record(plan)
+    assert len(queries) == 1 and queries[0]["sql"].startswith("INSERT") and not verdict.hits
+    stored = Exchange.objects.get(pk=exchange.pk)
+    twin = Exchange.objects.get(pk=exchange.pk)
+    twin.pk, twin._state.adding = uuid.uuid4(), True
+    twin.save(force_insert=True)  # the same values through the ORM's own insert
+    twin = Exchange.objects.get(pk=twin.pk)
+    for field in Exchange._meta.concrete_fields:
+        if field.name != "id":
+            assert getattr(stored, field.attname) == getattr(exchange, field.attname), field.name
+            assert getattr(stored, field.attname) == getattr(twin, field.attname), field.name
+    assert stored.context == {"pos": [1, 2, 3], "biome": "taiga"} and stored.adapter_version_id == adapter.pk
+    assert not exchange._state.adding and exchange._state.db == "default"
+
+
+def test_with_someone_listening_to_the_exchanges_saves_the_orm_stores_it(npc, persona):
+    heard = []
+
+    def listener(sender, instance, created, **kwargs):
+        heard.append((instance.pk, created))
+
+    post_save.connect(listener, sender=Exchange, dispatch_uid="test-exchange-listener")
+    try:
+        plan = gateway.ask_prepare(server=npc.game_server, npc_world_id=npc.world_id, persona_slug=persona.slug)
+        exchange, _ = _record(plan)
+    finally:
+        post_save.disconnect(sender=Exchange, dispatch_uid="test-exchange-listener")
+    assert heard == [(exchange.pk, True)] and Exchange.objects.filter(pk=exchange.pk).exists()
