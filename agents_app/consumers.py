@@ -235,14 +235,6 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
             return
         started = time.monotonic()
         request_id = uuid.uuid4().hex
-        log.info(
-            "ask %s from %s for npc %s (%s)",
-            frame.id,
-            self.server.name,
-            frame.npc,
-            frame.persona,
-            extra={"request_id": request_id},
-        )
         known = self.plans.get(frame.npc)
         speculative = (
             known is not None
@@ -279,6 +271,15 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         if speculative:  # the check starts on the database thread while the ask goes out
             ask.verify = asyncio.create_task(self._verify(ask))
         await self._dispatch(ask)
+        # Logged once the ask is on its way (a log line written on a cold CPU costs a fifth of a millisecond).
+        log.info(
+            "ask %s from %s for npc %s (%s)",
+            frame.id,
+            self.server.name,
+            frame.npc,
+            frame.persona,
+            extra={"request_id": request_id},
+        )
         if self.watchdog is None or self.watchdog.done():
             self.watchdog = asyncio.create_task(self._watch())
 
