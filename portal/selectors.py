@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Count, Exists, OuterRef, Q, Sum
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -304,10 +304,12 @@ def persona_versions(persona, viewer):
 
 
 def persona_leaderboard(viewer, *, limit: int = 20) -> list[dict]:
+    # From the per-day counts kept with each rating (PersonaDayRatings), not from every rating.
     rows = list(
-        Rating.objects.filter(exchange__persona__in=access.visible_personas(viewer))
-        .values("exchange__persona__slug", "exchange__persona__name")
-        .annotate(up=Count("id", filter=Q(score=1)), total=Count("id"))
+        PersonaDayRatings.objects.filter(persona__in=access.visible_personas(viewer))
+        .values("persona__slug", "persona__name")
+        .annotate(up=Sum("ups"), total=Sum("ups") + Sum("downs"))
+        .filter(total__gt=0)
         .order_by("-total")[:200]
     )
     for row in rows:

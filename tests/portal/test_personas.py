@@ -114,6 +114,22 @@ def test_the_leaderboard_ranks_personas_by_confidence_and_raters_by_count(alice,
     assert raters.index("bob") < raters.index("alice")
 
 
+def test_the_leaderboard_counts_changed_and_removed_ratings_as_they_now_stand(alice, bob, charlie, npc):
+    from django.contrib.auth.models import AnonymousUser
+
+    from agents_app.models import Rating
+    from portal.selectors import persona_leaderboard
+
+    first, second = make_exchange(npc, text="a"), make_exchange(npc, text="b")
+    rating_upsert(exchange=first, score=1, user=alice)
+    rating_upsert(exchange=second, score=1, user=bob)
+    rating_upsert(exchange=second, score=1, user=charlie)
+    rating_upsert(exchange=first, score=-1, user=alice)  # alice changed her mind
+    Rating.objects.filter(user=charlie).delete()  # a moderator removed charlie's
+    (row,) = persona_leaderboard(AnonymousUser())
+    assert (row["persona__slug"], row["up"], row["total"], row["share"]) == ("miner", 1, 2, 50)
+
+
 def test_compare_pairs_two_replies_to_similar_words_and_records_the_vote(charlie, npc):
     a = make_exchange(npc, text="where is the iron?", reply="East tunnel.")
     b = make_exchange(npc, text="where can I find iron", reply="Try the west shaft.")
