@@ -31,7 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from training_tasks.trainers import LORA_TARGETS, TrainConfig, TrainingData, _common_args, _LossRecorder, device
+from training_tasks.trainers import (
+    LORA_TARGETS,
+    TrainConfig,
+    TrainingData,
+    _common_args,
+    _LossRecorder,
+    device,
+    lora_config,
+)
 
 if TYPE_CHECKING:
     from training_tasks.dataset import HeldOut
@@ -89,7 +97,7 @@ def reward_pairs(data: TrainingData, *, max_pairs: int, seed: int = 0) -> list[d
 
 def load_reward_base(base_model_path: str | os.PathLike[str], config: RewardModelConfig):
     """The base model with a fresh one-output score head and a trainable LoRA (PEFT ``SEQ_CLS``)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_path, local_files_only=True)
@@ -101,17 +109,8 @@ def load_reward_base(base_model_path: str | os.PathLike[str], config: RewardMode
         base_model_path, num_labels=1, dtype=torch.float32, use_safetensors=True, local_files_only=True
     )
     model.config.pad_token_id = tokenizer.pad_token_id
-    present = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
-    targets = [t for t in config.target_modules if t in present] or ["q_proj", "v_proj"]
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        target_modules=targets,
-        lora_dropout=0.0,
-        bias="none",
-        task_type="SEQ_CLS",  # keeps the score head trainable (modules_to_save)
-    )
-    return get_peft_model(model, lora).to(device()), tokenizer
+    # SEQ_CLS keeps the score head trainable (modules_to_save).
+    return get_peft_model(model, lora_config(model, config, task_type="SEQ_CLS")).to(device()), tokenizer
 
 
 def train_reward_model(

@@ -98,11 +98,28 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def lora_config(model, config, *, task_type: str):
+    """A fresh LoRA (peft ``LoraConfig``) of ``config``'s rank and alpha on the target modules this
+    model has (``q_proj``/``v_proj`` when it has none of them)."""
+    from peft import LoraConfig
+
+    present = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+    targets = [t for t in config.target_modules if t in present] or ["q_proj", "v_proj"]
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        target_modules=targets,
+        lora_dropout=0.0,
+        bias="none",
+        task_type=task_type,
+    )
+
+
 def load_policy(
     base_model_path: str | os.PathLike[str], init_adapter: str | os.PathLike[str] | None, config: TrainConfig
 ):
     """Base model with a trainable LoRA: the persona's active adapter if any, else a fresh one."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_path, local_files_only=True)
@@ -114,17 +131,7 @@ def load_policy(
     if init_adapter:
         model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
     else:
-        present = {name.rsplit(".", 1)[-1] for name, mod in base.named_modules() if isinstance(mod, torch.nn.Linear)}
-        targets = [t for t in config.target_modules if t in present] or ["q_proj", "v_proj"]
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            target_modules=targets,
-            lora_dropout=0.0,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(base, lora)
+        model = get_peft_model(base, lora_config(base, config, task_type="CAUSAL_LM"))
     return model.to(device()), tokenizer
 
 
