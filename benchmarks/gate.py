@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -127,34 +126,10 @@ def main() -> None:
     cached = cache is not None and (cache / "rlhf.sqlite3").is_file()
     if cached:
         shutil.copyfile(cache / "rlhf.sqlite3", workdir / "rlhf.sqlite3")
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "portal.settings",
-            "DATABASE_URL": f"sqlite:///{workdir / 'rlhf.sqlite3'}",
-            "VOYAGER_MEDIA_ROOT": str(workdir / "media"),
-            "VOYAGER_BASE_MODEL": args.model,
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-            "TRANSFORMERS_VERBOSITY": "error",
-        }
-    )
-    os.environ.pop("REDIS_URL", None)
+    from benchmarks.rlhf import bench_persona, setup_embedded
 
-    from inference.starter import build_starter_model
-
-    if not (Path(args.model) / "config.json").is_file():
-        print(f"building the starter model into {args.model}", file=sys.stderr)
-        build_starter_model(args.model, size="starter", seed=0, log=lambda m: print(m, file=sys.stderr))
-
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
-
+    setup_embedded(workdir, args.model, {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"})
     from agents_app import policy
-    from agents_app.models import Persona
-    from inference.corpus import load_corpus_data
     from training_tasks import dataset, gate, services, simulation
     from training_tasks.reward import reward_heldout_metrics, train_reward_model
     from training_tasks.trainers import TrainConfig, train_adapter
@@ -162,19 +137,7 @@ def main() -> None:
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    call_command("migrate", verbosity=0)
-    entry = next(p for p in load_corpus_data()["personas"] if p["slug"] == args.persona)
-    owner, _ = get_user_model().objects.get_or_create(username="bench-owner")
-    persona, _ = Persona.objects.get_or_create(
-        slug=entry["slug"],
-        defaults={
-            "name": entry["name"],
-            "system_prompt": entry["system_prompt"],
-            "traits": entry["traits"],
-            "owner": owner,
-            "allowed_actions": ["say", "jump", "face", "follow", "stop_following", "move", "give"],
-        },
-    )
+    persona = bench_persona(args.persona)
 
     # --- ratings and the snapshot ---------------------------------------------------------------
     if cached:

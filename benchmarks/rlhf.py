@@ -51,6 +51,57 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def setup_embedded(workdir: Path, model: str, env: dict[str, str] | None = None) -> None:
+    """Django on a SQLite database in ``workdir``, the embedded topology (tasks run here, eagerly),
+    the base model built from the repository's data when ``model`` has none yet, and migrated."""
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "portal.settings",
+            "DATABASE_URL": f"sqlite:///{workdir / 'rlhf.sqlite3'}",
+            "VOYAGER_MEDIA_ROOT": str(workdir / "media"),
+            "VOYAGER_BASE_MODEL": model,
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+            **(env or {}),
+        }
+    )
+    os.environ.pop("REDIS_URL", None)
+
+    from inference.starter import build_starter_model
+
+    if not (Path(model) / "config.json").is_file():
+        print(f"building the starter model into {model}", file=sys.stderr)
+        build_starter_model(model, size="starter", seed=0, log=lambda m: print(m, file=sys.stderr))
+
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def bench_persona(slug: str):
+    """The corpus persona ``slug``, created with a benchmark owner the first time."""
+    from django.contrib.auth import get_user_model
+
+    from agents_app.models import Persona
+    from inference.corpus import load_corpus_data
+
+    entry = next(p for p in load_corpus_data()["personas"] if p["slug"] == slug)
+    owner, _ = get_user_model().objects.get_or_create(username="bench-owner")
+    persona, _ = Persona.objects.get_or_create(
+        slug=entry["slug"],
+        defaults={
+            "name": entry["name"],
+            "system_prompt": entry["system_prompt"],
+            "traits": entry["traits"],
+            "owner": owner,
+            "allowed_actions": ["say", "jump", "face", "follow", "stop_following", "move", "give"],
+        },
+    )
+    return persona
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replies", type=int, default=2000)
@@ -73,52 +124,16 @@ def main() -> None:
     cached = cache is not None and (cache / "before.json").is_file()
     if cached:
         shutil.copyfile(cache / "rlhf.sqlite3", workdir / "rlhf.sqlite3")
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "portal.settings",
-            "DATABASE_URL": f"sqlite:///{workdir / 'rlhf.sqlite3'}",
-            "VOYAGER_MEDIA_ROOT": str(workdir / "media"),
-            "VOYAGER_BASE_MODEL": args.model,
-            "VOYAGER_AUTO_PROMOTE": "1",
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-        }
-    )
-    os.environ.pop("REDIS_URL", None)  # the embedded topology: the task runs here, eagerly
-
-    from inference.starter import build_starter_model
-
-    if not (Path(args.model) / "config.json").is_file():
-        print(f"building the starter model into {args.model}", file=sys.stderr)
-        build_starter_model(args.model, size="starter", seed=0, log=lambda m: print(m, file=sys.stderr))
-
-    import django
-
-    django.setup()
+    setup_embedded(workdir, args.model, {"VOYAGER_AUTO_PROMOTE": "1"})
     from django.conf import settings
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
 
-    from agents_app.models import Persona, TrainingRun
-    from inference.corpus import load_corpus_data
+    from agents_app.models import TrainingRun
     from training_tasks import simulation
     from training_tasks.gate import diversity_metrics
     from training_tasks.tasks import nightly_training
 
     settings.VOYAGER_TRAINING.update(overrides)
-
-    call_command("migrate", verbosity=0)
-    entry = next(p for p in load_corpus_data()["personas"] if p["slug"] == args.persona)
-    owner, _ = get_user_model().objects.get_or_create(username="bench-owner")
-    persona, _ = Persona.objects.get_or_create(
-        slug=entry["slug"],
-        defaults={
-            "name": entry["name"],
-            "system_prompt": entry["system_prompt"],
-            "traits": entry["traits"],
-            "owner": owner,
-            "allowed_actions": ["say", "jump", "face", "follow", "stop_following", "move", "give"],
-        },
-    )
+    persona = bench_persona(args.persona)
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
