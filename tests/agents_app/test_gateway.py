@@ -24,6 +24,7 @@ from agents_app.protocol import MAX_FRAME_BYTES
 from inference.heartbeat import heartbeats
 from inference.worker import EchoBackend, InferenceWorker, Overloaded
 from portal.asgi import application
+from tests.agents_app.test_models import make_adapter
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -347,21 +348,16 @@ async def test_actions_off_the_personas_allowlist_are_blocked_and_flagged(game_s
     assert flag.rule == "action_not_allowed" and flag.action == {"name": "dig", "args": ["0", "0", "0"]}
 
 
+def activate_adapter(persona, version):
+    adapter = make_adapter(persona, version, status=AdapterVersion.Status.ACTIVE)
+    persona.active_adapter = adapter
+    persona.save()
+    return adapter
+
+
 async def test_the_active_adapter_and_the_npcs_memory_go_to_the_worker(game_server, persona, npc):
     def setup():
-        adapter = AdapterVersion.objects.create(
-            persona=persona,
-            version=3,
-            files_path="adapters/miner/3",
-            sha256="b" * 64,
-            base_model_id="starter",
-            rank=8,
-            target_modules=["q_proj"],
-            size_bytes=10,
-            status="active",
-        )
-        persona.active_adapter = adapter
-        persona.save()
+        adapter = activate_adapter(persona, 3)
         for i in range(6):
             Exchange.objects.create(
                 npc=npc,
@@ -464,23 +460,7 @@ async def test_an_adapter_activated_between_asks_answers_the_next_one(game_serve
         await send(communicator, ask(id="a1"))
         assert (await collect_until(communicator))[-1]["type"] == "reply"
 
-        def activate():
-            adapter = AdapterVersion.objects.create(
-                persona=persona,
-                version=2,
-                files_path="adapters/miner/2",
-                sha256="c" * 64,
-                base_model_id="starter",
-                rank=8,
-                target_modules=["q_proj"],
-                size_bytes=10,
-                status="active",
-            )
-            persona.active_adapter = adapter
-            persona.save()
-            return adapter
-
-        adapter = await database_sync_to_async(activate)()
+        adapter = await database_sync_to_async(activate_adapter)(persona, 2)
         await send(communicator, ask(id="a2", text="and now?"))
         frames = await collect_until(communicator)
         await asyncio.sleep(0.2)
