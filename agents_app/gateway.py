@@ -88,37 +88,6 @@ class _RowReader:
 
 
 _npc_sql: dict[tuple[str, bool], tuple[str, list[_RowReader]]] = {}
-_insert_sql: dict[tuple[str, type], tuple[str, list]] = {}
-
-
-def _insert(obj: models.Model) -> None:
-    """``obj.save(force_insert=True)`` for a model with no save() of its own, no signal receivers
-    and no database-made values (a UUID key, defaults set in Python), with the INSERT built once.
-
-    Each value goes through the field's ``get_db_prep_save``, as the ORM's insert compiler does;
-    composing and compiling that statement on every reply was most of its cost.
-    """
-    from django.db import connection
-    from django.db.models.signals import post_save, pre_save
-
-    model = type(obj)
-    if pre_save.has_listeners(model) or post_save.has_listeners(model):
-        obj.save(force_insert=True)  # someone listens: the ORM's own way, signals and all
-        return
-    built = _insert_sql.get((connection.vendor, model))
-    if built is None:
-        quote = connection.ops.quote_name
-        fields = list(model._meta.concrete_fields)
-        sql = (
-            f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
-            f"VALUES ({', '.join(['%s'] * len(fields))})"
-        )
-        built = _insert_sql[(connection.vendor, model)] = (sql, fields)
-    sql, fields = built
-    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-    obj._state.adding, obj._state.db = False, connection.alias
 
 
 def _npc_with_persona(server: GameServer | None, npc_world_id: str) -> Npc | None:
@@ -163,6 +132,39 @@ def _npc_with_persona(server: GameServer | None, npc_world_id: str) -> Npc | Non
     persona.active_adapter = adapter_reader.read(row[n + p :], connection)
     npc.persona = persona
     return npc
+
+
+_insert_sql: dict[tuple[str, type], tuple[str, list]] = {}
+
+
+def _insert(obj: models.Model) -> None:
+    """``obj.save(force_insert=True)`` for a model with no save() of its own, no signal receivers
+    and no database-made values (a UUID key, defaults set in Python), with the INSERT built once.
+
+    Each value goes through the field's ``get_db_prep_save``, as the ORM's insert compiler does;
+    composing and compiling that statement on every reply was most of its cost.
+    """
+    from django.db import connection
+    from django.db.models.signals import post_save, pre_save
+
+    model = type(obj)
+    if pre_save.has_listeners(model) or post_save.has_listeners(model):
+        obj.save(force_insert=True)  # someone listens: the ORM's own way, signals and all
+        return
+    built = _insert_sql.get((connection.vendor, model))
+    if built is None:
+        quote = connection.ops.quote_name
+        fields = list(model._meta.concrete_fields)
+        sql = (
+            f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
+            f"VALUES ({', '.join(['%s'] * len(fields))})"
+        )
+        built = _insert_sql[(connection.vendor, model)] = (sql, fields)
+    sql, fields = built
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+    obj._state.adding, obj._state.db = False, connection.alias
 
 
 def ask_prepare(
