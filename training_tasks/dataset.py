@@ -38,6 +38,12 @@ class Example:
     completion: str
     label: bool  # liked?
     player: str = ""  # who asked
+    asked_at: Any = None  # when (a datetime): examples go in the order they were asked
+
+    @property
+    def order(self) -> tuple:
+        """The same data in the same order every night (an exchange's id alone is random)."""
+        return (self.asked_at is None, self.asked_at or 0, self.exchange_id)
 
 
 @dataclass
@@ -51,7 +57,7 @@ class HeldOut:
     def prompts(self) -> list[str]:
         """Each held-out prompt once, in a fixed order that favours neither liked nor disliked ones."""
         seen: dict[str, None] = {}
-        for ex in sorted(self.liked + self.disliked, key=lambda e: e.exchange_id):
+        for ex in sorted(self.liked + self.disliked, key=lambda e: e.order):
             seen.setdefault(ex.prompt, None)
         return list(seen)
 
@@ -213,11 +219,11 @@ def dataset_build(
         by_exchange[rating.exchange_id].append(rating.pk)
         exchanges[rating.exchange_id] = rating.exchange
     examples = [
-        Example(str(xid), ex.prompt, ex.raw_text, net[xid] > 0, ex.player_name)
+        Example(str(xid), ex.prompt, ex.raw_text, net[xid] > 0, ex.player_name, ex.created_at)
         for xid, ex in exchanges.items()
         if net[xid] != 0
     ]
-    examples.sort(key=lambda e: e.exchange_id)
+    examples.sort(key=lambda e: e.order)
     rng = random.Random(seed)
 
     train_liked, train_disliked, heldout = [], [], HeldOut()
