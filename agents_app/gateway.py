@@ -90,15 +90,9 @@ class _RowReader:
 _npc_sql: dict[tuple[str, bool], tuple[str, list[_RowReader]]] = {}
 
 
-def _npc_with_persona(server: GameServer | None, npc_world_id: str) -> Npc | None:
-    """The NPC with its persona and the persona's active adapter: one SELECT, built once.
-
-    The same rows ``Npc.objects.select_related("persona__active_adapter").filter(...).first()``
-    reads, without composing and compiling that query on every ask (the ORM's compiler was a
-    third of the gateway's CPU per ask).
-    """
-    from django.db import connection
-
+def npc_select(connection, server: GameServer | None, npc_world_id: str) -> tuple[str, list, list[_RowReader]]:
+    """The SELECT of an NPC with its persona and the persona's active adapter, built once per
+    database vendor: ``(sql, params, readers)``; ``npc_from_row`` reads its row."""
     key = (connection.vendor, server is None)
     built = _npc_sql.get(key)
     if built is None:
@@ -120,9 +114,10 @@ def _npc_with_persona(server: GameServer | None, npc_world_id: str) -> Npc | Non
         built = _npc_sql[key] = (sql, readers)
     sql, readers = built
     params = [npc_world_id] if server is None else [server.pk, npc_world_id]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
+    return sql, params, readers
+
+
+def npc_from_row(row, readers: list[_RowReader], connection) -> Npc | None:
     if row is None:
         return None
     npc_reader, persona_reader, adapter_reader = readers
@@ -134,23 +129,38 @@ def _npc_with_persona(server: GameServer | None, npc_world_id: str) -> Npc | Non
     return npc
 
 
+def _npc_with_persona(server: GameServer | None, npc_world_id: str) -> Npc | None:
+    """The NPC with its persona and the persona's active adapter: one SELECT, built once.
+
+    The same rows ``Npc.objects.select_related("persona__active_adapter").filter(...).first()``
+    reads, without composing and compiling that query on every ask (the ORM's compiler was a
+    third of the gateway's CPU per ask).
+    """
+    from django.db import connection
+
+    sql, params, readers = npc_select(connection, server, npc_world_id)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return npc_from_row(row, readers, connection)
+
+
 _insert_sql: dict[tuple[str, type], tuple[str, list]] = {}
 
 
-def _insert(obj: models.Model) -> None:
-    """``obj.save(force_insert=True)`` for a model with no save() of its own, no signal receivers
-    and no database-made values (a UUID key, defaults set in Python), with the INSERT built once.
+def plain_insert(obj: models.Model, connection) -> tuple[str, list] | None:
+    """``obj.save(force_insert=True)`` as one prebuilt INSERT: ``(sql, params)``, or None when the
+    model has signal receivers (then only the ORM's own save will do).
 
-    Each value goes through the field's ``get_db_prep_save``, as the ORM's insert compiler does;
-    composing and compiling that statement on every reply was most of its cost.
+    For a model with no save() of its own and no database-made values (a UUID key, defaults set
+    in Python). Each value goes through the field's ``get_db_prep_save``, as the ORM's insert
+    compiler does; composing and compiling that statement on every reply was most of its cost.
     """
-    from django.db import connection
     from django.db.models.signals import post_save, pre_save
 
     model = type(obj)
     if pre_save.has_listeners(model) or post_save.has_listeners(model):
-        obj.save(force_insert=True)  # someone listens: the ORM's own way, signals and all
-        return
+        return None
     built = _insert_sql.get((connection.vendor, model))
     if built is None:
         quote = connection.ops.quote_name
@@ -161,9 +171,19 @@ def _insert(obj: models.Model) -> None:
         )
         built = _insert_sql[(connection.vendor, model)] = (sql, fields)
     sql, fields = built
-    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    return sql, [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+
+
+def _insert(obj: models.Model) -> None:
+    """``obj.save(force_insert=True)``, through ``plain_insert`` where it can."""
+    from django.db import connection
+
+    statement = plain_insert(obj, connection)
+    if statement is None:
+        obj.save(force_insert=True)  # someone listens: the ORM's own way, signals and all
+        return
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(*statement)
     obj._state.adding, obj._state.db = False, connection.alias
 
 
@@ -183,23 +203,29 @@ def ask_prepare(
     """
     npc = _npc_with_persona(server, npc_world_id)
     if npc is not None and npc.persona.slug == persona_slug:
-        persona = npc.persona
-    else:
-        persona = Persona.objects.select_related("active_adapter").filter(slug=persona_slug).first()
-        if persona is None:
-            raise ServiceError(f"persona: no persona named {persona_slug!r}", code="unknown_persona")
-        if npc is None:
-            # get_or_create survives two first asks racing on the unique (server, world_id) constraint.
-            npc, _ = Npc.objects.get_or_create(
-                game_server=server, world_id=npc_world_id, defaults={"persona": persona, "display_name": display_name}
-            )
-        if npc.persona_id != persona.pk:
-            Npc.objects.filter(pk=npc.pk).update(persona=persona)
-            npc.persona = persona
+        return plan_for(npc, server=server, with_memory=with_memory)
+    persona = Persona.objects.select_related("active_adapter").filter(slug=persona_slug).first()
+    if persona is None:
+        raise ServiceError(f"persona: no persona named {persona_slug!r}", code="unknown_persona")
+    if npc is None:
+        # get_or_create survives two first asks racing on the unique (server, world_id) constraint.
+        npc, _ = Npc.objects.get_or_create(
+            game_server=server, world_id=npc_world_id, defaults={"persona": persona, "display_name": display_name}
+        )
+    if npc.persona_id != persona.pk:
+        Npc.objects.filter(pk=npc.pk).update(persona=persona)
+    npc.persona = persona
+    return plan_for(npc, server=server, with_memory=with_memory)
+
+
+def plan_for(npc: Npc, *, server: GameServer | None, with_memory: bool) -> AskPlan:
+    """The plan of an ask to ``npc`` (read with its persona and active adapter), or the
+    ServiceError that answers it (a frozen NPC)."""
+    persona = npc.persona
     if server is not None:
         npc.game_server = server  # the policy's zone rules want it: no query to fetch it again
     if npc.is_frozen():
-        raise ServiceError(f"npc: {npc_world_id!r} is frozen until {npc.frozen_until.isoformat()}", code="npc_frozen")
+        raise ServiceError(f"npc: {npc.world_id!r} is frozen until {npc.frozen_until.isoformat()}", code="npc_frozen")
     adapter = persona.active_adapter if persona.active_adapter_id else None
     if adapter is not None and adapter.status != AdapterVersion.Status.ACTIVE:
         adapter = None
@@ -253,7 +279,24 @@ class NpcMemory:
 ACTIVE_MARK_SECONDS = 60
 
 
-def exchange_record(
+@dataclass
+class ExchangeDraft:
+    """An exchange ready to write, with the policy's verdict and what writing it must also do."""
+
+    exchange: Exchange
+    verdict: policy.Verdict
+    npc: Npc
+    now: Any  # a datetime: when it was drafted
+    freeze_until: Any = None  # a datetime: freeze the NPC until then
+    mark: bool = False  # refresh the NPC's last_active_at
+
+    @property
+    def plain(self) -> bool:
+        """One INSERT and nothing else: no flags, no freeze, no activity mark."""
+        return not self.verdict.hits and not self.mark
+
+
+def exchange_draft(
     *,
     plan: AskPlan,
     player: str,
@@ -263,19 +306,17 @@ def exchange_record(
     ttft_ms: float | None,
     total_ms: float,
     source: str = Exchange.Source.GAME,
-) -> tuple[Exchange, policy.Verdict]:
-    """Run the reply through the policy and store the exchange, flags included.
+    rules: policy.RuleSet | None = None,
+) -> ExchangeDraft:
+    """The reply through the policy, as the exchange to store: no writes.
 
-    The stored ``reply_text`` is the text players see (redacted where a text rule hit);
-    ``raw_text`` keeps what the model wrote, for moderators. A severe hit on a game NPC
-    freezes it (``Npc.frozen_until``) and keeps the exchange out of training.
-
-    A clean reply is one INSERT (atomic on its own); flags, a freeze or a stale activity mark
-    add their writes in one transaction with it.
+    Reads nothing when ``offline_draft_possible`` says so and ``rules`` are given.
     """
     persona = plan.persona or Persona.objects.get(pk=plan.persona_id)
     npc = plan.npc or Npc.objects.select_related("game_server").get(pk=plan.npc_id)
-    verdict = policy.check_reply(persona, result.get("text", ""), result.get("actions", []), npc, context=context)
+    verdict = policy.check_reply(
+        persona, result.get("text", ""), result.get("actions", []), npc, context=context, rules=rules
+    )
     adapter_id = result.get("adapter_id") or plan.adapter_version_id
     if adapter_id != plan.adapter_version_id and not AdapterVersion.objects.filter(pk=adapter_id).exists():
         adapter_id = None
@@ -307,28 +348,87 @@ def exchange_record(
         # Playground and simulated NPCs answer to no mod: only a game NPC is frozen.
         freeze_until = now + timezone.timedelta(seconds=verdict.freeze_seconds)
     mark = npc.last_active_at is None or (now - npc.last_active_at).total_seconds() > ACTIVE_MARK_SECONDS
-    if not verdict.hits and not mark:
-        _insert(exchange)  # one statement, atomic on its own
+    return ExchangeDraft(exchange=exchange, verdict=verdict, npc=npc, now=now, freeze_until=freeze_until, mark=mark)
+
+
+def offline_draft_possible(plan: AskPlan, result: dict[str, Any]) -> policy.RuleSet | None:
+    """The rules to draft this exchange with without a query, or None when drafting it reads the
+    database (rules not cached, actions to check against the NPC's history and the protected
+    areas, an answer from another adapter version than the plan's)."""
+    if plan.persona is None or plan.npc is None or result.get("actions"):
+        return None
+    adapter_id = result.get("adapter_id") or plan.adapter_version_id
+    if adapter_id != plan.adapter_version_id:
+        return None
+    return policy.RuleSet.cached(plan.persona)
+
+
+def exchange_write(draft: ExchangeDraft) -> tuple[Exchange, policy.Verdict]:
+    """Store a drafted exchange: a plain one is one INSERT (atomic on its own); flags, a freeze
+    or a stale activity mark add their writes in one transaction with it."""
+    exchange, verdict, npc = draft.exchange, draft.verdict, draft.npc
+    if draft.plain:
+        _insert(exchange)
         return exchange, verdict
+    npc_id = exchange.npc_id
     with transaction.atomic():
         exchange.save(force_insert=True)
         PolicyFlag.objects.bulk_create(
             PolicyFlag(exchange=exchange, rule=h.rule, severity=h.severity, action=h.action, detail=h.detail[:2000])
             for h in verdict.hits
         )
-        if mark:
-            Npc.objects.filter(pk=plan.npc_id).update(last_active_at=now)
-            npc.last_active_at = now
-        if freeze_until is not None:
+        if draft.mark:
+            Npc.objects.filter(pk=npc_id).update(last_active_at=draft.now)
+            npc.last_active_at = draft.now
+        if draft.freeze_until is not None:
             # Never shorten a longer freeze (a moderator's, say) that happened since the plan was read.
-            Npc.objects.filter(pk=plan.npc_id).filter(
-                Q(frozen_until__isnull=True) | Q(frozen_until__lt=freeze_until)
-            ).update(frozen_until=freeze_until)
-            current = Npc.objects.filter(pk=plan.npc_id).values_list("frozen_until", flat=True).first()
+            Npc.objects.filter(pk=npc_id).filter(
+                Q(frozen_until__isnull=True) | Q(frozen_until__lt=draft.freeze_until)
+            ).update(frozen_until=draft.freeze_until)
+            current = Npc.objects.filter(pk=npc_id).values_list("frozen_until", flat=True).first()
             npc.frozen_until = current
             verdict = replace(verdict, frozen_until=current)
         transaction.on_commit(lambda: _count_hits(verdict))
     return exchange, verdict
+
+
+def exchange_write_again(draft: ExchangeDraft) -> tuple[Exchange, policy.Verdict]:
+    """``exchange_write`` after an attempt whose outcome is unknown (its connection failed): a row
+    that did land is kept, not written twice."""
+    if Exchange.objects.filter(pk=draft.exchange.pk).exists():
+        draft.exchange._state.adding, draft.exchange._state.db = False, "default"
+        return draft.exchange, draft.verdict
+    return exchange_write(draft)
+
+
+def exchange_record(
+    *,
+    plan: AskPlan,
+    player: str,
+    text: str,
+    context: dict,
+    result: dict[str, Any],
+    ttft_ms: float | None,
+    total_ms: float,
+    source: str = Exchange.Source.GAME,
+) -> tuple[Exchange, policy.Verdict]:
+    """Run the reply through the policy and store the exchange, flags included.
+
+    The stored ``reply_text`` is the text players see (redacted where a text rule hit);
+    ``raw_text`` keeps what the model wrote, for moderators. A severe hit on a game NPC
+    freezes it (``Npc.frozen_until``) and keeps the exchange out of training.
+    """
+    draft = exchange_draft(
+        plan=plan,
+        player=player,
+        text=text,
+        context=context,
+        result=result,
+        ttft_ms=ttft_ms,
+        total_ms=total_ms,
+        source=source,
+    )
+    return exchange_write(draft)
 
 
 def _count_hits(verdict: policy.Verdict) -> None:

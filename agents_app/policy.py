@@ -170,6 +170,12 @@ class RuleSet:
         return rules
 
     @classmethod
+    def cached(cls, persona) -> RuleSet | None:
+        """The persona's rules if this process has a fresh copy, else None (``for_persona`` reads)."""
+        stamp, rules = _rules_cache.get(getattr(persona, "pk", None), (0.0, None))
+        return rules if rules is not None and time.monotonic() - stamp <= RULES_TTL else None
+
+    @classmethod
     def read(cls, persona) -> RuleSet:
         from django.db.models import Q
 
