@@ -10,8 +10,8 @@ Luanti server, its own token) that sends ``--asks`` asks one after the other,
 pausing a random think time (mean ``--think`` seconds, as players do; 0 for a
 saturation run) before each, and times each from the send to its ``reply``.
 The baseline is the same ask answered in process through the same services
-(prepare the ask, the echo, the policy, store the Exchange in PostgreSQL)
-without the WebSocket, Daphne, the channel layer and the worker hop, one ask
+the consumer calls (check the ask, the echo, the policy, store the Exchange in
+PostgreSQL, on the same kind of connection) without the WebSocket, Daphne, the channel layer and the worker hop, one ask
 at a time at the pace the asks reach the platform in the run (a random pause
 of mean ``think / clients`` before each), half of it before the run and half
 after: the added latency is the gateway's
@@ -352,8 +352,9 @@ async def gateway_run(
 
 
 def echo_in_process(asks: int, persona: str, tokens: list[str] | None = None, pace: float = 0.0) -> list[float]:
-    """The same ask answered in this process: with ``tokens``, through the same services
-    (prepare the ask, echo, policy, store the exchange) — everything but the WebSocket, Daphne,
+    """The same ask answered in this process: with ``tokens``, through the same services the
+    consumer calls for an NPC that has answered before (check the ask, echo, policy, store the
+    exchange; on the same kind of database connection) — everything but the WebSocket, Daphne,
     the channel layer and the worker hop, which is what the gateway adds.
 
     ``pace``: the mean pause (exponential) before each ask, so that the asks come as often as
@@ -361,57 +362,61 @@ def echo_in_process(asks: int, persona: str, tokens: list[str] | None = None, pa
     stays warm and no process ever sleeps; at the clients' pace the database server wakes for each
     ask, as it does behind the gateway, and the difference is the gateway's alone.
     """
-    rng = random.Random(7)
-    from agents_app import gateway
+    return asyncio.run(_echo_in_process(asks, persona, tokens, pace))
+
+
+async def _echo_in_process(asks, persona, tokens, pace) -> list[float]:
+    from agents_app import gateway, hotpath
     from agents_app.services import game_server_authenticate
     from inference.worker import EchoBackend
 
+    rng = random.Random(7)
     backend = EchoBackend()
-    server = game_server_authenticate(tokens[0]) if tokens else None
+    server = await hotpath.db(game_server_authenticate, tokens[0]) if tokens else None
     memory = gateway.NpcMemory()  # what the consumer keeps per connection
+    if server is not None:  # the NPC has answered before, as every measured ask's NPC has in the run
+        first = await hotpath.db(gateway.ask_prepare, server=server, npc_world_id="npc-0", persona_slug=persona)
+        memory.turns(first, "npc-0")
     latencies = []
-    for i in range(asks):
-        frame = ask_frame(i, 0, persona)
-        request = {
-            "type": "inference.request",
-            "request_id": uuid.uuid4().hex,
-            "reply_channel": "x",
-            "persona": {"slug": persona},
-            "adapter": None,
-            "memory": [],
-            "context": frame["context"],
-            "player": frame["player"],
-            "text": frame["text"],
-            "max_tokens": 32,
-            "deadline": time.time() + 30,
-        }
-        got = []
-        if pace:
-            time.sleep(rng.expovariate(1.0 / pace))
-        sent = time.perf_counter()
-        if server is not None:
-            plan = gateway.ask_prepare(
-                server=server,
-                npc_world_id=frame["npc"],
-                persona_slug=persona,
-                with_memory=not memory.knows(frame["npc"]),
-            )
-            plan.request["memory"] = memory.turns(plan, frame["npc"])
-            request.update(plan.request)
-        backend.submit(request, got.append)
-        assert got[-1]["type"] == "inference.result"
-        if server is not None:
-            exchange, _ = gateway.exchange_record(
-                plan=plan,
-                player=frame["player"],
-                text=frame["text"],
-                context=frame["context"],
-                result=got[-1],
-                ttft_ms=0.0,
-                total_ms=0.0,
-            )
-            memory.remember(frame["npc"], player=frame["player"], text=frame["text"], reply=exchange.reply_text)
-        latencies.append((time.perf_counter() - sent) * 1000)
+    try:
+        for i in range(asks):
+            frame = ask_frame(i, 0, persona)
+            request = {
+                "type": "inference.request",
+                "request_id": uuid.uuid4().hex,
+                "reply_channel": "x",
+                "persona": {"slug": persona},
+                "adapter": None,
+                "memory": [],
+                "context": frame["context"],
+                "player": frame["player"],
+                "text": frame["text"],
+                "max_tokens": 32,
+                "deadline": time.time() + 30,
+            }
+            got = []
+            if pace:
+                await asyncio.sleep(rng.expovariate(1.0 / pace))
+            sent = time.perf_counter()
+            if server is not None:
+                plan = await hotpath.plan_known(server, frame["npc"], persona)
+                request.update(plan.request, memory=memory.turns(plan, frame["npc"]))
+            backend.submit(request, got.append)
+            assert got[-1]["type"] == "inference.result"
+            if server is not None:
+                exchange, _ = await hotpath.store(
+                    plan=plan,
+                    player=frame["player"],
+                    text=frame["text"],
+                    context=frame["context"],
+                    result=got[-1],
+                    ttft_ms=0.0,
+                    total_ms=0.0,
+                )
+                memory.remember(frame["npc"], player=frame["player"], text=frame["text"], reply=exchange.reply_text)
+            latencies.append((time.perf_counter() - sent) * 1000)
+    finally:
+        hotpath.loop_db.close_all()
     return latencies
 
 
@@ -443,6 +448,29 @@ def db_services(tokens, persona, n=200) -> tuple[list[float], list[float]]:
         )
         record.append((time.perf_counter() - t) * 1000)
     return prepare, record
+
+
+async def loop_services(tokens, persona, n=200) -> tuple[list[float], list[float]]:
+    """The same two services as the consumer runs them for a known NPC: on the loop's connection."""
+    from agents_app import gateway, hotpath, services
+
+    server = await hotpath.db(services.game_server_authenticate, tokens[0])
+    await hotpath.db(gateway.ask_prepare, server=server, npc_world_id="npc-bench-db", persona_slug=persona)
+    check, store = [], []
+    try:
+        for _ in range(n):
+            t = time.perf_counter()
+            plan = await hotpath.plan_known(server, "npc-bench-db", persona)
+            check.append((time.perf_counter() - t) * 1000)
+            result = {"text": "hello", "raw_text": "hello", "actions": [], "prompt": "hello", "base_model_id": "echo"}
+            t = time.perf_counter()
+            await hotpath.store(
+                plan=plan, player="p", text="hello", context={}, result=result, ttft_ms=0.1, total_ms=0.2
+            )
+            store.append((time.perf_counter() - t) * 1000)
+    finally:
+        hotpath.loop_db.close_all()
+    return check, store
 
 
 async def layer_hops(n=300) -> tuple[list[float], list[float]]:
@@ -571,7 +599,7 @@ def main() -> None:
         print(f"  first frame (delta)       {summary(firsts)}")
         print(f"  echo alone, in process    {summary(bare)}")
         print(
-            f"  same ask, in process      {summary(echo)}   (prepare + echo + policy + store, no network; "
+            f"  same ask, in process      {summary(echo)}   (check + echo + policy + store, no network; "
             f"one every {pace * 1000:.0f} ms on average, as they come in the run)"
         )
         print(f"  same ask, back to back    {summary(echo_hot)}")
@@ -620,8 +648,11 @@ def main() -> None:
                 "50 pings: the gateway's frame budget)"
             )
             prepare, record = db_services(tokens, persona)
-            print(f"  ask_prepare (DB)          {summary(prepare)}")
+            print(f"  ask_prepare (DB)          {summary(prepare)}   (the ORM, on this thread)")
             print(f"  exchange_record (DB)      {summary(record)}")
+            check, store = asyncio.run(loop_services(tokens, persona))
+            print(f"  known NPC's check (loop)  {summary(check)}   (as the consumer runs them: hotpath)")
+            print(f"  clean reply stored (loop) {summary(store)}")
             from django.db import connection
 
             with connection.cursor() as cursor:  # what-if only, this session: how much is the commit's fsync
@@ -643,6 +674,8 @@ def main() -> None:
                 "ws_ping": round(percentile(pings, 0.5), 3),
                 "ask_prepare_db": round(percentile(prepare, 0.5), 3),
                 "exchange_record_db": round(percentile(record, 0.5), 3),
+                "check_loop_db": round(percentile(check, 0.5), 3),
+                "store_loop_db": round(percentile(store, 0.5), 3),
                 "ask_prepare_db_no_fsync": round(percentile(prepare_async, 0.5), 3),
                 "exchange_record_db_no_fsync": round(percentile(record_async, 0.5), 3),
                 "channel_hop": round(percentile(hops, 0.5), 3),

@@ -18,7 +18,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 from django.utils import timezone
 
-from agents_app import gateway, services
+from agents_app import gateway, hotpath, services
 from agents_app.models import AdapterVersion, Exchange, Npc, PlayerLink, PolicyFlag, Rating
 from agents_app.protocol import MAX_FRAME_BYTES
 from inference.heartbeat import heartbeats
@@ -421,14 +421,25 @@ async def test_a_frozen_npc_is_answered_npc_frozen(game_server, npc):
     assert error["code"] == "npc_frozen" and error["id"] == "a1"
 
 
+@pytest.fixture(params=["prepared", "unprepared", "off"])
+def loop_db_mode(request, settings):
+    """The checks and writes of an ask on the event loop's own connection, or on the database thread."""
+    settings.VOYAGER_GATEWAY_LOOP_DB = request.param
+    return request.param
+
+
 @pytest.mark.parametrize("gap", [0.0, 0.05], ids=["answer-before-the-check", "answer-after-the-check"])
-async def test_an_npc_frozen_since_its_last_answer_says_nothing_more(game_server, npc, gap, monkeypatch):
+async def test_an_npc_frozen_since_its_last_answer_says_nothing_more(game_server, npc, gap, monkeypatch, loop_db_mode):
     """A known NPC's ask goes to the worker before its database check; the check still decides."""
-    prepare = gateway.ask_prepare
+    prepare, read = gateway.ask_prepare, hotpath.npc_with_persona
 
     def slow_prepare(**kwargs):  # a check slower than the answer: the answer must wait for it
         time.sleep(0.3)
         return prepare(**kwargs)
+
+    async def slow_read(*args):  # the same check, on the loop's connection
+        await asyncio.sleep(0.3)
+        return await read(*args)
 
     backend = ScriptedBackend(gap=gap)
     async with running_worker(backend):
@@ -440,6 +451,7 @@ async def test_an_npc_frozen_since_its_last_answer_says_nothing_more(game_server
         )
         if not gap:
             monkeypatch.setattr(gateway, "ask_prepare", slow_prepare)
+            monkeypatch.setattr(hotpath, "npc_with_persona", slow_read)
         await send(communicator, ask(id="a2"))
         frames = await collect_until(communicator)
         await asyncio.sleep(0.3)  # anything the withdrawn answer still sends would arrive now
@@ -453,7 +465,7 @@ async def test_an_npc_frozen_since_its_last_answer_says_nothing_more(game_server
     assert await database_sync_to_async(Exchange.objects.count)() == 1
 
 
-async def test_an_adapter_activated_between_asks_answers_the_next_one(game_server, persona, npc):
+async def test_an_adapter_activated_between_asks_answers_the_next_one(game_server, persona, npc, loop_db_mode):
     backend = ScriptedBackend(gap=0.05)
     async with running_worker(backend):
         communicator, _, _ = await connect(game_server.raw_token)
@@ -475,6 +487,59 @@ async def test_an_adapter_activated_between_asks_answers_the_next_one(game_serve
     assert "".join(f["text"] for f in frames[:-1]) == frames[-1]["text"] == "Hello there"
     stored = await database_sync_to_async(Exchange.objects.get)(pk=frames[-1]["exchange"])
     assert stored.adapter_version_id == adapter.pk and stored.player_text == "and now?"
+
+
+async def test_repeat_asks_are_checked_and_stored_on_the_loops_connection(game_server, persona, npc):
+    async with running_worker(ScriptedBackend()) as worker:
+        communicator, _, _ = await connect(game_server.raw_token)
+        replies = []
+        for i in range(3):
+            await send(communicator, ask(id=f"a{i}", text=f"question {i}"))
+            replies.append((await collect_until(communicator))[-1])
+        await communicator.disconnect()
+    assert [r["type"] for r in replies] == ["reply"] * 3
+    # The first ask read the NPC's memory on the database thread; the next ones went through the loop's.
+    conn = hotpath.loop_db._conns.get(asyncio.get_running_loop())
+    assert conn is not None and not conn.closed
+
+    def stored():
+        return {
+            str(e.pk): (e.player_text, e.reply_text, e.npc_id, e.worker_id, e.ttft_ms is not None, e.total_ms > 0)
+            for e in Exchange.objects.all()
+        }
+
+    assert await database_sync_to_async(stored)() == {
+        r["exchange"]: (f"question {i}", "Hello there", npc.pk, worker.worker_id, True, True)
+        for i, r in enumerate(replies)
+    }
+
+
+async def test_a_lost_loop_connection_costs_no_reply_and_is_opened_again(game_server, persona, npc):
+    async with running_worker(ScriptedBackend()):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask(id="a1"))
+        await send(communicator, ask(id="a2"))
+        assert [(await collect_until(communicator))[-1]["type"] for _ in range(2)] == ["reply", "reply"]
+        loop = asyncio.get_running_loop()
+        lost = hotpath.loop_db._conns[loop]
+
+        def terminate(pid):  # the server ends that session, as a restart or a network fault would
+            from django.db import connection
+
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+                return cursor.fetchone()[0]
+
+        assert await database_sync_to_async(terminate)(lost.info.backend_pid)
+        replies = []
+        for i in range(3, 6):
+            await send(communicator, ask(id=f"a{i}"))
+            replies.append((await collect_until(communicator))[-1])
+        await communicator.disconnect()
+    assert [r["type"] for r in replies] == ["reply"] * 3
+    assert lost.closed and hotpath.loop_db._conns[loop] is not lost
+    count = await database_sync_to_async(Exchange.objects.filter(pk__in=[r["exchange"] for r in replies]).count)()
+    assert count == 3 and await database_sync_to_async(Exchange.objects.count)() == 5
 
 
 async def test_with_no_worker_an_ask_is_answered_unavailable_at_once(game_server, persona):
