@@ -22,6 +22,12 @@ receive cancelled while it waits loses nothing (the message stays in Redis);
 one cancelled while the pop's answer is on the wire loses it, as with the
 stock layer.
 
+Connections come from a blocking pool: past ``max_connections`` (default
+100) a command waits up to ``timeout`` seconds (default 10) for a connection
+instead of failing at once, as redis-py's default pool does. A hundred game
+servers connecting at once had made a handshake fail with "Too many
+connections".
+
 Messages and keys are the stock layer's, so processes on either layer talk to
 each other. The overridden methods are channels-redis internals: the version is
 pinned in ``pyproject.toml`` and ``tests/portal/test_channel_layer.py`` covers
@@ -35,6 +41,7 @@ import time
 
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
+from redis.asyncio import BlockingConnectionPool
 
 SEND = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[3])
@@ -66,6 +73,15 @@ class FastRedisChannelLayer(RedisChannelLayer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._scripts: dict[str, object] = {}
+
+    def create_pool(self, index):
+        host = dict(self.hosts[index])
+        if "address" not in host:  # Sentinel and the like: the stock layer's pool
+            return super().create_pool(index)
+        address = host.pop("address")
+        host.setdefault("max_connections", 100)
+        host.setdefault("timeout", 10)
+        return BlockingConnectionPool.from_url(address, **host)
 
     def _script(self, connection, source: str):
         script = self._scripts.get(source)

@@ -100,3 +100,13 @@ async def test_a_receive_waiting_on_an_empty_channel_gets_a_message_sent_later()
     await stock.send("test.later", {"type": "m", "n": "late"})
     assert (await asyncio.wait_for(waiting, 5))["n"] == "late"
     await fast.flush()
+
+
+async def test_more_commands_at_once_than_connections_wait_for_one_instead_of_failing():
+    hosts = [{"address": os.environ.get("REDIS_URL", ""), "max_connections": 3}]
+    fast, _ = layers(hosts=hosts)
+    channels = [await fast.new_channel() for _ in range(3)]
+    await asyncio.gather(*(fast.group_add("test.crowd", c) for c in channels for _ in range(20)))
+    await asyncio.gather(*(fast.send("test.many", {"type": "m", "n": n}) for n in range(60)))
+    assert sorted([(await fast.receive("test.many"))["n"] for _ in range(60)]) == list(range(60))
+    await fast.flush()
