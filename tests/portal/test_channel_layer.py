@@ -110,3 +110,17 @@ async def test_more_commands_at_once_than_connections_wait_for_one_instead_of_fa
     await asyncio.gather(*(fast.send("test.many", {"type": "m", "n": n}) for n in range(60)))
     assert sorted([(await fast.receive("test.many"))["n"] for _ in range(60)]) == list(range(60))
     await fast.flush()
+
+
+async def test_a_command_that_waits_past_the_pool_timeout_names_the_problem():
+    from redis.exceptions import MaxConnectionsError
+
+    hosts = [{"address": os.environ.get("REDIS_URL", ""), "max_connections": 1, "pool_timeout": 0.2}]
+    fast, _ = layers(hosts=hosts)
+    waiting = asyncio.create_task(fast.receive("test.empty"))  # its blocking pop holds the one connection
+    await asyncio.sleep(0.1)
+    with pytest.raises(MaxConnectionsError, match="Too many connections"):
+        await fast.send("test.other", {"type": "m"})
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
