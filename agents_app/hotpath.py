@@ -143,8 +143,10 @@ class LoopDatabase:
                 return await cursor.fetchone() if fetch else cursor.rowcount
         except BaseException:
             # Whatever failed (the server, the network, a prepared statement a migration made
-            # stale), the next call starts on a new connection.
-            self._conns.pop(asyncio.get_running_loop(), None)
+            # stale, a query cancelled half-way), the next call starts on a new connection.
+            loop = asyncio.get_running_loop()
+            if self._conns.get(loop) is conn:
+                del self._conns[loop]
             self._finish(conn)
             raise
 
