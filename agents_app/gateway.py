@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -395,10 +395,23 @@ def exchange_write(draft: ExchangeDraft) -> tuple[Exchange, policy.Verdict]:
 def exchange_write_again(draft: ExchangeDraft) -> tuple[Exchange, policy.Verdict]:
     """``exchange_write`` after an attempt whose outcome is unknown (its connection failed): a row
     that did land is kept, not written twice."""
-    if Exchange.objects.filter(pk=draft.exchange.pk).exists():
-        draft.exchange._state.adding, draft.exchange._state.db = False, "default"
+
+    def landed() -> bool:
+        if Exchange.objects.filter(pk=draft.exchange.pk).exists():
+            draft.exchange._state.adding, draft.exchange._state.db = False, "default"
+            return True
+        return False
+
+    if landed():
         return draft.exchange, draft.verdict
-    return exchange_write(draft)
+    try:
+        with transaction.atomic():
+            return exchange_write(draft)
+    except IntegrityError:
+        # The first attempt was still under way on the server and landed meanwhile.
+        if landed():
+            return draft.exchange, draft.verdict
+        raise
 
 
 def exchange_record(

@@ -67,9 +67,13 @@ class LoopDatabase:
     (``usable`` says), configured as Django configures its own connections (the same
     parameters, loaders, time zone and role), in autocommit: one statement, one transaction.
 
-    A connection that fails is dropped and the next call opens a new one; the caller then
-    takes the ``db`` path, which has the ORM's own error handling.
+    A statement that fails, or takes longer than ``timeout``, drops its connection and the next
+    call opens a new one; the caller then takes the ``db`` path, which has the ORM's own error
+    handling.
     """
+
+    # Seconds a statement may take here; a healthy one takes a millisecond or two.
+    timeout = 2.0
 
     def __init__(self) -> None:
         self._conns: dict[asyncio.AbstractEventLoop, Any] = {}
@@ -138,7 +142,9 @@ class LoopDatabase:
     async def _run(self, sql: str, params: list, *, fetch: bool):
         conn = await self._connection()
         try:
-            async with conn.cursor() as cursor:
+            # A connection that stops answering (a half-open socket, a lock held elsewhere) must
+            # not hold up every ask behind it: give up, and the caller goes the ORM's way.
+            async with asyncio.timeout(self.timeout), conn.cursor() as cursor:
                 await cursor.execute(sql, params)
                 return await cursor.fetchone() if fetch else cursor.rowcount
         except BaseException:

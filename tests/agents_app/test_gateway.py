@@ -542,6 +542,44 @@ async def test_a_lost_loop_connection_costs_no_reply_and_is_opened_again(game_se
     assert count == 3 and await database_sync_to_async(Exchange.objects.count)() == 5
 
 
+async def test_a_write_held_up_on_the_loop_is_finished_on_the_database_thread_once(
+    game_server, persona, npc, monkeypatch
+):
+    """The loop's INSERT waits on a lock held elsewhere past its timeout: the ask is still answered,
+    and its exchange stored once, whichever of the two attempts lands."""
+    async with running_worker(ScriptedBackend()):
+        communicator, _, _ = await connect(game_server.raw_token)
+        await send(communicator, ask(id="a1"))
+        assert (await collect_until(communicator))[-1]["type"] == "reply"
+        monkeypatch.setattr(hotpath.loop_db, "timeout", 0.2)
+        locked, release = threading.Event(), threading.Event()
+
+        def hold_the_table():
+            from django.db import connection, transaction
+
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute("LOCK TABLE agents_app_exchange IN EXCLUSIVE MODE")  # reads go on, writes wait
+                    locked.set()
+                    release.wait(5)
+            finally:
+                connection.close()
+
+        holder = threading.Thread(target=hold_the_table)
+        holder.start()
+        assert await asyncio.to_thread(locked.wait, 5)
+        await send(communicator, ask(id="a2", text="still there?"))
+        await asyncio.sleep(0.6)  # the loop's attempt has timed out; the thread's waits on the lock
+        release.set()
+        frames = await collect_until(communicator, timeout=10)
+        await asyncio.to_thread(holder.join, 5)
+        await communicator.disconnect()
+    assert frames[-1]["type"] == "reply", frames
+    stored = await database_sync_to_async(lambda: list(Exchange.objects.values_list("pk", "player_text")))()
+    assert sorted(text for _, text in stored) == ["hello Mo", "still there?"]
+    assert str(dict((t, pk) for pk, t in stored)["still there?"]) == frames[-1]["exchange"]
+
+
 async def test_with_no_worker_an_ask_is_answered_unavailable_at_once(game_server, persona):
     store = heartbeats()
     for worker_id in await store.alive():

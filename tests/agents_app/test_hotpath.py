@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -142,6 +143,41 @@ def test_writing_again_after_an_unknown_outcome_keeps_one_row(npc, persona):
     assert Exchange.objects.filter(pk=missing.exchange.pk).exists() and Exchange.objects.count() == 2
 
 
+def test_writing_again_while_the_first_attempt_is_still_committing_keeps_one_row(npc, persona):
+    """The first attempt's INSERT is still open on another connection when the second one is
+    written: the second waits on the key, finds it taken, and answers with the row that landed."""
+    import copy
+    import threading
+
+    plan = gateway.ask_prepare(server=npc.game_server, npc_world_id=npc.world_id, persona_slug=persona.slug)
+    plan.npc.last_active_at = timezone.now()
+    draft = gateway.exchange_draft(
+        plan=plan, player="p", text="t", context={}, result={"text": "hi", "actions": []}, ttft_ms=1.0, total_ms=2.0
+    )
+    inserted, done = threading.Event(), threading.Event()
+
+    def first_attempt():
+        from django.db import connection as theirs
+        from django.db import transaction
+
+        try:
+            with transaction.atomic():
+                gateway._insert(copy.copy(draft.exchange))
+                inserted.set()
+                time.sleep(0.5)  # the second attempt runs meanwhile, and waits on the key
+        finally:
+            done.set()
+            theirs.close()
+
+    thread = threading.Thread(target=first_attempt)
+    thread.start()
+    assert inserted.wait(5)
+    exchange, _ = gateway.exchange_write_again(draft)
+    thread.join(5)
+    assert done.is_set() and exchange.pk == draft.exchange.pk
+    assert Exchange.objects.filter(pk=exchange.pk).count() == 1 and not exchange._state.adding
+
+
 def test_a_bad_loop_database_setting_stops_the_process(tmp_path):
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "VOYAGER_"))}
     environ.update(VOYAGER_VAR_DIR=str(tmp_path), VOYAGER_GATEWAY_LOOP_DB="yes")
@@ -150,3 +186,15 @@ def test_a_bad_loop_database_setting_stops_the_process(tmp_path):
     )
     assert result.returncode != 0
     assert "VOYAGER_GATEWAY_LOOP_DB='yes' must be 'prepared', 'unprepared' or 'off'" in result.stderr
+
+
+async def test_a_statement_that_hangs_is_given_up_and_its_connection_replaced(db, monkeypatch):
+    monkeypatch.setattr(loop_db, "timeout", 0.2)
+    assert await loop_db.fetchone("SELECT 1", []) == (1,)
+    first = loop_db._conns[asyncio.get_running_loop()]
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await loop_db.fetchone("SELECT pg_sleep(3)", [])
+    assert time.monotonic() - began < 2 and first.closed
+    assert await loop_db.fetchone("SELECT 2", []) == (2,)
+    assert loop_db._conns[asyncio.get_running_loop()] is not first
