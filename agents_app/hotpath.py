@@ -140,14 +140,19 @@ class LoopDatabase:
         self._opening.clear()
 
     async def _run(self, sql: str, params: list, *, fetch: bool):
-        conn = await self._connection()
+        conn = None
         try:
-            # A connection that stops answering (a half-open socket, a lock held elsewhere) must
-            # not hold up every ask behind it: give up, and the caller goes the ORM's way.
-            async with asyncio.timeout(self.timeout), conn.cursor() as cursor:
-                await cursor.execute(sql, params)
-                return await cursor.fetchone() if fetch else cursor.rowcount
+            # A connection that stops answering or cannot be opened (a half-open socket, a lock
+            # held elsewhere, an unreachable server) must not hold up every ask behind it: give
+            # up, and the caller goes the ORM's way.
+            async with asyncio.timeout(self.timeout):
+                conn = await self._connection()
+                async with conn.cursor() as cursor:
+                    await cursor.execute(sql, params)
+                    return await cursor.fetchone() if fetch else cursor.rowcount
         except BaseException:
+            if conn is None:
+                raise
             # Whatever failed (the server, the network, a prepared statement a migration made
             # stale, a query cancelled half-way), the next call starts on a new connection.
             loop = asyncio.get_running_loop()

@@ -17,7 +17,7 @@ from django.db import connection
 from django.utils import timezone
 
 from agents_app import gateway, hotpath, policy
-from agents_app.hotpath import loop_db
+from agents_app.hotpath import LoopDatabase, loop_db
 from agents_app.models import AdapterVersion, Exchange, Npc
 from tests.agents_app.test_models import make_adapter
 
@@ -198,3 +198,15 @@ async def test_a_statement_that_hangs_is_given_up_and_its_connection_replaced(db
     assert time.monotonic() - began < 2 and first.closed
     assert await loop_db.fetchone("SELECT 2", []) == (2,)
     assert loop_db._conns[asyncio.get_running_loop()] is not first
+
+
+async def test_a_connection_that_cannot_be_opened_in_time_is_given_up(db, monkeypatch):
+    async def unreachable():
+        await asyncio.sleep(5)
+
+    monkeypatch.setattr(loop_db, "timeout", 0.2)
+    monkeypatch.setattr(LoopDatabase, "_open", staticmethod(unreachable))
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await loop_db.fetchone("SELECT 1", [])
+    assert time.monotonic() - began < 2 and asyncio.get_running_loop() not in loop_db._conns
