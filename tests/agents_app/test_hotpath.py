@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,9 +16,9 @@ from agents_app import gateway, hotpath, policy
 from agents_app.hotpath import LoopDatabase, loop_db
 from agents_app.models import AdapterVersion, Exchange, Npc
 from tests.agents_app.test_models import make_adapter
+from tests.portal.test_settings import run_manage
 
 pytestmark = pytest.mark.django_db(transaction=True)
-ROOT = Path(__file__).resolve().parents[2]
 
 if connection.vendor != "postgresql":
     pytest.skip("the loop's connection is PostgreSQL's", allow_module_level=True)
@@ -179,11 +175,7 @@ def test_writing_again_while_the_first_attempt_is_still_committing_keeps_one_row
 
 
 def test_a_bad_loop_database_setting_stops_the_process(tmp_path):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "VOYAGER_"))}
-    environ.update(VOYAGER_VAR_DIR=str(tmp_path), VOYAGER_GATEWAY_LOOP_DB="yes")
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120
-    )
+    result = run_manage("check", VOYAGER_VAR_DIR=str(tmp_path), VOYAGER_GATEWAY_LOOP_DB="yes")
     assert result.returncode != 0
     assert "VOYAGER_GATEWAY_LOOP_DB='yes' must be 'prepared', 'unprepared' or 'off'" in result.stderr
 

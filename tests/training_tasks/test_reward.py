@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from tests.portal.test_settings import run_manage
 from training_tasks.dataset import Example, HeldOut
 from training_tasks.gate import GateConfig, gate_decide, heldout_ranking
 from training_tasks.reward import (
@@ -21,7 +17,6 @@ from training_tasks.reward import (
 )
 from training_tasks.trainers import TrainingData
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "<|system|>You are Brann.<|end|>\n<|player|>{player}: {text}<|end|>\n<|npc|>"
 PLAYERS = ["bob", "kim", "luna", "emma"]
 TEXTS = ["hi", "where is the forge?", "can you jump?", "tell me about yourself"]
@@ -106,11 +101,7 @@ def test_an_unknown_reward_model_setting_is_refused_with_its_name(settings):
 
 
 def test_a_bad_reward_model_variable_stops_the_process(tmp_path):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "VOYAGER_"))}
-    environ.update(VOYAGER_VAR_DIR=str(tmp_path), VOYAGER_TRAINING_GATE_REWARD_MODEL="sometimes")
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120
-    )
+    result = run_manage("check", VOYAGER_VAR_DIR=str(tmp_path), VOYAGER_TRAINING_GATE_REWARD_MODEL="sometimes")
     assert result.returncode != 0
     assert "VOYAGER_TRAINING_GATE_REWARD_MODEL='sometimes' must be 'off' or 'on'" in result.stderr
 
