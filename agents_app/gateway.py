@@ -44,9 +44,11 @@ def persona_payload(persona: Persona) -> dict[str, Any]:
         "name": persona.name,
         "system_prompt": persona.system_prompt,
         "traits": list(persona.traits or []),
+        "allowed_actions": list(persona.allowed_actions or []),
         "temperature": persona.temperature,
         "top_p": persona.top_p,
         "max_tokens": persona.max_tokens,
+        "repetition_penalty": persona.repetition_penalty,
     }
 
 

@@ -46,7 +46,16 @@ class Persona(models.Model):
     )
     temperature = models.FloatField(default=0.8, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)])
     top_p = models.FloatField(default=0.95, validators=[MinValueValidator(0.01), MaxValueValidator(1.0)])
-    max_tokens = models.PositiveSmallIntegerField(default=64, validators=[MinValueValidator(1), MaxValueValidator(512)])
+    max_tokens = models.PositiveSmallIntegerField(
+        default=64,
+        validators=[MinValueValidator(1), MaxValueValidator(512)],
+        help_text="The reply's length budget in tokens: a reply that reaches it ends on its last whole sentence.",
+    )
+    repetition_penalty = models.FloatField(
+        default=1.15,
+        validators=[MinValueValidator(1.0), MaxValueValidator(2.0)],
+        help_text="1 to 2: above 1, a reply is less likely to use its own words again (1: off).",
+    )
     is_public = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -60,6 +69,10 @@ class Persona(models.Model):
             models.CheckConstraint(condition=Q(top_p__gt=0) & Q(top_p__lte=1), name="persona_top_p_range"),
             models.CheckConstraint(
                 condition=Q(max_tokens__gte=1) & Q(max_tokens__lte=512), name="persona_max_tokens_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(repetition_penalty__gte=1) & Q(repetition_penalty__lte=2),
+                name="persona_repetition_penalty_range",
             ),
         ]
 

@@ -138,7 +138,7 @@ ACTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # what the gateway par
 RESERVED_PERSONA_SLUGS = frozenset({"new"})  # /personas/new/ is the page that creates one
 PERSONA_EDITABLE = (
     "name", "description", "traits", "system_prompt", "allowed_actions", "temperature", "top_p", "max_tokens",
-    "is_public",
+    "repetition_penalty", "is_public",
 )  # fmt: skip
 
 
@@ -185,7 +185,7 @@ def _persona_save(persona: Persona) -> Persona:
             setattr(persona, field, clean(getattr(persona, field)))
         except InvalidFields as exc:
             errors.update(exc.fields)
-    for field in ("temperature", "top_p"):  # NaN slips past the range validators
+    for field in ("temperature", "top_p", "repetition_penalty"):  # NaN slips past the range validators
         value = getattr(persona, field)
         if isinstance(value, float) and not math.isfinite(value):
             errors[field] = ["must be a finite number"]
@@ -224,6 +224,7 @@ def persona_create(
     temperature: float = 0.8,
     top_p: float = 0.95,
     max_tokens: int = 64,
+    repetition_penalty: float = 1.15,
     is_public: bool = True,
 ) -> Persona:
     """A new persona owned by ``owner``; the caller has checked that they may create one."""
@@ -231,7 +232,8 @@ def persona_create(
         owner=owner, slug=(slug or "").strip(), name=(name or "").strip(), description=description,
         traits=[] if traits is None else traits, system_prompt=system_prompt,
         allowed_actions=[] if allowed_actions is None else allowed_actions,
-        temperature=temperature, top_p=top_p, max_tokens=max_tokens, is_public=is_public,
+        temperature=temperature, top_p=top_p, max_tokens=max_tokens, repetition_penalty=repetition_penalty,
+        is_public=is_public,
     )  # fmt: skip
     return _persona_save(persona)
 

@@ -30,11 +30,12 @@ from typing import Any, Literal
 
 import torch
 
-from .actions import Action, parse_actions, visible_prefix
+from .actions import Action
 from .batched_lora import LoraBank
 from .loading import LoadedModel
 from .lora import AdapterError, load_adapter
 from .prompt import PersonaSpec, Prompt, PromptTooLong, Turn, build_prompt
+from .reply import ReplyShaper
 from .runner import DecoderRunner
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class Error:
 
 
 Event = Delta | Result | Error
+# Generic role names a model may start a turn with, besides the persona's and the player's names.
+TURN_SPEAKERS = ("user", "assistant", "player", "npc", "system")
 EventCallback = Callable[[Event], None]
 
 
@@ -122,32 +125,6 @@ class EngineConfig:
     max_memory_turns: int = 6
 
 
-class StreamDecoder:
-    """Incremental detokenizer: deltas on token boundaries, never half a UTF-8 character."""
-
-    def __init__(self, decode: Callable[[list[int]], str]) -> None:
-        self._decode = decode
-        self.tokens: list[int] = []
-        self.shown = ""
-
-    def push(self, token: int) -> str:
-        self.tokens.append(token)
-        raw = self._decode(self.tokens)
-        if raw.endswith("\ufffd"):
-            return ""  # an incomplete multi-byte character: wait for its other bytes
-        visible = visible_prefix(raw)
-        if len(visible) > len(self.shown) and visible.startswith(self.shown):
-            delta, self.shown = visible[len(self.shown) :], visible
-            return delta
-        return ""
-
-    def finish(self, final_text: str) -> str:
-        if final_text.startswith(self.shown) and len(final_text) > len(self.shown):
-            delta, self.shown = final_text[len(self.shown) :], final_text
-            return delta
-        return ""
-
-
 @dataclass(eq=False)
 class _Job:
     request: Request
@@ -156,7 +133,7 @@ class _Job:
     generator: torch.Generator | None = None
     prompt: Prompt | None = None
     slot: int = 0
-    stream: StreamDecoder | None = None
+    stream: ReplyShaper | None = None
     length: int = 0  # tokens in the KV cache
     pending: int = -1  # sampled token not yet in the cache
     first_token_at: float | None = None
@@ -438,7 +415,8 @@ class Engine:
         job.prompt = prompt
         seed = req.seed if req.seed is not None else random.getrandbits(63)
         job.generator = torch.Generator().manual_seed(seed)
-        job.stream = StreamDecoder(self._decode_text)
+        # Who may speak in this conversation: a reply must not open with their names, nor start their turn.
+        job.stream = ReplyShaper(self._decode_text, speakers=(req.persona.name, req.player, *TURN_SPEAKERS))
         return True
 
     def _decode_text(self, ids: list[int]) -> str:
@@ -478,6 +456,10 @@ class Engine:
                 self._accept(job, token)
 
     def _sample(self, jobs: Sequence[_Job], logits: torch.Tensor) -> list[int]:
+        for i, job in enumerate(jobs):
+            penalty = job.request.persona.sampling.repetition_penalty
+            if penalty != 1.0 and job.stream is not None and job.stream.tokens:
+                _penalize_repeats(logits[i], job.stream.tokens, penalty)
         picks = logits.argmax(dim=-1)
         for i, job in enumerate(jobs):
             s = job.request.persona.sampling
@@ -496,7 +478,9 @@ class Engine:
         if delta:
             self._emit(job, Delta(req.request_id, delta))
         job.pending = token
-        if len(job.stream.tokens) >= req.max_tokens or job.length + 1 >= self.max_len:
+        if job.stream.stopped and not req.ignore_eos:
+            job.finish = "stop"
+        elif len(job.stream.tokens) >= req.max_tokens or job.length + 1 >= self.max_len:
             job.finish = "length"
 
     def _retire(self) -> None:
@@ -525,10 +509,9 @@ class Engine:
 
     def _result(self, job: _Job, reason: FinishReason) -> Result:
         tokens = job.stream.tokens if job.stream else []
-        raw = self._decode_text(tokens) if tokens else ""
-        text, actions = parse_actions(raw)
-        if job.stream is not None:
-            tail = job.stream.finish(text)
+        text, raw, actions = "", "", []
+        if job.stream is not None and tokens:
+            text, raw, actions, tail = job.stream.finish(reason)
             if tail:
                 self._emit(job, Delta(job.request.request_id, tail))
         now = time.perf_counter()
@@ -568,6 +551,15 @@ class Engine:
             job.on_event(event)
         except Exception:  # a broken consumer must not take the engine down
             log.exception("on_event callback failed for %s", job.request.request_id)
+
+
+def _penalize_repeats(logits: torch.Tensor, generated: list[int], penalty: float) -> None:
+    """CTRL's repetition penalty, in place, over the reply's own tokens (not the prompt's: the
+    persona's name is there, and the reply should say it): a positive score is divided by
+    ``penalty``, a negative one multiplied."""
+    seen = torch.tensor(sorted(set(generated)), dtype=torch.long)
+    scores = logits[seen]
+    logits[seen] = torch.where(scores > 0, scores / penalty, scores * penalty)
 
 
 def _sample_one(

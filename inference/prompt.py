@@ -49,6 +49,8 @@ class Sampling:
     temperature: float = 0.7  # 0 means greedy
     top_p: float = 0.9
     top_k: int = 40
+    # Above 1, tokens the reply already used are less likely again (1: off, the plain model).
+    repetition_penalty: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class PersonaSpec:
     system_prompt: str
     traits: tuple[str, ...] = ()
     sampling: Sampling = field(default_factory=Sampling)
+    # The actions it may take (what the policy lets through); the header tells the model.
+    actions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ def persona_header(persona: PersonaSpec) -> str:
     header = f"You are {persona.name}. {persona.system_prompt}".strip()
     if persona.traits:
         header += " Traits: " + ", ".join(persona.traits) + "."
+    if persona.actions:
+        header += " Actions: " + ", ".join(persona.actions) + "."
     return header
 
 
@@ -133,14 +139,19 @@ def render_starter(persona: PersonaSpec, memory: Sequence[Turn], ctx: GameContex
 def render_chat(
     tokenizer: Any, persona: PersonaSpec, memory: Sequence[Turn], ctx: GameContext, player: str, text: str
 ) -> str:
+    """The chat template's own turns. The player's name is said once, in the system turn: a
+    ``name: words`` user turn teaches a model to open its replies with a speaker prefix."""
     system = persona_header(persona)
+    if player:
+        system += f"\nYou are talking with {player}."
     if not ctx.is_empty():
         system += f"\nWhat you see: {context_line(ctx)}."
     messages = [{"role": "system", "content": system}]
     for turn in memory:
-        messages.append({"role": "user", "content": f"{turn.player}: {turn.text}"})
+        said = turn.text if turn.player == player else f"({turn.player}) {turn.text}"
+        messages.append({"role": "user", "content": said})
         messages.append({"role": "assistant", "content": turn.reply})
-    messages.append({"role": "user", "content": f"{player}: {text}"})
+    messages.append({"role": "user", "content": text})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

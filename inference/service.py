@@ -52,7 +52,12 @@ def request_from_message(message: dict[str, Any]) -> Request:
         name=persona["name"],
         system_prompt=persona.get("system_prompt", ""),
         traits=tuple(persona.get("traits") or ()),
-        sampling=Sampling(temperature=float(persona.get("temperature", 0.7)), top_p=float(persona.get("top_p", 0.9))),
+        actions=tuple(persona.get("allowed_actions") or ()),
+        sampling=Sampling(
+            temperature=float(persona.get("temperature", 0.7)),
+            top_p=float(persona.get("top_p", 0.9)),
+            repetition_penalty=float(persona.get("repetition_penalty", 1.0)),
+        ),
     )
     memory = tuple(Turn(player=m["player"], text=m["text"], reply=m["reply"]) for m in message.get("memory") or ())
     return Request(

@@ -9,8 +9,8 @@ Messages (all dicts with ``type``):
 
 gateway → ``REQUEST_CHANNEL``
     ``inference.request`` {request_id, reply_channel, persona{slug, name, system_prompt,
-    traits, temperature, top_p}, adapter{id, version, path, sha256}|None, memory[{player,
-    text, reply}], context{}, player, text, max_tokens, deadline (unix time), seed?}
+    traits, allowed_actions, temperature, top_p, repetition_penalty}, adapter{id, version, path,
+    sha256}|None, memory[{player, text, reply}], context{}, player, text, max_tokens, deadline (unix time), seed?}
 worker → reply_channel
     ``inference.accepted`` {request_id, worker_id, worker_channel}
     ``inference.delta`` {request_id, text}            (several tokens per message under load)

@@ -88,8 +88,21 @@ class PersonaForm(forms.Form):
     )
     temperature = forms.FloatField(help_text="0 to 2: higher answers vary more.")
     top_p = forms.FloatField(label="Top p", help_text="Above 0, up to 1.")
-    max_tokens = forms.IntegerField(label="Max tokens", help_text="1 to 512: the longest reply.")
+    max_tokens = forms.IntegerField(
+        label="Max tokens", help_text="1 to 512: the longest reply; one that reaches it ends on a whole sentence."
+    )
+    repetition_penalty = forms.FloatField(
+        label="Repetition penalty",
+        required=False,
+        help_text="1 to 2: above 1, replies repeat themselves less (1: off). Empty: as it was (a new persona: 1.15).",
+    )
     is_public = forms.BooleanField(required=False, label="Public", help_text="Anyone may see it and its replies.")
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("repetition_penalty") is None:
+            cleaned.pop("repetition_penalty", None)  # not given: the service keeps its value or default
+        return cleaned
 
 
 class PersonaCreateForm(PersonaForm):

@@ -239,7 +239,10 @@ def persona_detail(request, slug: str):
     return render(request, "portal/persona_detail.html", context)
 
 
-_PERSONA_DEFAULTS = {f: Persona._meta.get_field(f).default for f in ("temperature", "top_p", "max_tokens", "is_public")}
+_PERSONA_DEFAULTS = {
+    f: Persona._meta.get_field(f).default
+    for f in ("temperature", "top_p", "max_tokens", "repetition_penalty", "is_public")
+}
 
 
 @login_required

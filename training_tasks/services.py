@@ -191,7 +191,10 @@ def persona_spec(persona: Persona):
         name=persona.name,
         system_prompt=persona.system_prompt,
         traits=tuple(persona.traits or ()),
-        sampling=Sampling(temperature=persona.temperature, top_p=persona.top_p),
+        actions=tuple(persona.allowed_actions or ()),
+        sampling=Sampling(
+            temperature=persona.temperature, top_p=persona.top_p, repetition_penalty=persona.repetition_penalty
+        ),
     )
 
 
@@ -239,7 +242,8 @@ def training_run_execute(*, run_id: int) -> TrainingRun:
                 raise
         finally:
             # Whatever happened, this run's temp files go (a promoted adapter was renamed away already).
-            for leftover in promotion.persona_adapters_dir(run.persona).glob(f"{promotion.TEMP_PREFIX}{run.pk}-*"):
+            pattern = f"{promotion.TEMP_PREFIX}{promotion.run_label(run)}-*"
+            for leftover in promotion.persona_adapters_dir(run.persona).glob(pattern):
                 shutil.rmtree(leftover, ignore_errors=True)
     return run
 
@@ -302,7 +306,7 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
     run.metrics_before = before
     run.save(update_fields=["metrics_before"])
 
-    temp = promotion.temp_dir_create(persona, run)
+    temp = promotion.temp_dir_create(persona, promotion.run_label(run))
     note(f"training from {'v' + str(active.version) if active else 'a fresh LoRA'} with {config.to_dict()}")
     result = train_adapter(
         base_model_path=settings.VOYAGER_BASE_MODEL,

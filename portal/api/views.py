@@ -56,7 +56,7 @@ class PersonaOutput(serializers.ModelSerializer):
         model = Persona
         fields = [
             "slug", "name", "description", "traits", "allowed_actions", "temperature", "top_p", "max_tokens",
-            "is_public", "owner", "active_version", "created_at",
+            "repetition_penalty", "is_public", "owner", "active_version", "created_at",
         ]  # fmt: skip
 
 
@@ -68,7 +68,7 @@ class PersonaInput(serializers.ModelSerializer):
         model = Persona
         fields = [
             "slug", "name", "description", "traits", "system_prompt", "allowed_actions", "temperature", "top_p",
-            "max_tokens", "is_public",
+            "max_tokens", "repetition_penalty", "is_public",
         ]  # fmt: skip
 
 

@@ -327,3 +327,32 @@ def test_preload_makes_an_adapter_resident_before_its_first_request(make_engine,
     assert (result.adapter_id, result.adapter_version) == (7, 3)
     engine.preload(AdapterRef(id=8, version=1, path="/nonexistent"))  # only logged
     assert run_alone(engine, request("still-fine", max_tokens=2, ignore_eos=True)).completion_tokens == 2
+
+
+def test_the_repetition_penalty_scores_the_replys_own_tokens_only(make_engine, tiny_model_dir):
+    """Each greedy token is the argmax of the model's logits with the reply's earlier tokens penalised
+    (a positive score divided by the penalty, a negative one multiplied); the prompt's are not."""
+    from transformers import AutoModelForCausalLM
+
+    penalty = 1.8
+    persona = npc_persona(sampling=Sampling(temperature=0.0, repetition_penalty=penalty))
+    engine = make_engine()
+    texts = ["hi", "jump!", "where is the old mine?"]
+    penalised = [
+        run_alone(engine, request(f"p{i}", t, persona=persona, max_tokens=24, ignore_eos=True))
+        for i, t in enumerate(texts)
+    ]
+    plain = [run_alone(engine, request(f"n{i}", t, max_tokens=24, ignore_eos=True)) for i, t in enumerate(texts)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    for result in penalised:
+        prompt_ids = engine.tokenizer.encode(result.prompt_text, add_special_tokens=False)
+        ids = torch.tensor([prompt_ids + result.token_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1]
+        for step, token in enumerate(result.token_ids):
+            scores = logits[step].clone()
+            for seen in set(result.token_ids[:step]):
+                scores[seen] = scores[seen] / penalty if scores[seen] > 0 else scores[seen] * penalty
+            assert int(scores.argmax()) == token, f"step {step}"
+    # The plain model repeats itself more; with the penalty the same prompts use more distinct tokens.
+    assert sum(len(set(r.token_ids)) for r in penalised) > sum(len(set(r.token_ids)) for r in plain)

@@ -57,8 +57,9 @@ def test_a_qwen2_chat_model_loads_prompts_and_serves_a_lora(qwen2_dir, adapter_f
     results = collector.wait(["q1", "q2"])
     assert all(isinstance(r, Result) for r in results.values())
     prompt = results["q1"].prompt_text
+    # The player's name is said once, in the system turn; the user turn is their words alone.
     assert prompt.startswith("<|system|>You are Brann.") and prompt.endswith(
-        "<|user|>alice: hello<|end|>\n<|assistant|>"
+        "\nYou are talking with alice.<|end|>\n<|user|>hello<|end|>\n<|assistant|>"
     )
     expected = reference_tokens(
         qwen2_dir, [adapter, None], [results["q1"].prompt_text, results["q2"].prompt_text], [10, 7]

@@ -88,3 +88,35 @@ def test_time_words_follow_the_luanti_clock():
         "evening",
         "night",
     ]
+
+
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = CHAT
+    return tokenizer
+
+
+def test_a_chat_model_hears_the_players_name_once_in_the_system_turn(chat_tokenizer):
+    turns = [Turn("alice", "hi", "Hello, alice."), Turn("bob", "jump!", "Aye.")]
+    prompt = build_prompt(chat_tokenizer, PERSONA, turns, CONTEXT, "alice", "who are you?", 500)
+    system = "You are Mira. You farm wheat. Traits: cheerful, patient.\nYou are talking with alice.\n"
+    assert prompt.text.startswith(f"<|system|>{system}What you see: pos 10 8 -3; time morning;")
+    # No "alice: ..." speaker prefix for the model to copy; another player's turn says who spoke.
+    assert "<|user|>hi<|end|>\n<|assistant|>Hello, alice.<|end|>\n<|user|>(bob) jump!<|end|>" in prompt.text
+    assert prompt.text.endswith("<|user|>who are you?<|end|>\n<|assistant|>")
+    assert prompt.text.count("alice") == 2  # the system turn and the memory's own reply
+
+
+def test_the_header_lists_the_actions_a_persona_may_take(chat_tokenizer, tokenizer):
+    acting = PersonaSpec(slug="mira", name="Mira", system_prompt="You farm wheat.", actions=("follow", "give"))
+    for tok in (chat_tokenizer, tokenizer):
+        prompt = build_prompt(tok, acting, [], None, "alice", "follow me", 500)
+        assert "You are Mira. You farm wheat. Actions: follow, give." in prompt.text
+    assert "Actions" not in build_prompt(chat_tokenizer, PERSONA, [], None, "alice", "hi", 500).text

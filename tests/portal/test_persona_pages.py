@@ -76,6 +76,9 @@ def test_an_unchecked_public_box_makes_a_private_persona(alice, charlie):
         ({"top_p": "0"}, "top_p: Ensure this value is greater than or equal to 0.01."),
         ({"max_tokens": "513"}, "max_tokens: Ensure this value is less than or equal to 512."),
         ({"max_tokens": "0"}, "max_tokens: Ensure this value is greater than or equal to 1."),
+        ({"repetition_penalty": "2.5"}, "repetition_penalty: Ensure this value is less than or equal to 2.0."),
+        ({"repetition_penalty": "0.9"}, "repetition_penalty: Ensure this value is greater than or equal to 1.0."),
+        ({"repetition_penalty": "nan"}, "repetition_penalty: Enter a number."),
         ({"allowed_actions": "say, 9lives"}, "allowed_actions: '9lives' is not an action name"),
         ({"allowed_actions": "say, rm -rf"}, "allowed_actions: '-rf' is not an action name"),
         ({"traits": "t" * 81}, "traits: 'tttttttttttttttttttt'... is over 80 characters"),
@@ -204,3 +207,13 @@ def test_the_create_service_names_a_slug_taken_by_a_concurrent_request(alice, pe
         persona_create(owner=alice, slug="miner", name="Second miner")
     assert refused.value.fields == {"slug": ["'miner' is taken; choose another"]}
     assert Persona.objects.filter(slug="miner").count() == 1
+
+
+def test_the_repetition_penalty_is_set_or_kept(alice, persona):
+    csrf_post(client_for(alice), "/personas/miner/edit/", {**GOOD, "repetition_penalty": "1.3"})
+    persona.refresh_from_db()
+    assert persona.repetition_penalty == 1.3
+    # Left empty, an edit keeps it.
+    csrf_post(client_for(alice), "/personas/miner/edit/", {**GOOD, "repetition_penalty": ""})
+    persona.refresh_from_db()
+    assert persona.repetition_penalty == 1.3
