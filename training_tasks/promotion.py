@@ -1,8 +1,10 @@
 """Put a trained adapter on disk for good and make it a version, atomically.
 
-Files first: the trainer writes into ``MEDIA_ROOT/adapters/<persona>/.tmp-run<id>-*``
+Files first: the trainer writes into ``MEDIA_ROOT/adapters/<persona>/.tmp-<label>-*``
 (a sibling of the final directory, so the rename stays on one filesystem);
-every file and the directory are fsynced, then renamed to ``train-run<id>-v<n>``.
+every file and the directory are fsynced, then renamed to ``train-<label>-v<n>``.
+The label is ``run<id>`` for a nightly run and ``domain`` for the domain adapter
+a persona starts with (``domain_adapter_install``).
 The database second: one transaction creates the AdapterVersion (validated,
 then active or approved), retires the previous active version and points
 ``Persona.active_adapter`` at the new one. A crash before the commit leaves the
@@ -12,6 +14,7 @@ directories no version points to) are removed by the persona's next run.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -28,18 +31,23 @@ from inference.lora import CONFIG_FILE, WEIGHTS_FILE, file_sha256, read_adapter_
 
 log = logging.getLogger("voyager.training")
 
-TEMP_PREFIX = ".tmp-run"
-FINAL_PREFIX = "train-run"
+TEMP_PREFIX = ".tmp-"
+FINAL_PREFIX = "train-"
+DOMAIN_LABEL = "domain"
 
 
 def persona_adapters_dir(persona: Persona) -> Path:
     return Path(settings.MEDIA_ROOT) / "adapters" / persona.slug
 
 
-def temp_dir_create(persona: Persona, run: TrainingRun) -> Path:
+def run_label(run: TrainingRun) -> str:
+    return f"run{run.pk}"
+
+
+def temp_dir_create(persona: Persona, label: str) -> Path:
     root = persona_adapters_dir(persona)
     root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{TEMP_PREFIX}{run.pk}-{uuid.uuid4().hex[:8]}"
+    path = root / f"{TEMP_PREFIX}{label}-{uuid.uuid4().hex[:8]}"
     path.mkdir()
     return path
 
@@ -79,14 +87,20 @@ def _fsync_dir(path: Path) -> None:
 
 def adapter_promote(
     *,
-    run: TrainingRun,
+    run: TrainingRun | None,
     temp_dir: Path,
     base_model_id: str,
     metrics: dict,
     model_card: str = "",
     auto_promote: bool | None = None,
+    persona: Persona | None = None,
 ) -> AdapterVersion:
-    """Temp dir → final dir → AdapterVersion, in one transaction with the status switch."""
+    """Temp dir → final dir → AdapterVersion, in one transaction with the status switch.
+
+    ``run`` is the nightly run that trained it; without one (the domain adapter), ``persona``.
+    """
+    persona_id = run.persona_id if run is not None else persona.pk
+    label = run_label(run) if run is not None else DOMAIN_LABEL
     auto = settings.VOYAGER_AUTO_PROMOTE if auto_promote is None else auto_promote
     config = read_adapter_config(temp_dir)
     weights = temp_dir / WEIGHTS_FILE
@@ -101,9 +115,9 @@ def adapter_promote(
     final: Path | None = None
     try:
         with transaction.atomic():
-            persona = Persona.objects.select_for_update().get(pk=run.persona_id)
+            persona = Persona.objects.select_for_update().get(pk=persona_id)
             version = (AdapterVersion.objects.filter(persona=persona).aggregate(m=Max("version"))["m"] or 0) + 1
-            final = temp_dir.parent / f"{FINAL_PREFIX}{run.pk}-v{version}"
+            final = temp_dir.parent / f"{FINAL_PREFIX}{label}-v{version}"
             if final.exists():  # an orphan of a crash between rename and commit
                 shutil.rmtree(final)
             temp_dir.rename(final)
@@ -136,8 +150,9 @@ def adapter_promote(
             else:
                 adapter.status = AdapterVersion.Status.APPROVED
                 adapter.save(update_fields=["status"])
-            run.produced_version = adapter
-            run.save(update_fields=["produced_version"])
+            if run is not None:
+                run.produced_version = adapter
+                run.save(update_fields=["produced_version"])
     except BaseException:
         if final is not None and final.exists() and not temp_dir.exists():
             final.rename(temp_dir)  # back to a temp name: the next run cleans it up
@@ -162,3 +177,41 @@ def workers_warm(adapter: AdapterVersion) -> None:
         )
     except Exception:  # warming is an optimisation: the first request loads it anyway
         log.exception("could not tell the workers to warm %s", adapter)
+
+
+def domain_adapter_install(*, persona: Persona, adapter_dir: Path, base_model_id: str) -> AdapterVersion:
+    """Make a trained domain adapter (``training_tasks.domain``) the persona's active version.
+
+    Idempotent: a persona that already has a version with these weights gets that version back.
+    The files are copied, so the cache the adapter came from can be cleared at any time.
+    """
+    adapter_dir = Path(adapter_dir)
+    sha = file_sha256(adapter_dir / WEIGHTS_FILE)
+    existing = AdapterVersion.objects.filter(persona=persona, sha256=sha).order_by("-version").first()
+    if existing is not None:
+        return existing
+    marker = adapter_dir / "voyager-adapter.json"
+    metrics = {"domain": json.loads(marker.read_text(encoding="utf-8"))} if marker.is_file() else {}
+    temp = temp_dir_create(persona, DOMAIN_LABEL)
+    try:
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.copy2(adapter_dir / name, temp / name)
+        return adapter_promote(
+            run=None,
+            persona=persona,
+            temp_dir=temp,
+            base_model_id=base_model_id,
+            metrics=metrics,
+            model_card=DOMAIN_MODEL_CARD,
+            auto_promote=True,
+        )
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+DOMAIN_MODEL_CARD = (
+    "The world adapter: trained with supervised fine-tuning on the platform's NPC corpus "
+    "(short in-character replies, the world's items, places and dangers, and `[[ACTION:...]]` "
+    "markup where a player asks for an action). The nightly runs build on it."
+)

@@ -86,26 +86,14 @@ def _corpus_persona(persona: Persona) -> dict[str, Any]:
 
 
 def scripted_questions(persona: Persona, rng: random.Random, n: int) -> list[str]:
-    from inference.corpus import load_corpus_data
+    from inference.corpus import draw_question
 
-    data = load_corpus_data()
     entry = _corpus_persona(persona)
-    world = data["world"]
     out = []
     if rng.random() < 0.5:
         out.append(rng.choice(GREETINGS).format(name=persona.name))
     while len(out) < n:
-        intent = rng.choice(data["intents"])
-        direction = rng.choice(world["directions"])
-        fill = {
-            "name": persona.name,
-            "item": rng.choice(entry["inventory"]),
-            "n": str(rng.randint(1, 5)),
-            "place": rng.choice(world["places"]),
-            "dir": direction["words"],
-        }
-        question = rng.choice(intent["questions"]).format(**fill)
-        out.append(question.capitalize() if rng.random() < 0.3 else question)
+        out.append(draw_question(rng, persona.name, entry["inventory"]))
     return out[:n]
 
 

@@ -68,6 +68,15 @@ class TrainConfig:
     # The dataset keeps at most this many copies of one reply (player names masked) on each side:
     # 47 liked "See you, <name>." taught the model to say nothing else (0 keeps every copy).
     max_copies_per_reply: int = 3
+    # bf16 autocast on CPUs that have it (AMX, AVX-512 BF16) or on CUDA; the weights stay fp32.
+    bf16: bool = False
+    # The learning rate over a stage: constant (the nightly runs' gentle steps) or "cosine" (a long SFT).
+    lr_schedule: str = "constant_with_warmup"
+    warmup_steps: int = 0
+    # SFT on one flat sequence per batch (attention kept within each example): no compute on padding.
+    padding_free: bool = False
+    # A live progress bar with its estimate of the time left (for a person at a terminal).
+    progress_bar: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -169,12 +178,12 @@ def _common_args(config: TrainConfig, out: str, epochs: float, lr: float, n: int
         "report_to": [],
         "seed": config.seed,
         "data_seed": config.seed,
-        "lr_scheduler_type": "constant_with_warmup",
-        "warmup_steps": 0,
+        "lr_scheduler_type": config.lr_schedule,
+        "warmup_steps": config.warmup_steps,
         "dataloader_num_workers": 0,
-        "disable_tqdm": True,
+        "disable_tqdm": not config.progress_bar,
         "use_cpu": device() == "cpu",
-        "bf16": False,
+        "bf16": config.bf16,
         "fp16": False,
         # TRL turns it on by default; a small LoRA model has the memory, and recomputing costs time.
         "activation_checkpointing": False,
@@ -224,9 +233,11 @@ def train_adapter(
 
             args = SFTConfig(
                 **_common_args(config, scratch, config.sft_epochs, config.sft_lr, len(data.sft)),
-                max_length=config.max_length,
+                # Padding-free batches are not truncated: the caller's prompts must already fit.
+                max_length=None if config.padding_free else config.max_length,
                 completion_only_loss=True,
                 packing=False,
+                padding_free=config.padding_free,
                 dataset_num_proc=None,
             )
             recorder = _LossRecorder("sft", curve, on_log)
