@@ -122,11 +122,13 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         self.plans: dict[str, gateway.AskPlan] = {}  # each NPC's last checked plan, for speculative asks
         self.bucket = TokenBucket(settings.VOYAGER_GATEWAY_RATE, settings.VOYAGER_GATEWAY_BURST)
         self.watchdog: asyncio.Task | None = None
-        if settings.VOYAGER_EMBEDDED_WORKER:
-            await ensure_embedded_worker()
         self.group = gateway.server_group(self.server.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        if settings.VOYAGER_EMBEDDED_WORKER:
+            # After the handshake: loading a real model takes longer than a server's handshake timeout,
+            # and the frames that arrive meanwhile wait for this method to return.
+            await ensure_embedded_worker()
         self.counted = True
         observability.CONNECTIONS.inc()
         await database_sync_to_async(gateway.server_seen)(self.server)

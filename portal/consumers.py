@@ -80,9 +80,9 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
             return
         self.pending = None  # one ask at a time: a person types one line at a time
         self.bucket = TokenBucket(rate=2.0, burst=10)
-        if settings.VOYAGER_EMBEDDED_WORKER:
-            await ensure_embedded_worker()
         await self.accept()
+        if settings.VOYAGER_EMBEDDED_WORKER:
+            await ensure_embedded_worker()  # after the handshake: a real model loads for seconds
 
     async def disconnect(self, code):
         if getattr(self, "pending", None):
