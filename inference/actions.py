@@ -80,34 +80,3 @@ def parse_actions(text: str) -> tuple[str, list[Action]]:
     """Remove action markup from ``text``; return (clean text, actions)."""
     pieces, actions = _split(text)
     return _tidy("".join(pieces)), actions
-
-
-def _partial_open_suffix(text: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of the markup opener."""
-    for n in range(min(len(MARKUP_OPEN) - 1, len(text)), 0, -1):
-        if MARKUP_OPEN.startswith(text[-n:]):
-            return n
-    return 0
-
-
-def visible_prefix(raw: str) -> str:
-    """The part of a still-growing reply that is safe to show now.
-
-    Used for streaming: markup that has started but not closed, and a tail
-    that may become markup (``"[["``, ``"[[ACT"``), are held back. Trailing
-    whitespace is held back too because the final text is stripped and
-    collapsed. The result is always a prefix of ``parse_actions(final)[0]``
-    for any continuation that does not retroactively change ``raw``.
-    """
-    start = raw.find(MARKUP_OPEN)
-    # Cut at the first unterminated opener: everything after it may vanish.
-    while start >= 0:
-        close = raw.find(MARKUP_CLOSE, start + len(MARKUP_OPEN))
-        reopen = raw.find("[[", start + len(MARKUP_OPEN))
-        if close < 0 and reopen < 0:
-            raw = raw[:start]
-            break
-        start = raw.find(MARKUP_OPEN, start + len(MARKUP_OPEN))
-    raw = raw[: len(raw) - _partial_open_suffix(raw)]
-    pieces, _ = _split(raw)
-    return _tidy("".join(pieces))

@@ -1,4 +1,4 @@
-from inference.actions import parse_actions, visible_prefix
+from inference.actions import parse_actions
 
 
 def test_it_removes_and_parses_complete_markup():
@@ -42,11 +42,3 @@ def test_plain_brackets_are_text():
 
 def test_text_without_markup_is_untouched_except_outer_space():
     assert parse_actions("  Hello,\nworld  ") == ("Hello,\nworld", [])
-
-
-def test_visible_prefix_holds_back_what_may_become_markup():
-    assert visible_prefix("Hello [") == "Hello"
-    assert visible_prefix("Hello [[ACT") == "Hello"
-    assert visible_prefix("Hello [[ACTION:give default:ap") == "Hello"
-    assert visible_prefix("Hello [[ACTION:jump]] there") == "Hello there"
-    assert visible_prefix("Hello [[wiki]]") == "Hello [[wiki]]"
