@@ -345,6 +345,8 @@ DEMO_PERSONA = {
     "system_prompt": "You are Bram, a miner in a voxel world. You are friendly and brief. "
     "You help players find ores and give them apples when they are hungry.",
     "allowed_actions": ["say", "jump", "face", "follow", "stop_following", "move", "give"],
+    # A 135M model chooses an action, or its own name, with its first token: less chance, fewer slips.
+    "temperature": 0.5,
 }
 
 
