@@ -196,6 +196,12 @@ class Engine:
             self.tokenizer, "_tokenizer", None
         )
         self.stop_ids = frozenset(loaded.info.stop_token_ids)
+        # Tokens without a letter or digit (punctuation, brackets, spaces) may repeat: every sentence
+        # ends with a full stop, and action markup is made of "[[", ":" and "]]".
+        vocab = loaded.model.get_input_embeddings().weight.shape[0]
+        self._penalizable = torch.tensor(
+            [any(ch.isalnum() for ch in self._decode_text([i])) for i in range(vocab)], dtype=torch.bool
+        )
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self.runner = DecoderRunner(loaded.model, self.config.max_batch_size, self.config.max_seq_len)
         self.max_len = self.runner.max_len
@@ -459,7 +465,7 @@ class Engine:
         for i, job in enumerate(jobs):
             penalty = job.request.persona.sampling.repetition_penalty
             if penalty != 1.0 and job.stream is not None and job.stream.tokens:
-                _penalize_repeats(logits[i], job.stream.tokens, penalty)
+                _penalize_repeats(logits[i], job.stream.tokens, penalty, self._penalizable)
         picks = logits.argmax(dim=-1)
         for i, job in enumerate(jobs):
             s = job.request.persona.sampling
@@ -553,11 +559,12 @@ class Engine:
             log.exception("on_event callback failed for %s", job.request.request_id)
 
 
-def _penalize_repeats(logits: torch.Tensor, generated: list[int], penalty: float) -> None:
-    """CTRL's repetition penalty, in place, over the reply's own tokens (not the prompt's: the
+def _penalize_repeats(logits: torch.Tensor, generated: list[int], penalty: float, penalizable: torch.Tensor) -> None:
+    """CTRL's repetition penalty, in place, over the reply's own word tokens (not the prompt's: the
     persona's name is there, and the reply should say it): a positive score is divided by
     ``penalty``, a negative one multiplied."""
     seen = torch.tensor(sorted(set(generated)), dtype=torch.long)
+    seen = seen[penalizable[seen]]
     scores = logits[seen]
     logits[seen] = torch.where(scores > 0, scores / penalty, scores * penalty)
 
