@@ -76,7 +76,7 @@ SIZES: dict[str, SizeSpec] = {
         dialogues=400,
         block_size=128,
         batch_size=8,
-        steps=80,
+        steps=120,
         lr=1e-2,
     ),
 }

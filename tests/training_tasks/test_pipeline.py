@@ -140,7 +140,9 @@ def seed_ratings(persona: Persona, n: int = 120, liked: str = "{greet}, {player}
     refuses a candidate that answers everything the same way.
     """
     npc = Npc.objects.create(world_id=f"sim-{persona.slug}-{uuid.uuid4().hex[:6]}", persona=persona)
-    spec = PersonaSpec(persona.slug, persona.name, persona.system_prompt, tuple(persona.traits))
+    spec = PersonaSpec(
+        persona.slug, persona.name, persona.system_prompt, tuple(persona.traits), actions=tuple(persona.allowed_actions)
+    )
     ratings = []
     for i in range(n):
         player, question = PLAYERS[i % len(PLAYERS)], QUESTIONS[(i // len(PLAYERS)) % len(QUESTIONS)]
@@ -389,7 +391,7 @@ def test_a_worker_killed_mid_training_leaves_the_active_version_and_the_next_run
 
     persona = blacksmith(alice)
     v1 = register_active_adapter(persona, media, tiny_model)
-    seed_ratings(persona, n=90)
+    seed_ratings(persona)  # the nightly test's ratings: the run after the crash must pass the same gate
     run = TrainingRun.objects.create(persona=persona, night=NIGHT)
     slow = start_worker(VOYAGER_TRAINING_SFT_EPOCHS="400")
     slow.send(train_persona, run.pk)
@@ -404,7 +406,7 @@ def test_a_worker_killed_mid_training_leaves_the_active_version_and_the_next_run
     leftovers = temp_dirs(media, persona)
     assert leftovers, "the dead run's temp directory should be there until the next run"
 
-    fresh = start_worker()
+    fresh = start_worker(VOYAGER_TRAINING_SFT_EPOCHS="2")  # a candidate the gate can tell from v1
     fresh.send(train_persona, run.pk)
     run = wait_for(lambda: finished(run.pk), fresh, timeout=240)
     assert run.status == TrainingRun.Status.SUCCEEDED, f"{run.status}: {run.error}\n{run.log}"
@@ -424,7 +426,8 @@ def test_the_gate_refuses_a_candidate_that_learned_a_forbidden_action(alice, sta
     persona = blacksmith(alice)
     seed_ratings(persona, n=150, liked="[[ACTION:dance wildly]] Ha! {tail}")
     run = TrainingRun.objects.create(persona=persona, night=NIGHT)
-    worker = start_worker(VOYAGER_TRAINING_SFT_EPOCHS="10")
+    # Long enough for the tiny model to learn the markup whole ("[[ACTION:" is many of its tokens).
+    worker = start_worker(VOYAGER_TRAINING_SFT_EPOCHS="24")
     worker.send(train_persona, run.pk)
     run = wait_for(lambda: finished(run.pk), worker, timeout=240)
 
