@@ -343,7 +343,6 @@ def test_the_repetition_penalty_scores_the_replys_own_tokens_only(make_engine, t
         run_alone(engine, request(f"p{i}", t, persona=persona, max_tokens=24, ignore_eos=True))
         for i, t in enumerate(texts)
     ]
-    plain = [run_alone(engine, request(f"n{i}", t, max_tokens=24, ignore_eos=True)) for i, t in enumerate(texts)]
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     for result in penalised:
         prompt_ids = engine.tokenizer.encode(result.prompt_text, add_special_tokens=False)
@@ -357,5 +356,13 @@ def test_the_repetition_penalty_scores_the_replys_own_tokens_only(make_engine, t
                     continue
                 scores[seen] = scores[seen] / penalty if scores[seen] > 0 else scores[seen] * penalty
             assert int(scores.argmax()) == token, f"step {step}"
-    # The plain model repeats itself more; with the penalty the same prompts use more distinct tokens.
-    assert sum(len(set(r.token_ids)) for r in penalised) > sum(len(set(r.token_ids)) for r in plain)
+
+
+def test_a_penalised_word_loses_to_a_fresh_one_and_punctuation_is_free():
+    from inference.engine import _penalize_repeats
+
+    logits = torch.tensor([2.0, 1.9, -1.0, 3.0])  # 0 and 2 are words the reply used, 3 is "."
+    penalizable = torch.tensor([True, True, True, False])
+    _penalize_repeats(logits, [0, 2, 3, 0], 1.5, penalizable)
+    assert torch.allclose(logits, torch.tensor([2.0 / 1.5, 1.9, -1.5, 3.0]))
+    assert int(logits[:3].argmax()) == 1

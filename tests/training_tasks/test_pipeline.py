@@ -316,7 +316,7 @@ def test_the_nightly_task_trains_gates_promotes_and_tells_the_workers(alice, sta
     listener = async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(WORKERS_GROUP, listener)
 
-    worker = start_worker()
+    worker = start_worker(VOYAGER_TRAINING_SFT_EPOCHS="2")  # a candidate the gate can tell from v1
     worker.send(nightly_training, night=NIGHT, min_new_ratings=20)
     run = wait_for(lambda: TrainingRun.objects.filter(persona=persona).first(), worker, what="the nightly fan-out")
     run = wait_for(lambda: finished(run.pk), worker, timeout=240)
