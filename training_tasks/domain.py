@@ -30,6 +30,7 @@ from typing import Any
 
 from inference.corpus import corpus_digest, generate_dialogues
 from inference.prompt import build_prompt
+from inference.starter import _replace_dir as replace_dir
 
 from .trainers import TrainConfig, TrainingData, train_adapter
 
@@ -131,9 +132,7 @@ def train_world_adapter(
             "final_loss": result.loss_curve[-1]["loss"] if result.loss_curve else None,
         }
         (tmp / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
