@@ -366,3 +366,42 @@ def test_a_penalised_word_loses_to_a_fresh_one_and_punctuation_is_free():
     _penalize_repeats(logits, [0, 2, 3, 0], 1.5, penalizable)
     assert torch.allclose(logits, torch.tensor([2.0 / 1.5, 1.9, -1.5, 3.0]))
     assert int(logits[:3].argmax()) == 1
+
+
+def test_a_sampled_reply_acts_only_on_the_models_most_likely_choice(make_engine, tiny_model_dir):
+    """With sampling on, markup is opened only where opening it is the argmax, and written greedily
+    inside; every other step samples among tokens that do not open markup."""
+    from transformers import AutoModelForCausalLM
+
+    from inference.engine import _opens_markup
+
+    hot = npc_persona(sampling=Sampling(temperature=1.5, top_p=1.0, top_k=0))
+    engine = make_engine()
+    runs = [
+        run_alone(engine, request(f"g{i}", text, persona=hot, seed=i, max_tokens=20, ignore_eos=True))
+        for i, text in enumerate(["jump!", "follow me", "can I have an apple?", "hello", "where is the mine?"] * 2)
+    ]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    acted = sampled = 0
+    for result in runs:
+        prompt_ids = engine.tokenizer.encode(result.prompt_text, add_special_tokens=False)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt_ids + result.token_ids])).logits[0, len(prompt_ids) - 1 : -1]
+        for step, token in enumerate(result.token_ids):
+            best = int(logits[step].argmax())
+            written = engine.tokenizer.decode(result.token_ids[:step])
+            inside = written.rfind("[[") > written.rfind("]]")
+            if inside or _opens_markup(engine.tokenizer.decode([best])):
+                assert token == best, f"step {step} of {result.raw_text!r}"
+                acted += not inside
+            else:
+                assert not _opens_markup(engine.tokenizer.decode([token])), f"step {step} of {result.raw_text!r}"
+                sampled += token != best
+    assert acted and sampled  # both rules were exercised
+
+
+def test_what_opens_markup():
+    from inference.engine import _opens_markup
+
+    assert all(_opens_markup(p) for p in ("[[", " [[", "[", " [", "x[[A"))
+    assert not any(_opens_markup(p) for p in ("]]", "[x", "a", " ", "ACTION"))
