@@ -1,6 +1,7 @@
 """Benchmark: what the game gateway adds to an answer, with 100 game servers asking at once.
 
     .venv/bin/python benchmarks/gateway.py [--clients 100] [--asks 20] [--think 2] [--skip-breakdown]
+    .venv/bin/python benchmarks/gateway.py --worker engine [--concurrency 16,64] [--rounds 3] [--model PATH]
 
 The platform runs as in production, as separate processes: Daphne
 (``portal.asgi``) with the Redis channel layer, and ``manage.py
@@ -31,9 +32,25 @@ PostgreSQL (``DATABASE_URL``, default
 and migrated when missing, and its game-facing tables are emptied each run:
 do not point it at a database you care about). Only loopback traffic.
 
+With ``--worker engine`` the worker runs the model (``--backend engine``, the
+base model of ``VOYAGER_BASE_MODEL`` or ``--model``), and the question is what
+share of a real reply's time is the platform's. For each concurrency (NPCs,
+one connection each) every NPC asks at the same moment, a burst repeated for
+``--rounds`` (after ``--warmup`` bursts that create the NPCs), timed from the
+send to the ``reply``. After each burst the same requests go at once to an
+``Engine`` in this process, loaded as the worker loads it, while the platform
+sits idle (the two never share the cores): the same persona, at temperature 0
+so both sides generate the same tokens, the same player lines, context,
+``max_tokens`` and the memory the gateway sent (the replies it got), each
+request built by the worker's own ``request_from_message``, timed from submit
+to its result. ``overhead_share_N`` is (median end to end - median engine
+alone) / median end to end; the stored exchanges' prompts and replies are
+compared with the engine's, to show the two sides did the same work.
+
 The WebSocket client is a small one written here (standard library), so the
 benchmark needs nothing beyond the project's dependencies. The last line
-printed is one JSON object: ``p50_ms``/``p99_ms`` are the added latency.
+printed is one JSON object: ``p50_ms``/``p99_ms`` are the added latency (echo);
+``overhead_share_N``, the p50/p95 of both sides and ``lost`` (engine).
 """
 
 from __future__ import annotations
@@ -53,7 +70,9 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,12 +117,12 @@ def ensure_database(url: str) -> None:
             print(f"created database {name}")
 
 
-def setup_django(prefix: str) -> None:
+def setup_django(prefix: str, backend: str = "echo") -> None:
     os.environ.setdefault("DATABASE_URL", DEFAULT_DB)
     os.environ.setdefault("REDIS_URL", DEFAULT_REDIS)
     os.environ["VOYAGER_EMBEDDED_WORKER"] = "0"
     os.environ["VOYAGER_CHANNEL_PREFIX"] = prefix
-    os.environ["VOYAGER_INFERENCE_BACKEND"] = "echo"
+    os.environ["VOYAGER_INFERENCE_BACKEND"] = backend
     os.environ["VOYAGER_ECHO_DELAY"] = "0"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("DEBUG", "0")  # as in production: no query log kept per request
@@ -525,6 +544,324 @@ def cpu_spent(before: dict, after: dict) -> dict[str, float]:
     return spent
 
 
+# --- engine mode: the platform's share of a real reply ---------------------------------------------
+
+ENGINE_PERSONA = "bench-npc"
+# Ordinary player lines, cycled over the NPCs and the rounds.
+PLAYER_LINES = (
+    "hello! what are you up to today?",
+    "where can I find iron around here?",
+    "can you help me build a house before night?",
+    "is it safe to walk to the next village?",
+    "what do you think of the old mine to the east?",
+    "thanks for the help, see you tomorrow",
+)
+
+
+@dataclass
+class Level:
+    """One concurrency's run: both sides' reply times (measured rounds) and what each answered."""
+
+    npcs: int
+    platform_ms: list[float] = field(default_factory=list)
+    engine_ms: list[float] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    engine_errors: list[str] = field(default_factory=list)
+    engine_results: dict[tuple[int, int], Any] = field(default_factory=dict)  # (npc, turn) -> Result
+    exchanges: dict[tuple[int, int], str] = field(default_factory=dict)  # (npc, turn) -> the reply's exchange
+
+
+def engine_persona(max_tokens: int) -> dict:
+    """The bench NPC's persona, as the gateway sends it to the worker.
+
+    Temperature 0: both sides pick the same tokens, so they generate the same replies (the
+    gateway sends no seed, and greedy decoding needs none)."""
+    from django.contrib.auth import get_user_model
+
+    from agents_app.gateway import persona_payload
+    from agents_app.models import Persona
+
+    owner, _ = get_user_model().objects.get_or_create(username="bench-owner", defaults={"email": "b@example.org"})
+    persona, _ = Persona.objects.update_or_create(
+        slug=ENGINE_PERSONA,
+        defaults={
+            "name": "Mira",
+            "owner": owner,
+            "system_prompt": "You are Mira, a miner in the village. Answer players kindly, in a sentence or two.",
+            "traits": ["friendly", "knows the mines"],
+            "allowed_actions": ["jump", "say", "follow"],
+            "temperature": 0.0,
+            "max_tokens": max_tokens,
+        },
+    )
+    return persona_payload(persona)
+
+
+def npc_frame(npcs: int, client: int, turn: int) -> dict:
+    """An ask with no ``max_tokens``: the persona's budget holds."""
+    return {
+        "type": "ask",
+        "id": f"n{npcs}-{client}-{turn}",
+        "npc": f"npc-{npcs}-{client}",  # fresh NPCs per concurrency: no memory carried over
+        "persona": ENGINE_PERSONA,
+        "player": f"player{client}",
+        "text": PLAYER_LINES[(client + turn) % len(PLAYER_LINES)],
+        "context": {"pos": [12, 8, -40], "time_of_day": 0.4, "nearby": ["default:stone", "player"]},
+    }
+
+
+def worker_message(frame: dict, persona: dict, memory: list[dict]) -> dict:
+    """The ``inference.request`` the consumer's ``_dispatch`` sends for ``frame`` (no adapter)."""
+    from agents_app.protocol import parse_frame
+
+    ask = parse_frame(json.dumps(frame))
+    return {
+        "type": "inference.request",
+        "request_id": uuid.uuid4().hex,
+        "reply_channel": "bench",
+        "persona": persona,
+        "adapter": None,
+        "memory": memory,
+        "context": ask.context.model_dump(exclude_none=True) if ask.context else {},
+        "player": ask.player,
+        "text": ask.text,
+        "max_tokens": ask.max_tokens,
+        "deadline": time.time() + 600,
+    }
+
+
+async def read_forever(ws: WebSocket, inbox: asyncio.Queue) -> None:
+    """Every frame into ``inbox``, all the time: Daphne drops a connection that leaves its ping
+    unanswered for 30 s, and the engine alone may take longer than that between two bursts."""
+    try:
+        while True:
+            inbox.put_nowait(json.loads(await ws.recv()))
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        inbox.put_nowait({"type": "closed", "reason": repr(exc)})
+
+
+async def await_reply(inbox: asyncio.Queue, ask_id: str, sent: float, timeout: float) -> tuple[float | None, Any]:
+    """(ms from the send, the reply frame), or (None, why it was lost)."""
+    give_up = sent + timeout
+    try:
+        while True:
+            msg = await asyncio.wait_for(inbox.get(), max(0.0, give_up - time.perf_counter()))
+            if msg["type"] == "closed":
+                inbox.put_nowait(msg)  # for the asks still to come on this connection
+                return None, f"connection lost: {msg['reason']}"
+            if msg.get("id") != ask_id:
+                continue
+            if msg["type"] == "reply":
+                return (time.perf_counter() - sent) * 1000, msg
+            if msg["type"] == "error":
+                return None, f"{msg['code']}: {msg['message']}"
+    except TimeoutError:
+        return None, f"no reply in {timeout:.0f} s"
+
+
+def engine_burst(engine, messages: list[dict], timeout: float) -> list[tuple[float | None, Any]]:
+    """The requests submitted to ``engine`` at once: (ms from submit to the result, Result or Error)."""
+    import threading
+
+    from inference.engine import Error, Result
+    from inference.service import request_from_message
+
+    requests = [request_from_message(m) for m in messages]
+    out: list[tuple[float | None, Any]] = [(None, "no result")] * len(requests)
+    left = [len(requests)]
+    lock, finished = threading.Lock(), threading.Event()
+
+    def listener(i: int, sent: float):
+        def on_event(event) -> None:  # on the engine thread
+            if isinstance(event, Result | Error):
+                out[i] = ((time.perf_counter() - sent) * 1000, event)
+                with lock:
+                    left[0] -= 1
+                    if not left[0]:
+                        finished.set()
+
+        return on_event
+
+    for i, request in enumerate(requests):
+        engine.submit(request, listener(i, time.perf_counter()))
+    if not finished.wait(timeout):
+        for request in requests:
+            engine.cancel(request.request_id)
+    return out
+
+
+async def engine_level(port, tokens, persona, warmup, rounds, engine, timeout) -> Level:
+    """Bursts of one ask per NPC, each through the platform and then to the engine alone."""
+    from agents_app.gateway import AskPlan, NpcMemory
+    from inference.engine import Result
+
+    level = Level(npcs=len(tokens))
+    loop = asyncio.get_running_loop()
+    sockets = await asyncio.gather(*(WebSocket.connect(port, "/ws/luanti/", token) for token in tokens))
+    for client, ws in enumerate(sockets):
+        ws.send(json.dumps({"type": "hello", "protocol": 1, "server": f"bench {client}"}))
+    for ws in sockets:
+        welcome = json.loads(await ws.recv())
+        assert welcome["type"] == "welcome", welcome
+    inboxes = [asyncio.Queue() for _ in sockets]
+    readers = [asyncio.create_task(read_forever(ws, inbox)) for ws, inbox in zip(sockets, inboxes, strict=True)]
+    memory = NpcMemory()  # what the consumer remembers of each NPC: the engine's requests carry it too
+    fresh = AskPlan(npc_id=0, persona_id=0, adapter_version_id=None)  # a new NPC: nothing in the database
+    try:
+        for turn in range(warmup + rounds):
+            measured = turn >= warmup
+            frames = [npc_frame(level.npcs, client, turn) for client in range(level.npcs)]
+            sent_memory = [memory.turns(fresh, frame["npc"]) for frame in frames]
+            sent = []
+            for ws, frame in zip(sockets, frames, strict=True):
+                sent.append(time.perf_counter())
+                ws.send(json.dumps(frame, separators=(",", ":")))
+            answers = await asyncio.gather(
+                *(await_reply(q, frame["id"], t, timeout) for q, frame, t in zip(inboxes, frames, sent, strict=True))
+            )
+            for client, (frame, (ms, reply)) in enumerate(zip(frames, answers, strict=True)):
+                if ms is None:
+                    level.lost.append(reply)
+                    continue
+                level.exchanges[(client, turn)] = reply["exchange"]
+                memory.remember(frame["npc"], player=frame["player"], text=frame["text"], reply=reply["text"])
+                if measured:
+                    level.platform_ms.append(ms)
+
+            # The same requests to the engine alone, while the platform is idle; off the loop, so
+            # the connections still answer Daphne's pings.
+            messages = [worker_message(f, persona, m) for f, m in zip(frames, sent_memory, strict=True)]
+            results = await loop.run_in_executor(None, engine_burst, engine, messages, timeout)
+            for client, (ms, event) in enumerate(results):
+                if not isinstance(event, Result):
+                    level.engine_errors.append(str(event))
+                    continue
+                level.engine_results[(client, turn)] = event
+                if measured:
+                    level.engine_ms.append(ms)
+            label = f"round {turn - warmup + 1}" if measured else f"warm-up {turn + 1}"
+            platform = percentile([ms for ms, _ in answers if ms is not None], 0.5)
+            alone = percentile([ms for ms, _ in results if ms is not None], 0.5)
+            print(
+                f"  {level.npcs} NPCs, {label}: p50 end to end {platform:.0f} ms, engine alone {alone:.0f} ms",
+                flush=True,
+            )
+    finally:
+        for reader in readers:
+            reader.cancel()
+        for ws in sockets:
+            await ws.close()
+    return level
+
+
+def compare_exchanges(level: Level) -> tuple[int, int, int, list[int]]:
+    """(asks compared, same prompt, same reply, the stored replies' token counts): the exchanges
+    the platform stored against the engine's results for the same asks."""
+    from agents_app.models import Exchange
+
+    rows = Exchange.objects.in_bulk(list(level.exchanges.values()))
+    compared = same_prompt = same_reply = 0
+    tokens = []
+    for key, exchange_id in level.exchanges.items():
+        exchange, result = rows.get(uuid.UUID(exchange_id)), level.engine_results.get(key)
+        if exchange is None or result is None:
+            continue
+        compared += 1
+        same_prompt += exchange.prompt == result.prompt_text
+        same_reply += exchange.raw_text == result.raw_text
+        tokens.append(exchange.completion_tokens)
+    return compared, same_prompt, same_reply, tokens
+
+
+def engine_main(args) -> None:
+    levels = sorted({int(n) for n in args.concurrency.split(",") if n.strip()})
+    if args.model:
+        os.environ["VOYAGER_BASE_MODEL"] = str(Path(args.model).resolve())
+    # A burst of 64 on two cores takes a while: the gateway's deadline must not be what is measured.
+    os.environ["VOYAGER_ASK_TIMEOUT"] = str(args.ask_timeout)
+    prefix = f"voyager-bench-{os.getpid()}"
+    setup_django(prefix, backend="engine")
+    from django.conf import settings
+    from django.db import connection
+
+    from inference.service import EngineBackend
+
+    tokens, _ = make_fixtures(max(levels))
+    persona = engine_persona(args.max_tokens)
+    connection.close()
+    alone = EngineBackend.from_settings()  # as the worker builds it: the same model and EngineConfig
+
+    logs = Path(tempfile.mkdtemp(prefix="voyager-bench-"))
+    procs = Processes(logs)
+    port = free_port()
+    runs: list[Level] = []
+    try:
+        worker = procs.start("worker", [sys.executable, "manage.py", "inference_worker", "--backend", "engine"])
+        procs.wait_for("worker", lambda: " ready" in (logs / "worker.log").read_text(errors="replace"), limit=600)
+        daphne = procs.start(
+            "daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"]
+        )
+        procs.wait_for("daphne", lambda: listening(port))
+        print(f"daphne :{port} (pid {daphne.pid}), engine worker (pid {worker.pid}); logs in {logs}")
+        print(
+            f"model {settings.VOYAGER_BASE_MODEL}; persona {ENGINE_PERSONA} (temperature 0, max_tokens "
+            f"{args.max_tokens}); bursts per concurrency: {args.warmup} warm-up, {args.rounds} measured"
+        )
+        for npcs in levels:
+            runs.append(
+                asyncio.run(
+                    engine_level(
+                        port, tokens[:npcs], persona, args.warmup, args.rounds, alone.engine, args.ask_timeout + 30
+                    )
+                )
+            )
+    finally:
+        procs.stop()
+        alone.stop(drain=False)
+
+    out: dict[str, Any] = {
+        "worker": "engine",
+        "model": settings.VOYAGER_BASE_MODEL,
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+    }
+    for level in runs:
+        compared, same_prompt, same_reply, platform_tokens = compare_exchanges(level)
+        e2e50, alone50 = percentile(level.platform_ms, 0.5), percentile(level.engine_ms, 0.5)
+        share = (e2e50 - alone50) / e2e50 if level.platform_ms and level.engine_ms else float("nan")
+        engine_tokens = [r.completion_tokens for r in level.engine_results.values()]
+        print(f"\n{level.npcs} NPCs asking at once, {args.rounds} measured bursts:")
+        print(f"  end to end (send -> reply)   {summary(level.platform_ms)}")
+        print(f"  engine alone (submit -> end) {summary(level.engine_ms)}")
+        print(
+            f"  overhead share {share:.1%} of the median reply ({e2e50 - alone50:.0f} ms); "
+            f"p95 end to end {percentile(level.platform_ms, 0.95):.0f} ms, "
+            f"engine alone {percentile(level.engine_ms, 0.95):.0f} ms"
+        )
+        print(
+            f"  same prompt {same_prompt}/{compared}, same reply {same_reply}/{compared}; tokens per reply "
+            f"{sum(platform_tokens) / max(1, len(platform_tokens)):.1f} end to end, "
+            f"{sum(engine_tokens) / max(1, len(engine_tokens)):.1f} alone"
+        )
+        print(f"  asks without a reply {len(level.lost)}, engine-alone errors {len(level.engine_errors)}")
+        for reason in sorted(set(level.lost + level.engine_errors))[:10]:
+            print(f"    {(level.lost + level.engine_errors).count(reason)} x {reason}")
+        n = level.npcs
+        out[f"overhead_share_{n}"] = round(share, 4)
+        out[f"e2e_p50_ms_{n}"] = round(e2e50, 1)
+        out[f"e2e_p95_ms_{n}"] = round(percentile(level.platform_ms, 0.95), 1)
+        out[f"engine_p50_ms_{n}"] = round(alone50, 1)
+        out[f"engine_p95_ms_{n}"] = round(percentile(level.engine_ms, 0.95), 1)
+        out[f"lost_{n}"] = len(level.lost)
+        out[f"engine_errors_{n}"] = len(level.engine_errors)
+        out[f"same_prompt_{n}"] = f"{same_prompt}/{compared}"
+        out[f"same_reply_{n}"] = f"{same_reply}/{compared}"
+    out["lost"] = sum(len(level.lost) for level in runs)
+    out["cores"] = os.cpu_count()
+    print(json.dumps(out))
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 
@@ -539,7 +876,24 @@ def main() -> None:
         help="mean seconds a client waits between asks (players pause); 0 sends back to back (saturation)",
     )
     parser.add_argument("--skip-breakdown", action="store_true")
+    parser.add_argument(
+        "--worker",
+        choices=["echo", "engine"],
+        default="echo",
+        help="echo: the platform alone (the options above); engine: the model, against the engine alone",
+    )
+    parser.add_argument("--concurrency", default="16,64", help="engine: NPCs asking at once, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="engine: measured bursts per concurrency")
+    parser.add_argument("--warmup", type=int, default=1, help="engine: bursts before the measured ones")
+    parser.add_argument("--max-tokens", type=int, default=24, help="engine: the bench persona's reply budget")
+    parser.add_argument("--model", help="engine: base model directory (default: settings.VOYAGER_BASE_MODEL)")
+    parser.add_argument(
+        "--ask-timeout", type=float, default=600.0, help="engine: the gateway's deadline per ask, in seconds"
+    )
     args = parser.parse_args()
+    if args.worker == "engine":
+        engine_main(args)
+        return
 
     prefix = f"voyager-bench-{os.getpid()}"
     setup_django(prefix)
