@@ -234,8 +234,8 @@ class WebSocket:
             raise ConnectionError(f"handshake refused: {head.splitlines()[0]!r}")
         return cls(reader, writer)
 
-    def send(self, text: str, opcode: int = 0x1) -> None:
-        payload = text.encode()
+    def send(self, data: str | bytes, opcode: int = 0x1) -> None:
+        payload = data if isinstance(data, bytes) else data.encode()
         n = len(payload)
         if n < 126:
             header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
@@ -260,8 +260,8 @@ class WebSocket:
             opcode = b0 & 0x0F
             if opcode == 0x8:
                 raise ConnectionError(f"closed by the server: {payload[:2].hex()}")
-            if opcode == 0x9:  # ping
-                self.send(payload.decode("latin-1"), opcode=0xA)
+            if opcode == 0x9:  # ping: the pong carries its payload back byte for byte, or Daphne drops us
+                self.send(payload, opcode=0xA)
                 continue
             if opcode == 0xA:
                 continue
