@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -64,129 +64,11 @@ def npc_memory(npc: Npc, limit: int) -> list[dict[str, str]]:
     return [{"player": e["player_name"], "text": e["player_text"], "reply": e["reply_text"]} for e in reversed(recent)]
 
 
-class _RowReader:
-    """One model's columns in a hand-joined SELECT, read back into an instance as the ORM would."""
-
-    def __init__(self, model, alias: str, connection) -> None:
-        from django.db.models.expressions import Col
-
-        self.model, self.fields = model, model._meta.concrete_fields
-        self.names = [f.attname for f in self.fields]
-        quote = connection.ops.quote_name
-        self.columns = ", ".join(f"{alias}.{quote(f.column)}" for f in self.fields)
-        self.cols = [Col(alias, f) for f in self.fields]
-        # The converters the ORM's compiler applies to each column (JSON text, SQLite's dates...).
-        self.converters = [connection.ops.get_db_converters(c) + c.get_db_converters(connection) for c in self.cols]
-
-    def read(self, values, connection):
-        if values[0] is None:  # the LEFT JOIN found nothing
-            return None
-        out = []
-        for value, converters, col in zip(values, self.converters, self.cols, strict=True):
-            for convert in converters:
-                value = convert(value, col, connection)
-            out.append(value)
-        return self.model.from_db(connection.alias, self.names, out)
-
-
-_npc_sql: dict[tuple[str, bool], tuple[str, list[_RowReader]]] = {}
-
-
-def npc_select(connection, server: GameServer | None, npc_world_id: str) -> tuple[str, list, list[_RowReader]]:
-    """The SELECT of an NPC with its persona and the persona's active adapter, built once per
-    database vendor: ``(sql, params, readers)``; ``npc_from_row`` reads its row."""
-    key = (connection.vendor, server is None)
-    built = _npc_sql.get(key)
-    if built is None:
-        quote = connection.ops.quote_name
-        readers = [
-            _RowReader(Npc, "n", connection),
-            _RowReader(Persona, "p", connection),
-            _RowReader(AdapterVersion, "a", connection),
-        ]
-        table = {m: quote(m._meta.db_table) for m in (Npc, Persona, AdapterVersion)}
-        where = "n.game_server_id IS NULL" if server is None else "n.game_server_id = %s"
-        # Identifiers from the models' own metadata, quoted; the values are parameters.
-        sql = (
-            f"SELECT {', '.join(r.columns for r in readers)} FROM {table[Npc]} n "  # noqa: S608
-            f"JOIN {table[Persona]} p ON p.id = n.persona_id "
-            f"LEFT JOIN {table[AdapterVersion]} a ON a.id = p.active_adapter_id "
-            f"WHERE {where} AND n.world_id = %s"
-        )
-        built = _npc_sql[key] = (sql, readers)
-    sql, readers = built
-    params = [npc_world_id] if server is None else [server.pk, npc_world_id]
-    return sql, params, readers
-
-
-def npc_from_row(row, readers: list[_RowReader], connection) -> Npc | None:
-    if row is None:
-        return None
-    npc_reader, persona_reader, adapter_reader = readers
-    n, p = len(npc_reader.fields), len(persona_reader.fields)
-    npc = npc_reader.read(row[:n], connection)
-    persona = persona_reader.read(row[n : n + p], connection)
-    persona.active_adapter = adapter_reader.read(row[n + p :], connection)
-    npc.persona = persona
-    return npc
-
-
 def _npc_with_persona(server: GameServer | None, npc_world_id: str) -> Npc | None:
-    """The NPC with its persona and the persona's active adapter: one SELECT, built once.
-
-    The same rows ``Npc.objects.select_related("persona__active_adapter").filter(...).first()``
-    reads, without composing and compiling that query on every ask (the ORM's compiler was a
-    third of the gateway's CPU per ask).
-    """
-    from django.db import connection
-
-    sql, params, readers = npc_select(connection, server, npc_world_id)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    return npc_from_row(row, readers, connection)
-
-
-_insert_sql: dict[tuple[str, type], tuple[str, list]] = {}
-
-
-def plain_insert(obj: models.Model, connection) -> tuple[str, list] | None:
-    """``obj.save(force_insert=True)`` as one prebuilt INSERT: ``(sql, params)``, or None when the
-    model has signal receivers (then only the ORM's own save will do).
-
-    For a model with no save() of its own and no database-made values (a UUID key, defaults set
-    in Python). Each value goes through the field's ``get_db_prep_save``, as the ORM's insert
-    compiler does; composing and compiling that statement on every reply was most of its cost.
-    """
-    from django.db.models.signals import post_save, pre_save
-
-    model = type(obj)
-    if pre_save.has_listeners(model) or post_save.has_listeners(model):
-        return None
-    built = _insert_sql.get((connection.vendor, model))
-    if built is None:
-        quote = connection.ops.quote_name
-        fields = list(model._meta.concrete_fields)
-        sql = (
-            f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
-            f"VALUES ({', '.join(['%s'] * len(fields))})"
-        )
-        built = _insert_sql[(connection.vendor, model)] = (sql, fields)
-    sql, fields = built
-    return sql, [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
-
-
-def _insert(obj: models.Model) -> None:
-    """``obj.save(force_insert=True)``, through ``plain_insert`` where it can."""
-    from django.db import connection
-
-    statement = plain_insert(obj, connection)
-    if statement is None:
-        obj.save(force_insert=True)  # someone listens: the ORM's own way, signals and all
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(*statement)
-    obj._state.adding, obj._state.db = False, connection.alias
+    """The NPC with its persona and the persona's active adapter, in one query."""
+    return (
+        Npc.objects.select_related("persona__active_adapter").filter(game_server=server, world_id=npc_world_id).first()
+    )
 
 
 def ask_prepare(
@@ -281,141 +163,6 @@ class NpcMemory:
 ACTIVE_MARK_SECONDS = 60
 
 
-@dataclass
-class ExchangeDraft:
-    """An exchange ready to write, with the policy's verdict and what writing it must also do."""
-
-    exchange: Exchange
-    verdict: policy.Verdict
-    npc: Npc
-    now: Any  # a datetime: when it was drafted
-    freeze_until: Any = None  # a datetime: freeze the NPC until then
-    mark: bool = False  # refresh the NPC's last_active_at
-
-    @property
-    def plain(self) -> bool:
-        """One INSERT and nothing else: no flags, no freeze, no activity mark."""
-        return not self.verdict.hits and not self.mark
-
-
-def exchange_draft(
-    *,
-    plan: AskPlan,
-    player: str,
-    text: str,
-    context: dict,
-    result: dict[str, Any],
-    ttft_ms: float | None,
-    total_ms: float,
-    source: str = Exchange.Source.GAME,
-    rules: policy.RuleSet | None = None,
-) -> ExchangeDraft:
-    """The reply through the policy, as the exchange to store: no writes.
-
-    Reads nothing when ``offline_draft_possible`` says so and ``rules`` are given.
-    """
-    persona = plan.persona or Persona.objects.get(pk=plan.persona_id)
-    npc = plan.npc or Npc.objects.select_related("game_server").get(pk=plan.npc_id)
-    verdict = policy.check_reply(
-        persona, result.get("text", ""), result.get("actions", []), npc, context=context, rules=rules
-    )
-    adapter_id = result.get("adapter_id") or plan.adapter_version_id
-    if adapter_id != plan.adapter_version_id and not AdapterVersion.objects.filter(pk=adapter_id).exists():
-        adapter_id = None
-    exchange = Exchange(
-        npc_id=plan.npc_id,
-        persona=persona,
-        source=source,
-        player_name=player,
-        player_text=text,
-        context=context or {},
-        prompt=result.get("prompt", ""),
-        reply_text=verdict.text if verdict.text is not None else result.get("text", ""),
-        raw_text=result.get("raw_text", "") or result.get("text", ""),
-        actions=verdict.allowed,
-        blocked_actions=verdict.blocked,
-        adapter_version_id=adapter_id,
-        base_model_id=result.get("base_model_id", "")[:200],
-        finish_reason=result.get("finish_reason", "")[:16],
-        worker_id=(result.get("worker_id") or "")[:100],
-        prompt_tokens=result.get("prompt_tokens", 0),
-        completion_tokens=result.get("completion_tokens", 0),
-        ttft_ms=ttft_ms,
-        total_ms=total_ms,
-        excluded_from_training=verdict.severe,
-    )
-    now = timezone.now()
-    freeze_until = None
-    if verdict.freeze_seconds > 0 and source == Exchange.Source.GAME:
-        # Playground and simulated NPCs answer to no mod: only a game NPC is frozen.
-        freeze_until = now + timezone.timedelta(seconds=verdict.freeze_seconds)
-    mark = npc.last_active_at is None or (now - npc.last_active_at).total_seconds() > ACTIVE_MARK_SECONDS
-    return ExchangeDraft(exchange=exchange, verdict=verdict, npc=npc, now=now, freeze_until=freeze_until, mark=mark)
-
-
-def offline_draft_possible(plan: AskPlan, result: dict[str, Any]) -> policy.RuleSet | None:
-    """The rules to draft this exchange with without a query, or None when drafting it reads the
-    database (rules not cached, actions to check against the NPC's history and the protected
-    areas, an answer from another adapter version than the plan's)."""
-    if plan.persona is None or plan.npc is None or result.get("actions"):
-        return None
-    adapter_id = result.get("adapter_id") or plan.adapter_version_id
-    if adapter_id != plan.adapter_version_id:
-        return None
-    return policy.RuleSet.cached(plan.persona)
-
-
-def exchange_write(draft: ExchangeDraft) -> tuple[Exchange, policy.Verdict]:
-    """Store a drafted exchange: a plain one is one INSERT (atomic on its own); flags, a freeze
-    or a stale activity mark add their writes in one transaction with it."""
-    exchange, verdict, npc = draft.exchange, draft.verdict, draft.npc
-    if draft.plain:
-        _insert(exchange)
-        return exchange, verdict
-    npc_id = exchange.npc_id
-    with transaction.atomic():
-        exchange.save(force_insert=True)
-        PolicyFlag.objects.bulk_create(
-            PolicyFlag(exchange=exchange, rule=h.rule, severity=h.severity, action=h.action, detail=h.detail[:2000])
-            for h in verdict.hits
-        )
-        if draft.mark:
-            Npc.objects.filter(pk=npc_id).update(last_active_at=draft.now)
-            npc.last_active_at = draft.now
-        if draft.freeze_until is not None:
-            # Never shorten a longer freeze (a moderator's, say) that happened since the plan was read.
-            Npc.objects.filter(pk=npc_id).filter(
-                Q(frozen_until__isnull=True) | Q(frozen_until__lt=draft.freeze_until)
-            ).update(frozen_until=draft.freeze_until)
-            current = Npc.objects.filter(pk=npc_id).values_list("frozen_until", flat=True).first()
-            npc.frozen_until = current
-            verdict = replace(verdict, frozen_until=current)
-        transaction.on_commit(lambda: _count_hits(verdict))
-    return exchange, verdict
-
-
-def exchange_write_again(draft: ExchangeDraft) -> tuple[Exchange, policy.Verdict]:
-    """``exchange_write`` after an attempt whose outcome is unknown (its connection failed): a row
-    that did land is kept, not written twice."""
-
-    def landed() -> bool:
-        if Exchange.objects.filter(pk=draft.exchange.pk).exists():
-            draft.exchange._state.adding, draft.exchange._state.db = False, "default"
-            return True
-        return False
-
-    if landed():
-        return draft.exchange, draft.verdict
-    try:
-        with transaction.atomic():
-            return exchange_write(draft)
-    except IntegrityError:
-        # The first attempt was still under way on the server and landed meanwhile.
-        if landed():
-            return draft.exchange, draft.verdict
-        raise
-
-
 def exchange_record(
     *,
     plan: AskPlan,
@@ -427,23 +174,61 @@ def exchange_record(
     total_ms: float,
     source: str = Exchange.Source.GAME,
 ) -> tuple[Exchange, policy.Verdict]:
-    """Run the reply through the policy and store the exchange, flags included.
+    """Run the reply through the policy and store the exchange, flags included, in one transaction.
 
     The stored ``reply_text`` is the text players see (redacted where a text rule hit);
     ``raw_text`` keeps what the model wrote, for moderators. A severe hit on a game NPC
     freezes it (``Npc.frozen_until``) and keeps the exchange out of training.
     """
-    draft = exchange_draft(
-        plan=plan,
-        player=player,
-        text=text,
-        context=context,
-        result=result,
-        ttft_ms=ttft_ms,
-        total_ms=total_ms,
-        source=source,
-    )
-    return exchange_write(draft)
+    persona = plan.persona or Persona.objects.get(pk=plan.persona_id)
+    npc = plan.npc or Npc.objects.select_related("game_server").get(pk=plan.npc_id)
+    verdict = policy.check_reply(persona, result.get("text", ""), result.get("actions", []), npc, context=context)
+    adapter_id = result.get("adapter_id") or plan.adapter_version_id
+    if adapter_id != plan.adapter_version_id and not AdapterVersion.objects.filter(pk=adapter_id).exists():
+        adapter_id = None
+    now = timezone.now()
+    with transaction.atomic():
+        exchange = Exchange.objects.create(
+            npc_id=plan.npc_id,
+            persona=persona,
+            source=source,
+            player_name=player,
+            player_text=text,
+            context=context or {},
+            prompt=result.get("prompt", ""),
+            reply_text=verdict.text if verdict.text is not None else result.get("text", ""),
+            raw_text=result.get("raw_text", "") or result.get("text", ""),
+            actions=verdict.allowed,
+            blocked_actions=verdict.blocked,
+            adapter_version_id=adapter_id,
+            base_model_id=result.get("base_model_id", "")[:200],
+            finish_reason=result.get("finish_reason", "")[:16],
+            worker_id=(result.get("worker_id") or "")[:100],
+            prompt_tokens=result.get("prompt_tokens", 0),
+            completion_tokens=result.get("completion_tokens", 0),
+            ttft_ms=ttft_ms,
+            total_ms=total_ms,
+            excluded_from_training=verdict.severe,
+        )
+        PolicyFlag.objects.bulk_create(
+            PolicyFlag(exchange=exchange, rule=h.rule, severity=h.severity, action=h.action, detail=h.detail[:2000])
+            for h in verdict.hits
+        )
+        if npc.last_active_at is None or (now - npc.last_active_at).total_seconds() > ACTIVE_MARK_SECONDS:
+            Npc.objects.filter(pk=npc.pk).update(last_active_at=now)
+            npc.last_active_at = now
+        if verdict.freeze_seconds > 0 and source == Exchange.Source.GAME:
+            # Playground and simulated NPCs answer to no mod: only a game NPC is frozen. Never
+            # shorten a longer freeze (a moderator's, say) that happened since the plan was read.
+            until = now + timezone.timedelta(seconds=verdict.freeze_seconds)
+            Npc.objects.filter(pk=npc.pk).filter(Q(frozen_until__isnull=True) | Q(frozen_until__lt=until)).update(
+                frozen_until=until
+            )
+            npc.frozen_until = Npc.objects.filter(pk=npc.pk).values_list("frozen_until", flat=True).first()
+            verdict = replace(verdict, frozen_until=npc.frozen_until)
+        if verdict.hits:
+            transaction.on_commit(lambda: _count_hits(verdict))
+    return exchange, verdict
 
 
 def _count_hits(verdict: policy.Verdict) -> None:

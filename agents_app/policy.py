@@ -80,7 +80,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                 "grief",
                 "punch_node",
             ]
-        },  # fmt: skip
+        },
     },
     BLOCKED_TERM: {"severity": SEVERE, "params": {"terms": ["kill yourself", "kys"], "replacement": "***"}},
     PERSONAL_DATA: {
@@ -103,7 +103,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                 "chatgpt",
             ],
             "replacement": "Hm, where was I? Let's talk about this world instead.",
-        },  # fmt: skip
+        },
     },
 }
 RULES = tuple(DEFAULTS)
@@ -168,12 +168,6 @@ class RuleSet:
             rules = cls.read(persona)
             _rules_cache[key] = (time.monotonic(), rules)
         return rules
-
-    @classmethod
-    def cached(cls, persona) -> RuleSet | None:
-        """The persona's rules if this process has a fresh copy, else None (``for_persona`` reads)."""
-        stamp, rules = _rules_cache.get(getattr(persona, "pk", None), (0.0, None))
-        return rules if rules is not None and time.monotonic() - stamp <= RULES_TTL else None
 
     @classmethod
     def read(cls, persona) -> RuleSet:

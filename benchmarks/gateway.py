@@ -385,57 +385,58 @@ def echo_in_process(asks: int, persona: str, tokens: list[str] | None = None, pa
 
 
 async def _echo_in_process(asks, persona, tokens, pace) -> list[float]:
-    from agents_app import gateway, hotpath
+    from channels.db import database_sync_to_async as db
+
+    from agents_app import gateway
     from agents_app.services import game_server_authenticate
-    from inference.worker import EchoBackend
+    from inference.backends import EchoBackend
 
     rng = random.Random(7)
     backend = EchoBackend()
-    server = await hotpath.db(game_server_authenticate, tokens[0]) if tokens else None
+    server = await db(game_server_authenticate)(tokens[0]) if tokens else None
     memory = gateway.NpcMemory()  # what the consumer keeps per connection
     if server is not None:  # the NPC has answered before, as every measured ask's NPC has in the run
-        first = await hotpath.db(gateway.ask_prepare, server=server, npc_world_id="npc-0", persona_slug=persona)
+        first = await db(gateway.ask_prepare)(server=server, npc_world_id="npc-0", persona_slug=persona)
         memory.turns(first, "npc-0")
     latencies = []
-    try:
-        for i in range(asks):
-            frame = ask_frame(i, 0, persona)
-            request = {
-                "type": "inference.request",
-                "request_id": uuid.uuid4().hex,
-                "reply_channel": "x",
-                "persona": {"slug": persona},
-                "adapter": None,
-                "memory": [],
-                "context": frame["context"],
-                "player": frame["player"],
-                "text": frame["text"],
-                "max_tokens": 32,
-                "deadline": time.time() + 30,
-            }
-            got = []
-            if pace:
-                await asyncio.sleep(rng.expovariate(1.0 / pace))
-            sent = time.perf_counter()
-            if server is not None:
-                plan = await hotpath.plan_known(server, frame["npc"], persona)
-                request.update(plan.request, memory=memory.turns(plan, frame["npc"]))
-            backend.submit(request, got.append)
-            assert got[-1]["type"] == "inference.result"
-            if server is not None:
-                exchange, _ = await hotpath.store(
-                    plan=plan,
-                    player=frame["player"],
-                    text=frame["text"],
-                    context=frame["context"],
-                    result=got[-1],
-                    ttft_ms=0.0,
-                    total_ms=0.0,
-                )
-                memory.remember(frame["npc"], player=frame["player"], text=frame["text"], reply=exchange.reply_text)
-            latencies.append((time.perf_counter() - sent) * 1000)
-    finally:
-        hotpath.loop_db.close_all()
+    for i in range(asks):
+        frame = ask_frame(i, 0, persona)
+        request = {
+            "type": "inference.request",
+            "request_id": uuid.uuid4().hex,
+            "reply_channel": "x",
+            "persona": {"slug": persona},
+            "adapter": None,
+            "memory": [],
+            "context": frame["context"],
+            "player": frame["player"],
+            "text": frame["text"],
+            "max_tokens": 32,
+            "deadline": time.time() + 30,
+        }
+        got = []
+        if pace:
+            await asyncio.sleep(rng.expovariate(1.0 / pace))
+        sent = time.perf_counter()
+        if server is not None:
+            plan = await db(gateway.ask_prepare)(
+                server=server, npc_world_id=frame["npc"], persona_slug=persona, with_memory=False
+            )
+            request.update(plan.request, memory=memory.turns(plan, frame["npc"]))
+        backend.submit(request, got.append)
+        assert got[-1]["type"] == "inference.result"
+        if server is not None:
+            exchange, _ = await db(gateway.exchange_record)(
+                plan=plan,
+                player=frame["player"],
+                text=frame["text"],
+                context=frame["context"],
+                result=got[-1],
+                ttft_ms=0.0,
+                total_ms=0.0,
+            )
+            memory.remember(frame["npc"], player=frame["player"], text=frame["text"], reply=exchange.reply_text)
+        latencies.append((time.perf_counter() - sent) * 1000)
     return latencies
 
 
@@ -467,29 +468,6 @@ def db_services(tokens, persona, n=200) -> tuple[list[float], list[float]]:
         )
         record.append((time.perf_counter() - t) * 1000)
     return prepare, record
-
-
-async def loop_services(tokens, persona, n=200) -> tuple[list[float], list[float]]:
-    """The same two services as the consumer runs them for a known NPC: on the loop's connection."""
-    from agents_app import gateway, hotpath, services
-
-    server = await hotpath.db(services.game_server_authenticate, tokens[0])
-    await hotpath.db(gateway.ask_prepare, server=server, npc_world_id="npc-bench-db", persona_slug=persona)
-    check, store = [], []
-    try:
-        for _ in range(n):
-            t = time.perf_counter()
-            plan = await hotpath.plan_known(server, "npc-bench-db", persona)
-            check.append((time.perf_counter() - t) * 1000)
-            result = {"text": "hello", "raw_text": "hello", "actions": [], "prompt": "hello", "base_model_id": "echo"}
-            t = time.perf_counter()
-            await hotpath.store(
-                plan=plan, player="p", text="hello", context={}, result=result, ttft_ms=0.1, total_ms=0.2
-            )
-            store.append((time.perf_counter() - t) * 1000)
-    finally:
-        hotpath.loop_db.close_all()
-    return check, store
 
 
 async def layer_hops(n=300) -> tuple[list[float], list[float]]:
@@ -1004,9 +982,6 @@ def main() -> None:
             prepare, record = db_services(tokens, persona)
             print(f"  ask_prepare (DB)          {summary(prepare)}   (the ORM, on this thread)")
             print(f"  exchange_record (DB)      {summary(record)}")
-            check, store = asyncio.run(loop_services(tokens, persona))
-            print(f"  known NPC's check (loop)  {summary(check)}   (as the consumer runs them: hotpath)")
-            print(f"  clean reply stored (loop) {summary(store)}")
             from django.db import connection
 
             with connection.cursor() as cursor:  # what-if only, this session: how much is the commit's fsync
@@ -1028,8 +1003,6 @@ def main() -> None:
                 "ws_ping": round(percentile(pings, 0.5), 3),
                 "ask_prepare_db": round(percentile(prepare, 0.5), 3),
                 "exchange_record_db": round(percentile(record, 0.5), 3),
-                "check_loop_db": round(percentile(check, 0.5), 3),
-                "store_loop_db": round(percentile(store, 0.5), 3),
                 "ask_prepare_db_no_fsync": round(percentile(prepare_async, 0.5), 3),
                 "exchange_record_db_no_fsync": round(percentile(record_async, 0.5), 3),
                 "channel_hop": round(percentile(hops, 0.5), 3),

@@ -10,11 +10,9 @@ Anonymous sockets are refused with 4401; oversize frames close with 4413, floods
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-import uuid
 from typing import Annotated, Literal
 
 from channels.db import database_sync_to_async
@@ -25,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from agents_app.consumers import TokenBucket
 from agents_app.protocol import CloseCode, ErrorCode
 from agents_app.services import ServiceError
-from inference.heartbeat import heartbeats
-from inference.worker import REQUEST_CHANNEL, WORKERS_GROUP, ensure_embedded_worker
+from inference.client import NoWorker, WorkerAsk, WorkerClient
+from inference.worker import ensure_embedded_worker
 from portal import services
 
 log = logging.getLogger("voyager.playground")
@@ -78,15 +76,21 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=CloseCode.UNAUTHORIZED)
             return
-        self.pending = None  # one ask at a time: a person types one line at a time
+        self.worker = WorkerClient(
+            self.channel_layer,
+            self.channel_name,
+            on_delta=self.ask_delta,
+            on_result=self.ask_result,
+            on_error=self.ask_error,
+        )
         self.bucket = TokenBucket(rate=2.0, burst=10)
         await self.accept()
         if settings.VOYAGER_EMBEDDED_WORKER:
             await ensure_embedded_worker()  # after the handshake: a real model loads for seconds
 
     async def disconnect(self, code):
-        if getattr(self, "pending", None):
-            await self._cancel()
+        if getattr(self, "worker", None) is not None:
+            await self.worker.close()
 
     async def send_json(self, payload):
         await self.send(text_data=json.dumps(payload, separators=(",", ":")))
@@ -118,16 +122,14 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
         elif budget < 0:
             await self.error(ErrorCode.RATE_LIMITED, "too many frames: slow down", getattr(frame, "id", None))
         elif isinstance(frame, PlayCancel):
-            if self.pending and self.pending["frame"].id == frame.id:
-                await self._cancel()
+            await self.worker.cancel(frame.id)
         else:
             await self.on_ask(frame)
 
     async def on_ask(self, frame: PlayAsk):
-        if self.pending is not None:
+        if len(self.worker):  # one ask at a time: a person types one line at a time
             await self.error(ErrorCode.OVERLOADED, "one ask at a time: wait for the reply or cancel it", frame.id)
             return
-        started = time.monotonic()
         try:
             plan = await database_sync_to_async(services.playground_prepare)(
                 user=self.user, persona_slug=frame.persona, version=frame.version
@@ -136,108 +138,48 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
             code = exc.code if exc.code in vars(ErrorCode).values() else ErrorCode.NOT_FOUND
             await self.error(code, str(exc), frame.id)
             return
-        if not await heartbeats().alive():
-            await self.error(ErrorCode.UNAVAILABLE, "no inference worker is running", frame.id)
-            return
-        timeout = settings.VOYAGER_ASK_TIMEOUT
-        self.pending = {
-            "frame": frame, "plan": plan, "request_id": uuid.uuid4().hex, "started": started,
-            "first": None, "worker_channel": None,
-        }  # fmt: skip
-        self.pending["watchdog"] = asyncio.create_task(self._watch(self.pending, started + timeout))
-        await self.channel_layer.send(
-            REQUEST_CHANNEL,
-            {
-                "type": "inference.request",
-                "request_id": self.pending["request_id"],
-                "reply_channel": self.channel_name,
-                **plan.request,
-                "context": {},
-                "player": "you",
-                "text": frame.text,
-                "max_tokens": None,
-                "deadline": time.time() + timeout,
-            },
-        )
+        request = {**plan.request, "context": {}, "player": "you", "text": frame.text, "max_tokens": None}
+        try:
+            await self.worker.send(frame.id, request, timeout=settings.VOYAGER_ASK_TIMEOUT, meta=(frame, plan))
+        except NoWorker as exc:
+            await self.error(ErrorCode.UNAVAILABLE, str(exc), frame.id)
 
-    def _mine(self, message):
-        p = self.pending
-        return p if p is not None and message.get("request_id") == p["request_id"] else None
+    # --- the worker's answers (routed by ``self.worker``) --------------------------------------
 
     async def inference_accepted(self, message):
-        p = self._mine(message)
-        if p:
-            p["worker_channel"] = message.get("worker_channel")
+        await self.worker.handle(message)
 
-    async def inference_delta(self, message):
-        p = self._mine(message)
-        if p and message.get("text"):
-            p["first"] = p["first"] or time.monotonic()
-            await self.send_json({"type": "delta", "id": p["frame"].id, "text": message["text"]})
+    inference_delta = inference_result = inference_error = inference_accepted
 
-    async def inference_result(self, message):
-        p = self._mine(message)
-        if p is None:
-            return
-        self._done()
-        if message.get("finish_reason") == "cancelled":
-            return
+    async def ask_delta(self, ask: WorkerAsk, text: str) -> None:
+        await self.send_json({"type": "delta", "id": ask.key, "text": text})
+
+    async def ask_error(self, ask: WorkerAsk, code: str, message: str) -> None:
+        await self.error(code, message, ask.key)
+
+    async def ask_result(self, ask: WorkerAsk, result: dict) -> None:
+        frame, plan = ask.meta
+        now = time.monotonic()
         try:
             exchange, verdict = await database_sync_to_async(services.playground_record)(
                 user=self.user,
-                plan=p["plan"],
-                text=p["frame"].text,
-                result=message,
-                ttft_ms=None if p["first"] is None else (p["first"] - p["started"]) * 1000,
-                total_ms=(time.monotonic() - p["started"]) * 1000,
+                plan=plan,
+                text=frame.text,
+                result=result,
+                ttft_ms=None if ask.first_delta is None else (ask.first_delta - ask.started) * 1000,
+                total_ms=(now - ask.started) * 1000,
             )
         except Exception:
             log.exception("could not store a playground exchange")
-            await self.error(ErrorCode.INTERNAL, "the reply could not be stored", p["frame"].id)
+            await self.error(ErrorCode.INTERNAL, "the reply could not be stored", frame.id)
             return
         await self.send_json(
             {
                 "type": "reply",
-                "id": p["frame"].id,
+                "id": frame.id,
                 "exchange": str(exchange.pk),
                 "text": exchange.reply_text,
                 "actions": verdict.allowed,
                 "blocked": verdict.blocked,
             }
         )
-
-    async def inference_error(self, message):
-        p = self._mine(message)
-        if p is None:
-            return
-        self._done()
-        code = message.get("code", ErrorCode.INTERNAL)
-        await self.error(
-            ErrorCode.INTERNAL if code == "adapter_error" else code, message.get("message", ""), p["frame"].id
-        )
-
-    def _done(self):
-        p, self.pending = self.pending, None
-        if p and p.get("watchdog") and p["watchdog"] is not asyncio.current_task():
-            p["watchdog"].cancel()
-        return p
-
-    async def _cancel(self):
-        p = self._done()
-        if p is None:
-            return
-        cancel = {"type": "inference.cancel", "request_id": p["request_id"]}
-        if p["worker_channel"]:
-            await self.channel_layer.send(p["worker_channel"], cancel)
-        else:
-            await self.channel_layer.group_send(WORKERS_GROUP, cancel)
-
-    async def _watch(self, p, deadline):
-        while self.pending is p:
-            await asyncio.sleep(0.25)
-            if self.pending is not p:
-                return
-            if time.monotonic() > deadline:
-                await self._cancel()
-                await self.error(ErrorCode.TIMEOUT, "no reply within the deadline", p["frame"].id)
-                return

@@ -107,12 +107,14 @@ def parse_database_url(url: str) -> dict:
             "PASSWORD": unquote(parts.password or ""),
             "HOST": parts.hostname or "",
             "PORT": str(port or ""),
-            "CONN_MAX_AGE": 60,
-            "CONN_HEALTH_CHECKS": True,
+            # Django's psycopg pool (connections outlive requests without CONN_MAX_AGE), each
+            # connection checked as it is taken, so one the server dropped costs no request.
+            "CONN_MAX_AGE": 0,
         }
-        options = dict(parse_qsl(parts.query))
-        if options:
-            config["OPTIONS"] = options
+        from psycopg_pool import ConnectionPool
+
+        pool = {"min_size": 1, "max_size": 8, "timeout": 10, "check": ConnectionPool.check_connection}
+        config["OPTIONS"] = {"pool": pool, **dict(parse_qsl(parts.query))}
         return config
     raise ImproperlyConfigured(f"DATABASE_URL scheme {parts.scheme!r} is not supported (use sqlite:// or postgres://)")
 

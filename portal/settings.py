@@ -126,7 +126,7 @@ if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "portal.channel_layer.FastRedisChannelLayer",
+            "BACKEND": "portal.channel_layer.WaitingRedisChannelLayer",
             "CONFIG": {
                 # redis-py's 5 s socket timeout equals channels-redis's 5 s blocking pop, and
                 # idle receives then fail with TimeoutError: give the socket more room, but not
@@ -225,14 +225,6 @@ VOYAGER_ECHO_DELAY = env_float("VOYAGER_ECHO_DELAY", 0.0, minimum=0.0)
 VOYAGER_GATEWAY_RATE = env_float("VOYAGER_GATEWAY_RATE", 20.0, minimum=0.1)
 VOYAGER_GATEWAY_BURST = env_int("VOYAGER_GATEWAY_BURST", 60, minimum=1)
 VOYAGER_GATEWAY_MAX_INFLIGHT = env_int("VOYAGER_GATEWAY_MAX_INFLIGHT", 64, minimum=1)
-# An ask's one-statement read and write run on the event loop's own PostgreSQL connection:
-# "prepared" (statements prepared once per connection), "unprepared" (behind a pooler that
-# cannot keep prepared statements), or "off" (on Django's database thread, as everything else).
-VOYAGER_GATEWAY_LOOP_DB = env_str("VOYAGER_GATEWAY_LOOP_DB", "prepared")
-if VOYAGER_GATEWAY_LOOP_DB not in {"prepared", "unprepared", "off"}:
-    raise ImproperlyConfigured(
-        f"VOYAGER_GATEWAY_LOOP_DB={VOYAGER_GATEWAY_LOOP_DB!r} must be 'prepared', 'unprepared' or 'off'"
-    )
 VOYAGER_INFERENCE_QUEUE = env_int("VOYAGER_INFERENCE_QUEUE", 256, minimum=1)
 VOYAGER_ADAPTER_CACHE = env_int("VOYAGER_ADAPTER_CACHE", 16, minimum=1)
 VOYAGER_ASK_TIMEOUT = env_float("VOYAGER_ASK_TIMEOUT", 30.0, minimum=0.1)

@@ -51,15 +51,6 @@ def fresh_channel_layer():
 
 
 @pytest.fixture(autouse=True)
-def fresh_loop_database():
-    """The gateway's event-loop connections (one per test loop) are closed with the test."""
-    from agents_app.hotpath import loop_db
-
-    yield
-    loop_db.close_all()
-
-
-@pytest.fixture(autouse=True)
 def fresh_policy_rules():
     """Each test reads the policy rules it set up: no copy kept from an earlier test's rolled-back rows."""
     from agents_app import policy

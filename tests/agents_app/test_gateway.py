@@ -18,11 +18,12 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 from django.utils import timezone
 
-from agents_app import gateway, hotpath, services
+from agents_app import gateway, services
 from agents_app.models import AdapterVersion, Exchange, Npc, PlayerLink, PolicyFlag, Rating
 from agents_app.protocol import MAX_FRAME_BYTES
+from inference.backends import EchoBackend, Overloaded
 from inference.heartbeat import heartbeats
-from inference.worker import EchoBackend, InferenceWorker, Overloaded
+from inference.worker import InferenceWorker
 from portal.asgi import application
 from tests.agents_app.test_models import make_adapter
 
@@ -421,27 +422,8 @@ async def test_a_frozen_npc_is_answered_npc_frozen(game_server, npc):
     assert error["code"] == "npc_frozen" and error["id"] == "a1"
 
 
-@pytest.fixture(params=["prepared", "unprepared", "off"])
-def loop_db_mode(request, settings):
-    """The checks and writes of an ask on the event loop's own connection, or on the database thread."""
-    settings.VOYAGER_GATEWAY_LOOP_DB = request.param
-    return request.param
-
-
-@pytest.mark.parametrize("gap", [0.0, 0.05], ids=["answer-before-the-check", "answer-after-the-check"])
-async def test_an_npc_frozen_since_its_last_answer_says_nothing_more(game_server, npc, gap, monkeypatch, loop_db_mode):
-    """A known NPC's ask goes to the worker before its database check; the check still decides."""
-    prepare, read = gateway.ask_prepare, hotpath.npc_with_persona
-
-    def slow_prepare(**kwargs):  # a check slower than the answer: the answer must wait for it
-        time.sleep(0.3)
-        return prepare(**kwargs)
-
-    async def slow_read(*args):  # the same check, on the loop's connection
-        await asyncio.sleep(0.3)
-        return await read(*args)
-
-    backend = ScriptedBackend(gap=gap)
+async def test_an_npc_frozen_since_its_last_answer_says_nothing_more(game_server, npc):
+    backend = ScriptedBackend()
     async with running_worker(backend):
         communicator, _, _ = await connect(game_server.raw_token)
         await send(communicator, ask(id="a1"))
@@ -449,23 +431,17 @@ async def test_an_npc_frozen_since_its_last_answer_says_nothing_more(game_server
         await database_sync_to_async(Npc.objects.filter(pk=npc.pk).update)(
             frozen_until=timezone.now() + timezone.timedelta(minutes=5)
         )
-        if not gap:
-            monkeypatch.setattr(gateway, "ask_prepare", slow_prepare)
-            monkeypatch.setattr(hotpath, "npc_with_persona", slow_read)
         await send(communicator, ask(id="a2"))
         frames = await collect_until(communicator)
-        await asyncio.sleep(0.3)  # anything the withdrawn answer still sends would arrive now
         assert await communicator.receive_nothing(timeout=0.2)
         await communicator.disconnect()
     assert [f["type"] for f in frames] == ["error"]
     assert frames[0]["code"] == "npc_frozen" and frames[0]["id"] == "a2"
-    assert len(backend.requests) == 2  # the second went out before the check...
-    if gap:
-        assert backend.requests[1]["request_id"] in backend.cancelled  # ...and was called back
+    assert len(backend.requests) == 1  # checked before it was sent: the worker never heard of it
     assert await database_sync_to_async(Exchange.objects.count)() == 1
 
 
-async def test_an_adapter_activated_between_asks_answers_the_next_one(game_server, persona, npc, loop_db_mode):
+async def test_an_adapter_activated_between_asks_answers_the_next_one(game_server, persona, npc):
     backend = ScriptedBackend(gap=0.05)
     async with running_worker(backend):
         communicator, _, _ = await connect(game_server.raw_token)
@@ -478,10 +454,8 @@ async def test_an_adapter_activated_between_asks_answers_the_next_one(game_serve
         await asyncio.sleep(0.2)
         assert await communicator.receive_nothing(timeout=0.2)
         await communicator.disconnect()
-    # Sent at once with the old plan, called back when the check saw the new adapter, sent again.
-    first, stale, again = backend.requests
-    assert first["adapter"] is None and stale["adapter"] is None and again["adapter"]["id"] == adapter.pk
-    assert stale["request_id"] in backend.cancelled
+    first, again = backend.requests
+    assert first["adapter"] is None and again["adapter"]["id"] == adapter.pk
     assert again["memory"] == [{"player": "steve", "text": "hello Mo", "reply": "Hello there"}]
     assert [f["type"] for f in frames] == ["delta", "delta", "reply"]
     assert "".join(f["text"] for f in frames[:-1]) == frames[-1]["text"] == "Hello there"
@@ -489,7 +463,7 @@ async def test_an_adapter_activated_between_asks_answers_the_next_one(game_serve
     assert stored.adapter_version_id == adapter.pk and stored.player_text == "and now?"
 
 
-async def test_repeat_asks_are_checked_and_stored_on_the_loops_connection(game_server, persona, npc):
+async def test_repeat_asks_are_checked_and_stored(game_server, persona, npc):
     async with running_worker(ScriptedBackend()) as worker:
         communicator, _, _ = await connect(game_server.raw_token)
         replies = []
@@ -498,9 +472,6 @@ async def test_repeat_asks_are_checked_and_stored_on_the_loops_connection(game_s
             replies.append((await collect_until(communicator))[-1])
         await communicator.disconnect()
     assert [r["type"] for r in replies] == ["reply"] * 3
-    # The first ask read the NPC's memory on the database thread; the next ones went through the loop's.
-    conn = hotpath.loop_db._conns.get(asyncio.get_running_loop())
-    assert conn is not None and not conn.closed
 
     def stored():
         return {
@@ -514,44 +485,39 @@ async def test_repeat_asks_are_checked_and_stored_on_the_loops_connection(game_s
     }
 
 
-async def test_a_lost_loop_connection_costs_no_reply_and_is_opened_again(game_server, persona, npc):
+async def test_a_lost_database_connection_costs_no_reply(game_server, persona, npc):
     async with running_worker(ScriptedBackend()):
         communicator, _, _ = await connect(game_server.raw_token)
         await send(communicator, ask(id="a1"))
         await send(communicator, ask(id="a2"))
         assert [(await collect_until(communicator))[-1]["type"] for _ in range(2)] == ["reply", "reply"]
-        loop = asyncio.get_running_loop()
-        lost = hotpath.loop_db._conns[loop]
 
-        def terminate(pid):  # the server ends that session, as a restart or a network fault would
+        def terminate_the_others():  # the server ends the gateway's sessions, as a restart or a network fault would
             from django.db import connection
 
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+                cursor.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
                 return cursor.fetchone()[0]
 
-        assert await database_sync_to_async(terminate)(lost.info.backend_pid)
+        assert await asyncio.to_thread(terminate_the_others)
         replies = []
         for i in range(3, 6):
             await send(communicator, ask(id=f"a{i}"))
             replies.append((await collect_until(communicator))[-1])
         await communicator.disconnect()
     assert [r["type"] for r in replies] == ["reply"] * 3
-    assert lost.closed and hotpath.loop_db._conns[loop] is not lost
     count = await database_sync_to_async(Exchange.objects.filter(pk__in=[r["exchange"] for r in replies]).count)()
     assert count == 3 and await database_sync_to_async(Exchange.objects.count)() == 5
 
 
-async def test_a_write_held_up_on_the_loop_is_finished_on_the_database_thread_once(
-    game_server, persona, npc, monkeypatch
-):
-    """The loop's INSERT waits on a lock held elsewhere past its timeout: the ask is still answered,
-    and its exchange stored once, whichever of the two attempts lands."""
+async def test_a_write_held_up_by_a_lock_is_stored_once_when_it_is_released(game_server, persona, npc):
     async with running_worker(ScriptedBackend()):
         communicator, _, _ = await connect(game_server.raw_token)
         await send(communicator, ask(id="a1"))
         assert (await collect_until(communicator))[-1]["type"] == "reply"
-        monkeypatch.setattr(hotpath.loop_db, "timeout", 0.2)
         locked, release = threading.Event(), threading.Event()
 
         def hold_the_table():
@@ -569,7 +535,7 @@ async def test_a_write_held_up_on_the_loop_is_finished_on_the_database_thread_on
         holder.start()
         assert await asyncio.to_thread(locked.wait, 5)
         await send(communicator, ask(id="a2", text="still there?"))
-        await asyncio.sleep(0.6)  # the loop's attempt has timed out; the thread's waits on the lock
+        await asyncio.sleep(0.6)  # the write waits on the lock
         release.set()
         frames = await collect_until(communicator, timeout=10)
         await asyncio.to_thread(holder.join, 5)

@@ -14,7 +14,7 @@ from agents_app.models import Exchange, Npc, PolicyFlag
 from inference.heartbeat import heartbeats
 from portal.asgi import application
 from portal.selectors import feed_page
-from tests.agents_app.test_gateway import ScriptedBackend, running_worker
+from tests.agents_app.test_gateway import ScriptedBackend, running_worker, worker_process
 from tests.portal.test_personas import adapter
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -148,6 +148,25 @@ async def test_with_no_worker_running_the_answer_is_unavailable(charlie, persona
     error = (await until_done(communicator))[-1]
     await communicator.disconnect()
     assert error["code"] == "unavailable"
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="a worker process needs the Redis channel layer")
+async def test_a_worker_killed_mid_reply_is_answered_unavailable(charlie, persona):
+    """The playground watches its ask as the game gateway does (one worker client for both)."""
+    import signal
+    import time
+
+    async with worker_process(delay=0.4) as worker:
+        communicator, _, _ = await connect(charlie)
+        await send(communicator, {"type": "ask", "id": "k", "persona": "miner", "text": "one two three four five six"})
+        first = json.loads(await communicator.receive_from(timeout=10))
+        assert first["type"] == "delta"
+        worker.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        frames = await until_done(communicator)
+        await communicator.disconnect()
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "unavailable" and frames[-1]["id"] == "k"
+    assert time.monotonic() - killed < 6
 
 
 async def test_an_oversize_frame_closes_the_socket(charlie):

@@ -1,0 +1,213 @@
+"""Asking the inference workers: the one place that speaks the worker protocol from the web side.
+
+A consumer (the game gateway, the browser playground) owns one ``WorkerClient``
+for its socket. ``send`` puts a request on the workers' channel, the consumer's
+``inference_*`` handlers hand each worker message to ``handle``, and the client
+calls the consumer back with the ask's deltas, its result or its error. It
+also watches what it has sent: an ask past its deadline is cancelled and
+answered ``timeout``, and one whose worker stopped beating (or that no living
+worker took) is answered ``unavailable``.
+
+The message formats are ``inference.worker``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference.heartbeat import heartbeats
+from inference.worker import REQUEST_CHANNEL, WORKERS_GROUP
+
+log = logging.getLogger("voyager.worker_client")
+
+# How often an ask in flight is checked against its deadline and its worker's heartbeat.
+WATCH_INTERVAL = 0.25
+# A worker's error codes that a client of ours understands as they are; any other becomes "internal".
+PASSED_ON = frozenset({"invalid", "overloaded", "unavailable", "timeout", "internal"})
+
+
+def protocol_code(worker_code: str | None) -> str:
+    """The client-facing code for a worker's error code ("adapter_error" and the like are internal)."""
+    return worker_code if worker_code in PASSED_ON else "internal"
+
+
+_live_cache: tuple[float, list[str]] = (0.0, [])
+
+
+async def live_workers(*, fresh: bool = False) -> list[str]:
+    """Ids of living workers, asked of the heartbeat store at most every WATCH_INTERVAL per process.
+
+    Only good news is taken from the cache: pass ``fresh`` before acting on bad news.
+    """
+    global _live_cache
+    stamp, workers = _live_cache
+    if fresh or time.monotonic() - stamp > WATCH_INTERVAL:
+        workers = await heartbeats().alive()
+        _live_cache = (time.monotonic(), workers)
+    return workers
+
+
+@dataclass(eq=False)
+class WorkerAsk:
+    """One request in flight: the caller's key for it and what it carries along (``meta``)."""
+
+    key: str
+    meta: Any
+    started: float
+    deadline: float
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    worker_id: str | None = None
+    worker_channel: str | None = None
+    first_delta: float | None = None
+    workers_at_send: frozenset[str] = frozenset()
+    done: bool = False
+
+
+DeltaHandler = Callable[[WorkerAsk, str], Awaitable[None]]
+ResultHandler = Callable[[WorkerAsk, dict[str, Any]], Awaitable[None]]
+ErrorHandler = Callable[[WorkerAsk, str, str], Awaitable[None]]
+
+
+class NoWorker(Exception):
+    """No inference worker is alive to take a request."""
+
+
+class WorkerClient:
+    def __init__(
+        self,
+        channel_layer,
+        reply_channel: str,
+        *,
+        on_delta: DeltaHandler,
+        on_result: ResultHandler,
+        on_error: ErrorHandler,
+    ) -> None:
+        self.layer = channel_layer
+        self.reply_channel = reply_channel
+        self.on_delta, self.on_result, self.on_error = on_delta, on_result, on_error
+        self.asks: dict[str, WorkerAsk] = {}  # by the caller's key
+        self._by_request: dict[str, WorkerAsk] = {}
+        self._watchdog: asyncio.Task | None = None
+
+    def __len__(self) -> int:
+        return len(self.asks)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.asks
+
+    async def send(self, key: str, request: dict[str, Any], *, timeout: float, meta: Any = None, started=None):
+        """Send ``request`` (the ``inference.request`` fields a worker needs, less the routing ones).
+
+        Raises ``NoWorker`` when no worker is alive (nothing is sent then).
+        """
+        if not await live_workers() and not await live_workers(fresh=True):
+            raise NoWorker("no inference worker is running")
+        started = time.monotonic() if started is None else started
+        ask = WorkerAsk(
+            key=key,
+            meta=meta,
+            started=started,
+            deadline=started + timeout,
+            workers_at_send=frozenset(await live_workers()),
+        )
+        self.asks[key] = ask
+        self._by_request[ask.request_id] = ask
+        await self.layer.send(
+            REQUEST_CHANNEL,
+            {
+                "type": "inference.request",
+                **request,
+                "request_id": ask.request_id,
+                "reply_channel": self.reply_channel,
+                "deadline": time.time() + max(0.0, ask.deadline - time.monotonic()),
+            },
+        )
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch())
+        return ask
+
+    async def cancel(self, key: str) -> WorkerAsk | None:
+        """Drop the ask: nothing more of it reaches the caller, and its worker stops on it."""
+        ask = self.asks.get(key)
+        if ask is None:
+            return None
+        self._finish(ask)
+        cancel = {"type": "inference.cancel", "request_id": ask.request_id}
+        if ask.worker_channel:
+            await self.layer.send(ask.worker_channel, cancel)
+        else:  # not accepted yet: whichever worker takes it must drop it
+            await self.layer.group_send(WORKERS_GROUP, cancel)
+        return ask
+
+    async def close(self) -> None:
+        """The socket is gone: cancel everything in flight."""
+        for key in list(self.asks):
+            await self.cancel(key)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        """A worker's message for this client (``inference.accepted``, ``delta``, ``result``, ``error``)."""
+        ask = self._by_request.get(message.get("request_id"))
+        if ask is None or ask.done:
+            return  # cancelled, timed out, or never ours
+        if ask.worker_channel is None and message.get("worker_channel"):
+            # Said by ``accepted``, or by the first message after it when they travel together.
+            ask.worker_id, ask.worker_channel = message.get("worker_id"), message["worker_channel"]
+        kind = message.get("type")
+        if kind == "inference.delta":
+            if message.get("text"):
+                if ask.first_delta is None:
+                    ask.first_delta = time.monotonic()
+                await self.on_delta(ask, message["text"])
+        elif kind == "inference.result":
+            self._finish(ask)
+            await self.on_result(ask, {**message, "worker_id": message.get("worker_id") or ask.worker_id or ""})
+        elif kind == "inference.error":
+            self._finish(ask)
+            await self.on_error(ask, protocol_code(message.get("code")), message.get("message") or "inference failed")
+
+    def _finish(self, ask: WorkerAsk) -> None:
+        ask.done = True
+        self.asks.pop(ask.key, None)
+        self._by_request.pop(ask.request_id, None)
+
+    @staticmethod
+    def _lost(ask: WorkerAsk, alive: set[str]) -> bool:
+        """Its worker died, or (not yet accepted) a worker alive when it was sent died since: the
+        dying worker may have taken it off the channel, and nobody will ever answer."""
+        if ask.worker_id is not None:
+            return ask.worker_id not in alive
+        if not alive:
+            return True
+        return time.monotonic() - ask.started > 1.0 and bool(ask.workers_at_send - alive)
+
+    async def _watch(self) -> None:
+        while self.asks:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                await self._check()
+            except Exception:  # a task of its own: nobody else would hear of it
+                log.exception("watching the asks in flight failed")
+
+    async def _check(self) -> None:
+        alive = set(await live_workers())
+        now = time.monotonic()
+        for ask in list(self.asks.values()):
+            if ask.done:
+                continue
+            if now > ask.deadline:
+                await self.cancel(ask.key)
+                await self.on_error(ask, "timeout", "no reply within the deadline")
+                continue
+            if self._lost(ask, alive):
+                alive = set(await live_workers(fresh=True))
+                if self._lost(ask, alive) and not ask.done:
+                    await self.cancel(ask.key)
+                    await self.on_error(ask, "unavailable", "the inference worker stopped answering")
