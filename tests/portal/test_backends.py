@@ -28,9 +28,9 @@ def test_the_database_is_the_one_database_url_names():
 async def test_the_channel_layer_is_the_one_redis_url_names():
     layer = get_channel_layer()
     if os.environ.get("REDIS_URL"):
-        from portal.channel_layer import FastRedisChannelLayer
+        from portal.channel_layer import WaitingRedisChannelLayer
 
-        assert isinstance(layer, FastRedisChannelLayer)
+        assert isinstance(layer, WaitingRedisChannelLayer)
     else:
         from channels.layers import InMemoryChannelLayer
 

@@ -1,4 +1,4 @@
-"""The one-round-trip Redis channel layer keeps the stock layer's behaviour, on the real Redis."""
+"""The Redis channel layer with the waiting pool keeps the stock layer's behaviour, on the real Redis."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 
-from portal.channel_layer import FastRedisChannelLayer
+from portal.channel_layer import WaitingRedisChannelLayer
 
 pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis (REDIS_URL)")
 
 
 def layers(**config):
-    """A fast and a stock layer on the same Redis and a prefix of their own."""
+    """Our layer and a stock one on the same Redis and a prefix of their own."""
     common = {"hosts": [os.environ.get("REDIS_URL", "")], "prefix": f"test-layer-{uuid.uuid4().hex[:8]}", **config}
-    return FastRedisChannelLayer(**common), RedisChannelLayer(**common)
+    return WaitingRedisChannelLayer(**common), RedisChannelLayer(**common)
 
 
 async def test_messages_arrive_in_order_and_both_layers_read_each_others():
