@@ -6,10 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from inference.backends import Backend, EchoBackend
+from inference.backends import Overloaded as WorkerOverloaded
 from inference.engine import AdapterRef, Delta, Engine, EngineConfig, EngineStopped, Error, Overloaded, Request, Result
 from inference.loading import LoadedModel, load_base_model
 from inference.prompt import PersonaSpec, Sampling, Turn
-from inference.worker import Overloaded as WorkerOverloaded
 
 log = logging.getLogger("voyager.worker")
 
@@ -130,3 +131,13 @@ class EngineBackend:
 
 def _error(request_id: str, code: str, message: str) -> dict[str, Any]:
     return {"type": "inference.error", "request_id": request_id, "code": code, "message": message}
+
+
+def make_backend(kind: str | None = None) -> Backend:
+    """The backend the settings name: the model engine, or ``echo`` for plumbing tests."""
+    from django.conf import settings
+
+    kind = kind or settings.VOYAGER_INFERENCE_BACKEND
+    if kind == "echo":
+        return EchoBackend(delay=settings.VOYAGER_ECHO_DELAY)
+    return EngineBackend.from_settings()

@@ -30,7 +30,6 @@ anyone → group ``WORKERS_GROUP``
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import socket
@@ -38,104 +37,16 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from inference import heartbeat
+from inference.backends import Backend, Overloaded
 
 log = logging.getLogger("voyager.worker")
 
 REQUEST_CHANNEL = "inference.requests"
 WORKERS_GROUP = "inference.workers"
 TERMINAL = {"inference.result", "inference.error"}
-
-
-class Overloaded(Exception):
-    """The worker's queue is full: try later."""
-
-
-class Backend(Protocol):
-    """What the worker needs from a model engine. ``emit`` may be called from any thread."""
-
-    base_model_id: str
-
-    def submit(self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None: ...
-
-    def cancel(self, request_id: str) -> None: ...
-
-    def preload(self, adapter: dict[str, Any]) -> None: ...
-
-    def stop(self, *, drain: bool) -> None: ...
-
-
-class EchoBackend:
-    """Answers every request with its own words at once (or word by word with ``delay``).
-
-    For the gateway benchmark, which measures the platform without the model,
-    and for tests of the plumbing (a worker killed mid-stream).
-    """
-
-    base_model_id = "echo"
-
-    def __init__(self, *, delay: float = 0.0) -> None:
-        self.delay = delay
-        self._cancelled: set[str] = set()
-        self._threads: list[threading.Thread] = []
-        self._stopping = False
-
-    def submit(self, request, emit):
-        if self._stopping:
-            raise Overloaded("the worker is shutting down")
-        if self.delay <= 0:
-            self._answer(request, emit)
-            return
-        thread = threading.Thread(target=self._answer, args=(request, emit), daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _answer(self, request, emit):
-        rid, started = request["request_id"], time.perf_counter()
-        words = request["text"].split(" ")
-        sent = []
-        ttft = None
-        for i, word in enumerate(words):
-            if rid in self._cancelled:
-                break
-            piece = word if i == 0 else " " + word
-            sent.append(piece)
-            emit({"type": "inference.delta", "request_id": rid, "text": piece})
-            ttft = ttft if ttft is not None else (time.perf_counter() - started) * 1000
-            if self.delay:
-                time.sleep(self.delay)
-        text = "".join(sent)
-        emit(
-            {
-                "type": "inference.result",
-                "request_id": rid,
-                "text": text,
-                "raw_text": text,
-                "actions": [],
-                "adapter_id": (request.get("adapter") or {}).get("id"),
-                "prompt": request["text"],
-                "prompt_tokens": len(words),
-                "completion_tokens": len(sent),
-                "ttft_ms": ttft or 0.0,
-                "total_ms": (time.perf_counter() - started) * 1000,
-                "finish_reason": "cancelled" if rid in self._cancelled else "stop",
-                "base_model_id": "echo",
-            }
-        )
-
-    def cancel(self, request_id):
-        self._cancelled.add(request_id)
-
-    def preload(self, adapter):
-        pass
-
-    def stop(self, *, drain):
-        self._stopping = True
-        for thread in self._threads:
-            thread.join()
 
 
 def _coalesce(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -323,11 +234,7 @@ class InferenceWorker:
             self.routes.pop(rid, None)
             await self._send(reply, _error(rid, "internal", f"the worker could not start the request: {exc}"))
         else:
-            # Logged on the loop's next turn, behind the sender the outbox woke above: a line written
-            # on a cold CPU costs about 0.2 ms, and an answer ready at once should not wait for it.
-            self._loop.call_soon(
-                functools.partial(log.info, "accepted request from %s", reply, extra={"request_id": rid})
-            )
+            log.info("accepted request from %s", reply, extra={"request_id": rid})
 
     async def _send_forever(self) -> None:
         while True:
@@ -405,22 +312,12 @@ def _error(request_id: str, code: str, message: str) -> dict[str, Any]:
     return {"type": "inference.error", "request_id": request_id, "code": code, "message": message}
 
 
-def make_backend(kind: str | None = None) -> Backend:
-    """The backend the settings name: the model engine, or ``echo`` for plumbing tests."""
-    from django.conf import settings
-
-    kind = kind or settings.VOYAGER_INFERENCE_BACKEND
-    if kind == "echo":
-        return EchoBackend(delay=settings.VOYAGER_ECHO_DELAY)
-    from inference.service import EngineBackend
-
-    return EngineBackend.from_settings()
-
-
 _embedded: dict[int, asyncio.Task] = {}
 
 
 async def _start_embedded() -> InferenceWorker:
+    from inference.service import make_backend  # the engine (and torch) only where a worker runs
+
     backend = await asyncio.get_running_loop().run_in_executor(None, make_backend)
     worker = InferenceWorker(backend)
     worker.task = asyncio.create_task(worker.run())

@@ -14,6 +14,7 @@ import hashlib
 import random
 import re
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,3 +294,31 @@ def dataset_build(
         "undesirable_weight": undesirable,
     }
     return DatasetSnapshot(rating_ids, sorted(v.pk for v in votes), train, heldout, counts)
+
+
+def _auc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def heldout_ranking(score: Callable[[Sequence[tuple[str, str]]], list[float]], heldout: HeldOut) -> dict[str, Any]:
+    """How well ``score`` (higher: better) ranks the held-out liked replies above the disliked ones.
+
+    ``auc``: the chance that a random liked reply scores above a random disliked one, with the
+    same-prompt pairs counted in too (each weighs like one pair inside the AUC).
+    """
+    liked = score([(e.prompt, e.completion) for e in heldout.liked])
+    disliked = score([(e.prompt, e.completion) for e in heldout.disliked])
+    out: dict[str, Any] = {"liked": liked, "disliked": disliked, "pair_accuracy": None}
+    auc = _auc(liked, disliked)
+    if heldout.pairs:
+        chosen = score([(p["prompt"], p["chosen"]) for p in heldout.pairs])
+        rejected = score([(p["prompt"], p["rejected"]) for p in heldout.pairs])
+        wins = sum((c > r) + 0.5 * (c == r) for c, r in zip(chosen, rejected))
+        out["pair_accuracy"] = round(wins / len(chosen), 4)
+        auc_pairs = len(liked) * len(disliked)
+        auc = (((auc or 0) * auc_pairs) + wins) / (auc_pairs + len(chosen))
+    out["auc"] = None if auc is None else round(auc, 4)
+    return out

@@ -35,31 +35,9 @@ A reward model instead? ``reward_model="on"`` (``VOYAGER_TRAINING_GATE_REWARD_MO
 trains one with TRL's RewardTrainer on the run's training split
 (``training_tasks.reward``), scores both versions' sampled replies with it
 (``rm_reward``), and adds "refuse when rm_reward does not rise" to the rules
-above. ``benchmarks/gate.py`` compared the gates on the starter model: 2,000
-replies rated by "the reply greets me", seven candidates trained from the same
-snapshot, ground truth on 400 fresh prompts (better: the greeting rate up by at
-least 0.05, distinct-2 at most 30% down, the base model's per-token NLL of the
-replies at most 1.5 times its own):
-
-- the reward model ranks the held-out split far better than log-probabilities
-  do (AUC 0.97 against 0.16 under the base model, 0.42 under the shipped
-  candidate), but as the only rule it was right on 5 of 7: it passed the
-  collapsed candidate (SFT 4 × 1e-3: greets 0.91, distinct-2 −42%) and the
-  degenerate one (KTO alone 2 × 5e-4: greets 0.98, distinct-2 −59%, NLL ×1.54)
-  with the highest rewards of all (+2.8 and +4.5 against −3.4 for the base
-  model): it rewards the greeting words, whatever surrounds them;
-- these rules alone: 6 of 7; they passed a no-op (SFT 1 × 1e-6) whose reward
-  margin grew by 0.0002;
-- these rules plus the reward model's (the option), or the reward model's plus
-  the policy, drift and diversity checks: 7 of 7; the no-op was refused
-  because its sampled replies were the same as the base model's, so the reward
-  could not rise.
-
-The option costs a reward model's training (26 s and 280 MB more on the
-starter model; a second copy of the base model in memory for the whole run on a
-real one) and a scoring pass per evaluation (about 2 s), for one candidate in
-seven that changes nothing players see. So it stays off; a reward model is
-never the gate alone.
+above. It is off by default, and a reward model is never the gate alone: what
+``benchmarks/gate.py`` measured, and how the defaults below were chosen, is in
+``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -75,7 +53,7 @@ from typing import Any
 
 import torch
 
-from training_tasks.dataset import HeldOut, names_pattern, reply_key
+from training_tasks.dataset import HeldOut, heldout_ranking, names_pattern, reply_key
 
 REWARD_MODEL_CHOICES = ("off", "on")
 
@@ -90,25 +68,16 @@ class GateConfig:
     # Diversity needs more replies than the policy checks to tell a collapse from chance: the gate
     # samples max(samples, diversity_samples) held-out prompts and measures both on all of them
     # (samples=0: no sampling at all).
-    # (On the starter model, 128 replies put the shipped pipeline's distinct-2 anywhere from -6% to
-    # -23% over four runs, the base model's own from 0.44 to 0.51 with the same seed; 256: -2%, -3%.)
     diversity_samples: int = 256
     # Refuse a candidate whose diversity falls more than this fraction below the active version's.
-    # Measured on the starter model (256 replies): the shipped pipeline 0 to +2% openings, -2 to -3%
-    # distinct-2; the former default (SFT 4 epochs at 1e-3), collapsed to one farewell: -68% and
-    # -47%; KTO at 1.5e-4, which trades some variety for the rule: -17% and -28%.
     # Distinct replies hardly tell a collapse apart, so they are shown, not gated.
     diversity_drop: float = 0.3
     diversity_keys: tuple[str, ...] = ("distinct_openings", "distinct_2")
     # How much more surprising (as a fraction of the active version's own per-token negative
-    # log-likelihood) the candidate's replies may be to the active version. On the starter model
-    # (0.58-0.61 nats a token for its own replies): the shipped pipeline +22-36%, other candidates
-    # that learned the taste up to +46%, KTO at 2e-4 (word salad creeping in) +64%, KTO alone +265%.
+    # log-likelihood) the candidate's replies may be to the active version.
     max_drift: float = 0.5
-    # "on": a reward model (training_tasks.reward, TRL's RewardTrainer) is trained on the run's
-    # training split, scores the active version's and the candidate's sampled replies, and the gate
-    # also refuses a candidate whose mean reward (rm_reward) does not rise by more than rm_min_gain.
-    # Off by default: benchmarks/gate.py measured it on the starter model (see the module docstring).
+    # "on": a reward model is trained on the run's training split, scores both versions' sampled
+    # replies, and the gate also refuses a candidate whose mean reward does not rise by rm_min_gain.
     reward_model: str = "off"
     rm_min_gain: float = 0.0
 
@@ -148,34 +117,6 @@ def reply_logps(model, tokenizer, items: Sequence[tuple[str, str]], batch_size: 
         for i, s in enumerate(seqs):
             n = spans[i]
             out.append(float(token_logp[i, len(s) - 1 - n : len(s) - 1].mean()))
-    return out
-
-
-def _auc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
-    if not pos or not neg:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
-def heldout_ranking(score: Callable[[Sequence[tuple[str, str]]], list[float]], heldout: HeldOut) -> dict[str, Any]:
-    """How well ``score`` (higher: better) ranks the held-out liked replies above the disliked ones.
-
-    ``auc``: the chance that a random liked reply scores above a random disliked one, with the
-    same-prompt pairs counted in too (each weighs like one pair inside the AUC).
-    """
-    liked = score([(e.prompt, e.completion) for e in heldout.liked])
-    disliked = score([(e.prompt, e.completion) for e in heldout.disliked])
-    out: dict[str, Any] = {"liked": liked, "disliked": disliked, "pair_accuracy": None}
-    auc = _auc(liked, disliked)
-    if heldout.pairs:
-        chosen = score([(p["prompt"], p["chosen"]) for p in heldout.pairs])
-        rejected = score([(p["prompt"], p["rejected"]) for p in heldout.pairs])
-        wins = sum((c > r) + 0.5 * (c == r) for c, r in zip(chosen, rejected))
-        out["pair_accuracy"] = round(wins / len(chosen), 4)
-        auc_pairs = len(liked) * len(disliked)
-        auc = (((auc or 0) * auc_pairs) + wins) / (auc_pairs + len(chosen))
-    out["auc"] = None if auc is None else round(auc, 4)
     return out
 
 

@@ -183,7 +183,7 @@ def reward_scores(
 
 def reward_heldout_metrics(reward_model: RewardModel, heldout: HeldOut) -> dict[str, Any]:
     """The reward model's ranking of the held-out split: ``rm_heldout_auc`` (liked above disliked)."""
-    from training_tasks.gate import heldout_ranking
+    from training_tasks.dataset import heldout_ranking
 
     ranking = heldout_ranking(lambda items: reward_scores(reward_model.model, reward_model.tokenizer, items), heldout)
     liked, disliked = ranking["liked"], ranking["disliked"]

@@ -6,8 +6,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from tests.portal.test_settings import run_manage
-from training_tasks.dataset import Example, HeldOut
-from training_tasks.gate import GateConfig, gate_decide, heldout_ranking
+from training_tasks.dataset import Example, HeldOut, heldout_ranking
+from training_tasks.gate import GateConfig, gate_decide
 from training_tasks.reward import (
     RewardModelConfig,
     reward_heldout_metrics,
@@ -48,8 +48,10 @@ def test_same_prompt_pairs_come_first_and_the_rest_is_capped_without_repeats():
     assert sum(p == {"chosen": "Pyes", "rejected": "Pno"} for p in pairs) == 3
     cross = [p for p in pairs if p["chosen"] != "Pyes"]
     assert len({(p["chosen"], p["rejected"]) for p in cross}) == 17  # 17 of the 64 liked × disliked, none twice
-    assert all("Well met" in p["chosen"] or "Hello" in p["chosen"] or "Welcome" in p["chosen"] or "Good day"
-               in p["chosen"] for p in cross)  # fmt: skip
+    assert all(
+        "Well met" in p["chosen"] or "Hello" in p["chosen"] or "Welcome" in p["chosen"] or "Good day" in p["chosen"]
+        for p in cross
+    )
     assert len(reward_pairs(data, max_pairs=1000)) == 3 + 64
     assert reward_pairs(TrainingData(kto=[r for r in data.kto if r["label"]]), max_pairs=10) == []
 

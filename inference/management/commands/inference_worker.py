@@ -5,7 +5,8 @@ import signal
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from inference.worker import InferenceWorker, make_backend
+from inference.service import make_backend
+from inference.worker import InferenceWorker
 
 
 class Command(BaseCommand):
