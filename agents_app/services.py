@@ -137,9 +137,17 @@ MAX_ACTIONS, MAX_ACTION_CHARS = 40, 40
 ACTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # what the gateway parses as an action name
 RESERVED_PERSONA_SLUGS = frozenset({"new"})  # /personas/new/ is the page that creates one
 PERSONA_EDITABLE = (
-    "name", "description", "traits", "system_prompt", "allowed_actions", "temperature", "top_p", "max_tokens",
-    "repetition_penalty", "is_public",
-)  # fmt: skip
+    "name",
+    "description",
+    "traits",
+    "system_prompt",
+    "allowed_actions",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "repetition_penalty",
+    "is_public",
+)
 
 
 def _clean_traits(traits) -> list[str]:
@@ -167,9 +175,13 @@ def _clean_actions(actions) -> list[str]:
             continue
         if len(action) > MAX_ACTION_CHARS or not ACTION_NAME_RE.match(action):
             raise InvalidFields(
-                {"allowed_actions": [f"{action[:MAX_ACTION_CHARS]!r} is not an action name (letters, digits and "
-                                     f"'_', not starting with a digit, at most {MAX_ACTION_CHARS} characters)"]}
-            )  # fmt: skip
+                {
+                    "allowed_actions": [
+                        f"{action[:MAX_ACTION_CHARS]!r} is not an action name (letters, digits and "
+                        f"'_', not starting with a digit, at most {MAX_ACTION_CHARS} characters)"
+                    ]
+                }
+            )
         if action not in cleaned:
             cleaned.append(action)
     if len(cleaned) > MAX_ACTIONS:
@@ -229,12 +241,19 @@ def persona_create(
 ) -> Persona:
     """A new persona owned by ``owner``; the caller has checked that they may create one."""
     persona = Persona(
-        owner=owner, slug=(slug or "").strip(), name=(name or "").strip(), description=description,
-        traits=[] if traits is None else traits, system_prompt=system_prompt,
+        owner=owner,
+        slug=(slug or "").strip(),
+        name=(name or "").strip(),
+        description=description,
+        traits=[] if traits is None else traits,
+        system_prompt=system_prompt,
         allowed_actions=[] if allowed_actions is None else allowed_actions,
-        temperature=temperature, top_p=top_p, max_tokens=max_tokens, repetition_penalty=repetition_penalty,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        repetition_penalty=repetition_penalty,
         is_public=is_public,
-    )  # fmt: skip
+    )
     return _persona_save(persona)
 
 

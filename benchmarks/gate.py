@@ -322,8 +322,10 @@ def main() -> None:
         f"log-probability under the base model {before['pref_accuracy']}, "
         f"under the shipped candidate {afters.get('shipped', {}).get('pref_accuracy')}"
     )
-    print(f"{evals} gate evaluations: sampling {sum(sampling):.0f}s, log-probabilities {sum(logp_scoring):.0f}s, "
-          f"reward model {sum(rm_scoring):.0f}s (+ {reward_model.seconds:.0f}s training)")  # fmt: skip
+    print(
+        f"{evals} gate evaluations: sampling {sum(sampling):.0f}s, log-probabilities {sum(logp_scoring):.0f}s, "
+        f"reward model {sum(rm_scoring):.0f}s (+ {reward_model.seconds:.0f}s training)"
+    )
 
     result = {
         "gates": gate_figures,
@@ -334,12 +336,12 @@ def main() -> None:
         "truth": {
             n: {k: truth[n][k] for k in ("rate", "distinct_2", "nll", "better") if k in truth[n]}
             for n in ["base", *wanted]
-        },  # fmt: skip
+        },
         "rm_reward": {"base": before.get("rm_reward"), **{n: afters[n].get("rm_reward") for n in wanted}},
         "data_counts": {
             k: snapshot.counts[k]
             for k in ("train_liked", "train_disliked", "heldout_liked", "heldout_disliked", "train_pairs")
-        },  # fmt: skip
+        },
         "train_seconds": train_seconds,
         "simulation_seconds": round(simulated_at - started, 1),
         "seconds": round(time.monotonic() - started, 1),

@@ -33,8 +33,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/voyager_bench_portal"
 PERSONAS, SERVERS, NPCS, RATERS = 10, 3, 60, 60
-WORDS = ["where", "is", "the", "iron", "mine", "apple", "food", "sword", "night", "zombie", "trade", "story",
-         "help", "build", "house", "river", "cave"]  # fmt: skip
+WORDS = [
+    "where",
+    "is",
+    "the",
+    "iron",
+    "mine",
+    "apple",
+    "food",
+    "sword",
+    "night",
+    "zombie",
+    "trade",
+    "story",
+    "help",
+    "build",
+    "house",
+    "river",
+    "cave",
+]
 
 
 def recreate_database(url: str) -> None:
@@ -80,10 +97,16 @@ def base_fixtures():
     raters = User.objects.bulk_create(raters)
     Group.objects.get(name="player").user_set.add(*raters)
     personas = Persona.objects.bulk_create(
-        Persona(slug=f"persona-{i}", name=f"Persona {i}", owner=owner, description="A bench persona.",
-                traits=["brief"], allowed_actions=["say", "jump"])
+        Persona(
+            slug=f"persona-{i}",
+            name=f"Persona {i}",
+            owner=owner,
+            description="A bench persona.",
+            traits=["brief"],
+            allowed_actions=["say", "jump"],
+        )
         for i in range(PERSONAS)
-    )  # fmt: skip
+    )
     servers = []
     for i in range(SERVERS):
         s = GameServer(name=f"bench world {i}", owner=owner)
@@ -128,10 +151,25 @@ def add_data(*, start: int, count: int, ratings_per: int, raters, npcs, rng: ran
 
     now = datetime.now(UTC)
     exchange_cols = [
-        "id", "npc_id", "persona_id", "source", "player_name", "player_text", "context", "prompt", "reply_text",
-        "raw_text", "actions", "blocked_actions", "base_model_id", "finish_reason", "prompt_tokens",
-        "completion_tokens", "excluded_from_training", "created_at",
-    ]  # fmt: skip
+        "id",
+        "npc_id",
+        "persona_id",
+        "source",
+        "player_name",
+        "player_text",
+        "context",
+        "prompt",
+        "reply_text",
+        "raw_text",
+        "actions",
+        "blocked_actions",
+        "base_model_id",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "excluded_from_training",
+        "created_at",
+    ]
     ids, stamps, exchanges = [], [], []
     for n in range(start, start + count):
         npc = npcs[n % len(npcs)]
@@ -140,14 +178,40 @@ def add_data(*, start: int, count: int, ratings_per: int, raters, npcs, rng: ran
         text = " ".join(rng.choice(WORDS) for _ in range(5))
         ids.append(pk)
         stamps.append(when)
-        exchanges.append((
-            str(pk), npc.pk, npc.persona_id, "game", f"player{n % (RATERS * 3)}", text,
-            json.dumps({"pos": [n % 100, 8, 3]}), "prompt", f"Reply {n}: the {text}", f"Reply {n}",
-            json.dumps([{"name": "jump", "args": []}] if n % 3 == 0 else []), "[]", "bench", "stop", 10, 8, False, when,
-        ))  # fmt: skip
+        exchanges.append(
+            (
+                str(pk),
+                npc.pk,
+                npc.persona_id,
+                "game",
+                f"player{n % (RATERS * 3)}",
+                text,
+                json.dumps({"pos": [n % 100, 8, 3]}),
+                "prompt",
+                f"Reply {n}: the {text}",
+                f"Reply {n}",
+                json.dumps([{"name": "jump", "args": []}] if n % 3 == 0 else []),
+                "[]",
+                "bench",
+                "stop",
+                10,
+                8,
+                False,
+                when,
+            )
+        )
     copy_rows(Exchange, exchange_cols, exchanges)
-    rating_cols = ["exchange_id", "user_id", "player_name", "score", "reason", "tags", "source", "created_at",
-                   "updated_at"]  # fmt: skip
+    rating_cols = [
+        "exchange_id",
+        "user_id",
+        "player_name",
+        "score",
+        "reason",
+        "tags",
+        "source",
+        "created_at",
+        "updated_at",
+    ]
     ratings = []
     for pk, when in zip(ids, stamps, strict=True):
         for rater in rng.sample(raters, ratings_per):

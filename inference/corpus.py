@@ -41,10 +41,7 @@ class Dialogue:
 
 @lru_cache(maxsize=1)
 def load_corpus_data() -> dict[str, Any]:
-    return {
-        name: json.loads((CORPUS_DIR / f"{name}.json").read_text(encoding="utf-8"))
-        for name in CORPUS_FILES
-    }
+    return {name: json.loads((CORPUS_DIR / f"{name}.json").read_text(encoding="utf-8")) for name in CORPUS_FILES}
 
 
 def corpus_digest() -> str:

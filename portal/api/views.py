@@ -55,9 +55,20 @@ class PersonaOutput(serializers.ModelSerializer):
     class Meta:
         model = Persona
         fields = [
-            "slug", "name", "description", "traits", "allowed_actions", "temperature", "top_p", "max_tokens",
-            "repetition_penalty", "is_public", "owner", "active_version", "created_at",
-        ]  # fmt: skip
+            "slug",
+            "name",
+            "description",
+            "traits",
+            "allowed_actions",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "repetition_penalty",
+            "is_public",
+            "owner",
+            "active_version",
+            "created_at",
+        ]
 
 
 class PersonaInput(serializers.ModelSerializer):
@@ -67,9 +78,18 @@ class PersonaInput(serializers.ModelSerializer):
     class Meta:
         model = Persona
         fields = [
-            "slug", "name", "description", "traits", "system_prompt", "allowed_actions", "temperature", "top_p",
-            "max_tokens", "repetition_penalty", "is_public",
-        ]  # fmt: skip
+            "slug",
+            "name",
+            "description",
+            "traits",
+            "system_prompt",
+            "allowed_actions",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "repetition_penalty",
+            "is_public",
+        ]
 
 
 class PersonaListApi(ServiceErrorMixin, GenericAPIView):
@@ -121,10 +141,23 @@ class AdapterVersionOutput(serializers.ModelSerializer):
     class Meta:
         model = AdapterVersion
         fields = [
-            "id", "persona", "version", "status", "status_detail", "source", "base_model_id", "rank",
-            "target_modules", "size_bytes", "sha256", "model_card", "metrics", "validation_error", "created_at",
+            "id",
+            "persona",
+            "version",
+            "status",
+            "status_detail",
+            "source",
+            "base_model_id",
+            "rank",
+            "target_modules",
+            "size_bytes",
+            "sha256",
+            "model_card",
+            "metrics",
+            "validation_error",
+            "created_at",
             "status_changed_at",
-        ]  # fmt: skip
+        ]
 
     def get_status_detail(self, adapter) -> str:
         v, statuses = f"v{adapter.version}", AdapterVersion.Status
@@ -301,9 +334,12 @@ class RatingListApi(ServiceErrorMixin, GenericAPIView):
         data.is_valid(raise_exception=True)
         d = data.validated_data
         rating, created = services.web_rating_set(
-            user=request.user, exchange_id=d["exchange"], score=d["score"], tags=d.get("tags", []),
+            user=request.user,
+            exchange_id=d["exchange"],
+            score=d["score"],
+            tags=d.get("tags", []),
             reason=d.get("reason", ""),
-        )  # fmt: skip
+        )
         return Response(RatingOutput(rating).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
@@ -334,9 +370,12 @@ class RatingDetailApi(ServiceErrorMixin, GenericAPIView):
         data.is_valid(raise_exception=True)
         d = data.validated_data
         rating, _ = services.web_rating_set(
-            user=request.user, exchange_id=rating.exchange_id, score=d.get("score", rating.score),
-            tags=d.get("tags", rating.tags), reason=d.get("reason", rating.reason),
-        )  # fmt: skip
+            user=request.user,
+            exchange_id=rating.exchange_id,
+            score=d.get("score", rating.score),
+            tags=d.get("tags", rating.tags),
+            reason=d.get("reason", rating.reason),
+        )
         return Response(RatingOutput(rating).data)
 
 
@@ -387,9 +426,20 @@ class TrainingRunOutput(serializers.ModelSerializer):
     class Meta:
         model = TrainingRun
         fields = [
-            "id", "persona", "night", "status", "method", "produced_version", "data_counts", "metrics_before",
-            "metrics_after", "error", "created_at", "started_at", "finished_at",
-        ]  # fmt: skip
+            "id",
+            "persona",
+            "night",
+            "status",
+            "method",
+            "produced_version",
+            "data_counts",
+            "metrics_before",
+            "metrics_after",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
 
 
 class TrainingRunListApi(ServiceErrorMixin, GenericAPIView):

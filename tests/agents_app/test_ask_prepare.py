@@ -16,9 +16,17 @@ pytestmark = pytest.mark.django_db
 
 def test_the_npc_read_matches_the_orms_with_persona_and_active_adapter(npc, persona):
     adapter = AdapterVersion.objects.create(
-        persona=persona, version=3, files_path="adapters/miner/3", sha256="d" * 64, base_model_id="starter",
-        rank=8, target_modules=["q_proj", "v_proj"], metrics={"loss": 0.5}, size_bytes=10, status="active",
-    )  # fmt: skip
+        persona=persona,
+        version=3,
+        files_path="adapters/miner/3",
+        sha256="d" * 64,
+        base_model_id="starter",
+        rank=8,
+        target_modules=["q_proj", "v_proj"],
+        metrics={"loss": 0.5},
+        size_bytes=10,
+        status="active",
+    )
     persona.active_adapter = adapter
     persona.traits = ["gruff", "kind"]
     persona.save()
@@ -68,16 +76,28 @@ def _record(plan, text="Well met, Alex — ünïcode 🙂"):
         "adapter_id": plan.adapter_version_id,
     }
     return gateway.exchange_record(
-        plan=plan, player="alex", text="hi", context={"pos": [1, 2, 3], "biome": "taiga"}, result=result,
-        ttft_ms=1.5, total_ms=2.25,
-    )  # fmt: skip
+        plan=plan,
+        player="alex",
+        text="hi",
+        context={"pos": [1, 2, 3], "biome": "taiga"},
+        result=result,
+        ttft_ms=1.5,
+        total_ms=2.25,
+    )
 
 
 def test_a_clean_reply_is_one_insert_that_stores_what_the_orm_would(npc, persona):
     adapter = AdapterVersion.objects.create(
-        persona=persona, version=2, files_path="adapters/miner/2", sha256="e" * 64, base_model_id="starter",
-        rank=8, target_modules=["q_proj"], size_bytes=10, status="active",
-    )  # fmt: skip
+        persona=persona,
+        version=2,
+        files_path="adapters/miner/2",
+        sha256="e" * 64,
+        base_model_id="starter",
+        rank=8,
+        target_modules=["q_proj"],
+        size_bytes=10,
+        status="active",
+    )
     persona.active_adapter = adapter
     persona.save()
     Npc.objects.filter(pk=npc.pk).update(last_active_at=timezone.now())  # fresh: no activity mark to write

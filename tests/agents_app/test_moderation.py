@@ -18,9 +18,16 @@ QUEUE = reverse("admin:agents_app_policyflag_changelist")
 @pytest.fixture
 def adapter(persona):
     adapter = AdapterVersion.objects.create(
-        persona=persona, version=2, files_path="adapters/miner/2", sha256="c" * 64, base_model_id="starter",
-        rank=8, target_modules=["q_proj"], size_bytes=10, status="active",
-    )  # fmt: skip
+        persona=persona,
+        version=2,
+        files_path="adapters/miner/2",
+        sha256="c" * 64,
+        base_model_id="starter",
+        rank=8,
+        target_modules=["q_proj"],
+        size_bytes=10,
+        status="active",
+    )
     persona.active_adapter = adapter
     persona.save()
     return adapter
@@ -28,10 +35,17 @@ def adapter(persona):
 
 def flagged(npc, adapter=None, rule="personal_data", severity="severe", reply="Mail [hidden]", player_text="hi"):
     exchange = Exchange.objects.create(
-        npc=npc, persona=npc.persona, player_name="steve", player_text=player_text, prompt="p", reply_text=reply,
-        raw_text="Mail mo@example.org [[ACTION:dig]]", actions=[{"name": "jump", "args": []}],
-        blocked_actions=[{"name": "dig", "args": [], "rule": "action_not_allowed"}], adapter_version=adapter,
-    )  # fmt: skip
+        npc=npc,
+        persona=npc.persona,
+        player_name="steve",
+        player_text=player_text,
+        prompt="p",
+        reply_text=reply,
+        raw_text="Mail mo@example.org [[ACTION:dig]]",
+        actions=[{"name": "jump", "args": []}],
+        blocked_actions=[{"name": "dig", "args": [], "rule": "action_not_allowed"}],
+        adapter_version=adapter,
+    )
     return PolicyFlag.objects.create(exchange=exchange, rule=rule, severity=severity, detail="personal data: email")
 
 
@@ -176,9 +190,16 @@ def test_moderators_edit_the_policy_rules_in_the_admin(dana, persona):
     client = client_for(dana)
     response = client.post(
         reverse("admin:agents_app_policyrule_add"),
-        {"rule": "blocked_term", "persona": persona.pk, "enabled": "on", "severity": "severe",
-         "params": '{"terms": ["griefer"]}', "freeze_seconds": "10", "note": ""},
-    )  # fmt: skip
+        {
+            "rule": "blocked_term",
+            "persona": persona.pk,
+            "enabled": "on",
+            "severity": "severe",
+            "params": '{"terms": ["griefer"]}',
+            "freeze_seconds": "10",
+            "note": "",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     rule = PolicyRule.objects.get()
     assert rule.params == {"terms": ["griefer"]} and LogEntry.objects.filter(user=dana).count() == 1
@@ -191,9 +212,16 @@ VERSIONS = reverse("admin:agents_app_adapterversion_changelist")
 
 def version(persona, n, status):
     return AdapterVersion.objects.create(
-        persona=persona, version=n, files_path=f"adapters/miner/{n}", sha256=f"{n:064d}", base_model_id="starter",
-        rank=8, target_modules=["q_proj"], size_bytes=10, status=status,
-    )  # fmt: skip
+        persona=persona,
+        version=n,
+        files_path=f"adapters/miner/{n}",
+        sha256=f"{n:064d}",
+        base_model_id="starter",
+        rank=8,
+        target_modules=["q_proj"],
+        size_bytes=10,
+        status=status,
+    )
 
 
 def version_action(client, action, versions):

@@ -18,9 +18,19 @@ def compose():
 
 def test_the_topology_has_every_process(compose):
     assert set(compose["services"]) == {
-        "postgres", "redis", "migrate", "daphne1", "daphne2", "worker1", "worker2", "celery", "celery-validation",
-        "beat", "nginx", "prometheus",
-    }  # fmt: skip
+        "postgres",
+        "redis",
+        "migrate",
+        "daphne1",
+        "daphne2",
+        "worker1",
+        "worker2",
+        "celery",
+        "celery-validation",
+        "beat",
+        "nginx",
+        "prometheus",
+    }
 
 
 def test_the_commands_are_the_readmes(compose):

@@ -41,9 +41,15 @@ def test_a_moderator_confirms_a_flag_and_freezes_the_npc_in_the_admin(live_serve
         ("are you real?", "Hm, where was I? Let's talk about this world instead.", "breaking_character"),
     ]:
         exchange = Exchange.objects.create(
-            npc=npc, persona=npc.persona, player_name="steve", player_text=text, prompt="p", reply_text=reply,
-            raw_text=reply, blocked_actions=[{"name": "dig", "args": [], "rule": "action_not_allowed"}],
-        )  # fmt: skip
+            npc=npc,
+            persona=npc.persona,
+            player_name="steve",
+            player_text=text,
+            prompt="p",
+            reply_text=reply,
+            raw_text=reply,
+            blocked_actions=[{"name": "dig", "args": [], "rule": "action_not_allowed"}],
+        )
         flags.append(PolicyFlag.objects.create(exchange=exchange, rule=rule, severity="severe", detail=rule))
     wait = WebDriverWait(browser, 20)
 

@@ -39,14 +39,24 @@ async def test_a_game_ask_is_answered_by_the_model_with_the_personas_active_adap
     def setup():
         owner = django_user_model.objects.create_user("owner", "", "pw-owner-123")
         persona = Persona.objects.create(
-            slug="bram", name="Bram", owner=owner, system_prompt="You are a miner.", temperature=0.0,
-            allowed_actions=["say", "jump", "give", "move", "face", "follow", "stop_following"], max_tokens=24,
+            slug="bram",
+            name="Bram",
+            owner=owner,
+            system_prompt="You are a miner.",
+            temperature=0.0,
+            allowed_actions=["say", "jump", "give", "move", "face", "follow", "stop_following"],
+            max_tokens=24,
         )
         adapter = AdapterVersion.objects.create(
-            persona=persona, version=1, files_path=str(adapter_dir), sha256=file_sha256(
-                adapter_dir / "adapter_model.safetensors"),
-            base_model_id=engine_backend.base_model_id, rank=4, target_modules=["q_proj", "v_proj"],
-            size_bytes=1, status="active",
+            persona=persona,
+            version=1,
+            files_path=str(adapter_dir),
+            sha256=file_sha256(adapter_dir / "adapter_model.safetensors"),
+            base_model_id=engine_backend.base_model_id,
+            rank=4,
+            target_modules=["q_proj", "v_proj"],
+            size_bytes=1,
+            status="active",
         )
         persona.active_adapter = adapter
         persona.save()
@@ -67,10 +77,19 @@ async def test_a_game_ask_is_answered_by_the_model_with_the_personas_active_adap
             )
             connected, _ = await communicator.connect()
             assert connected
-            await communicator.send_to(text_data=json.dumps({
-                "type": "ask", "id": "1", "npc": "npc-1", "persona": "bram", "player": "steve",
-                "text": "Do you have any apples?", "context": {"pos": [1, 2, 3], "time_of_day": 0.4},
-            }))
+            await communicator.send_to(
+                text_data=json.dumps(
+                    {
+                        "type": "ask",
+                        "id": "1",
+                        "npc": "npc-1",
+                        "persona": "bram",
+                        "player": "steve",
+                        "text": "Do you have any apples?",
+                        "context": {"pos": [1, 2, 3], "time_of_day": 0.4},
+                    }
+                )
+            )
             frames = []
             while not frames or frames[-1]["type"] not in ("reply", "error"):
                 frames.append(json.loads(await communicator.receive_from(timeout=60)))

@@ -58,9 +58,14 @@ def test_rating_a_reply_changes_the_count_without_reloading(browser, live_server
     from selenium.webdriver.common.by import By
 
     exchange = Exchange.objects.create(
-        npc=npc, persona=npc.persona, player_name="steve", player_text="where is iron?", prompt="p",
-        reply_text="Down the east tunnel.", created_at=timezone.now(),
-    )  # fmt: skip
+        npc=npc,
+        persona=npc.persona,
+        player_name="steve",
+        player_text="where is iron?",
+        prompt="p",
+        reply_text="Down the east tunnel.",
+        created_at=timezone.now(),
+    )
     sign_up(browser, live_server)
     browser.get(f"{live_server.url}/replies/")
     browser.execute_script("window.__samePage = true;")
@@ -88,9 +93,14 @@ def test_a_reply_with_a_script_tag_renders_as_text(browser, live_server, npc):
 
     payload = "<script>window.__pwned = 1</script><b>bold?</b>"
     exchange = Exchange.objects.create(
-        npc=npc, persona=npc.persona, player_name="steve", player_text=payload, prompt="p", reply_text=payload,
+        npc=npc,
+        persona=npc.persona,
+        player_name="steve",
+        player_text=payload,
+        prompt="p",
+        reply_text=payload,
         created_at=timezone.now(),
-    )  # fmt: skip
+    )
     browser.get(f"{live_server.url}/replies/")
     card = browser.find_element(By.ID, f"reply-{exchange.pk}")
     assert card.find_element(By.CSS_SELECTOR, ".reply-text").text == payload
@@ -179,8 +189,11 @@ def daphne_server(tmp_path):
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -31,8 +31,21 @@ def body(response) -> str:
 
 def editable(persona) -> dict:
     persona.refresh_from_db()
-    return {f: getattr(persona, f) for f in ("name", "description", "traits", "system_prompt", "allowed_actions",
-                                             "temperature", "top_p", "max_tokens", "is_public", "slug")}  # fmt: skip
+    return {
+        f: getattr(persona, f)
+        for f in (
+            "name",
+            "description",
+            "traits",
+            "system_prompt",
+            "allowed_actions",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "is_public",
+            "slug",
+        )
+    }
 
 
 def test_a_modder_creates_a_persona_and_lands_on_its_page(alice):
@@ -130,11 +143,17 @@ def test_the_owner_edits_their_persona_but_not_its_slug(alice, persona):
     response = csrf_post(client_for(alice), "/personas/miner/edit/", data)
     assert response.status_code == 302 and response["Location"] == "/personas/miner/"
     assert editable(persona) == {
-        "slug": "miner", "name": "Smith Sigrun", "description": "Forges tools by the river.",
-        "traits": ["gruff", "proud of her anvil"], "system_prompt": "You are Sigrun, a smith. Be brief.",
-        "allowed_actions": ["say", "jump", "face", "give"], "temperature": 0.6, "top_p": 0.9, "max_tokens": 80,
+        "slug": "miner",
+        "name": "Smith Sigrun",
+        "description": "Forges tools by the river.",
+        "traits": ["gruff", "proud of her anvil"],
+        "system_prompt": "You are Sigrun, a smith. Be brief.",
+        "allowed_actions": ["say", "jump", "face", "give"],
+        "temperature": 0.6,
+        "top_p": 0.9,
+        "max_tokens": 80,
         "is_public": False,
-    }  # fmt: skip
+    }
 
 
 def test_a_refused_edit_changes_nothing(alice, persona):

@@ -56,8 +56,14 @@ def base_model(settings, tmp_path, tiny_model):
 
 
 def config_json(**overrides) -> bytes:
-    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
-              "base_model_name_or_path": "tiny-test", **overrides}  # fmt: skip
+    config = {
+        "peft_type": "LORA",
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj"],
+        "base_model_name_or_path": "tiny-test",
+        **overrides,
+    }
     return json.dumps(config).encode()
 
 
@@ -126,37 +132,93 @@ def test_a_zip_with_both_files_is_accepted(alice, persona, base_model):
 @pytest.mark.parametrize(
     "files, message",
     [
-        ({"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.bin", b"\x80\x04pickle")},
-         "pickled weights are refused"),
+        (
+            {"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.bin", b"\x80\x04pickle")},
+            "pickled weights are refused",
+        ),
         ({"archive": {"adapter_config.json": config_json(), "adapter_model.bin": b"\x80\x04"}}, "pickled weights"),
         ({"archive": {"../evil/adapter_config.json": config_json()}}, "outside the adapter directory"),
         ({"archive": {"/etc/adapter_config.json": config_json()}}, "outside the adapter directory"),
-        ({"config": ("adapter_config.json", b"{nope"), "weights": ("adapter_model.safetensors", weights())},
-         "not valid JSON"),
-        ({"config": ("adapter_config.json", config_json(peft_type="IA3")),
-          "weights": ("adapter_model.safetensors", weights())}, "not LORA"),
-        ({"config": ("adapter_config.json", config_json(base_model_name_or_path="meta-llama/Llama-3-8B")),
-          "weights": ("adapter_model.safetensors", weights())}, "is not this server's base model"),
-        ({"config": ("adapter_config.json", config_json(r=512)), "weights": ("adapter_model.safetensors", weights())},
-         "rank r=512 is outside"),
-        ({"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.safetensors", b"garbage!!")},
-         "header length"),
-        ({"config": ("adapter_config.json", config_json()),
-          "weights": ("adapter_model.safetensors", weights()[:-8])}, "describes"),
-        ({"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.safetensors", weights(
-            {f"{Q}.lora_A.weight": torch.randn(4, HIDDEN + 1), f"{Q}.lora_B.weight": torch.zeros(HIDDEN, 4)}))},
-         "wrong shape"),
-        ({"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.safetensors", weights(
-            {"base_model.model.model.layers.9.mlp.zap.lora_A.weight": torch.randn(4, HIDDEN),
-             "base_model.model.model.layers.9.mlp.zap.lora_B.weight": torch.zeros(HIDDEN, 4)}))},
-         "no Linear module"),
-        ({"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.safetensors", weights(
-            {f"{Q}.lora_A.weight": torch.randn(4, HIDDEN)}))}, "needs both lora_A and lora_B"),
-        ({"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.safetensors", weights(
-            {"model.embed_tokens.weight": torch.randn(4, 4)}))}, "unexpected tensor"),
+        (
+            {"config": ("adapter_config.json", b"{nope"), "weights": ("adapter_model.safetensors", weights())},
+            "not valid JSON",
+        ),
+        (
+            {
+                "config": ("adapter_config.json", config_json(peft_type="IA3")),
+                "weights": ("adapter_model.safetensors", weights()),
+            },
+            "not LORA",
+        ),
+        (
+            {
+                "config": ("adapter_config.json", config_json(base_model_name_or_path="meta-llama/Llama-3-8B")),
+                "weights": ("adapter_model.safetensors", weights()),
+            },
+            "is not this server's base model",
+        ),
+        (
+            {
+                "config": ("adapter_config.json", config_json(r=512)),
+                "weights": ("adapter_model.safetensors", weights()),
+            },
+            "rank r=512 is outside",
+        ),
+        (
+            {"config": ("adapter_config.json", config_json()), "weights": ("adapter_model.safetensors", b"garbage!!")},
+            "header length",
+        ),
+        (
+            {
+                "config": ("adapter_config.json", config_json()),
+                "weights": ("adapter_model.safetensors", weights()[:-8]),
+            },
+            "describes",
+        ),
+        (
+            {
+                "config": ("adapter_config.json", config_json()),
+                "weights": (
+                    "adapter_model.safetensors",
+                    weights(
+                        {f"{Q}.lora_A.weight": torch.randn(4, HIDDEN + 1), f"{Q}.lora_B.weight": torch.zeros(HIDDEN, 4)}
+                    ),
+                ),
+            },
+            "wrong shape",
+        ),
+        (
+            {
+                "config": ("adapter_config.json", config_json()),
+                "weights": (
+                    "adapter_model.safetensors",
+                    weights(
+                        {
+                            "base_model.model.model.layers.9.mlp.zap.lora_A.weight": torch.randn(4, HIDDEN),
+                            "base_model.model.model.layers.9.mlp.zap.lora_B.weight": torch.zeros(HIDDEN, 4),
+                        }
+                    ),
+                ),
+            },
+            "no Linear module",
+        ),
+        (
+            {
+                "config": ("adapter_config.json", config_json()),
+                "weights": ("adapter_model.safetensors", weights({f"{Q}.lora_A.weight": torch.randn(4, HIDDEN)})),
+            },
+            "needs both lora_A and lora_B",
+        ),
+        (
+            {
+                "config": ("adapter_config.json", config_json()),
+                "weights": ("adapter_model.safetensors", weights({"model.embed_tokens.weight": torch.randn(4, 4)})),
+            },
+            "unexpected tensor",
+        ),
         ({"config": ("adapter_config.json", config_json())}, "upload adapter_config.json and"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_upload_is_refused_with_a_clear_message_and_leaves_nothing(
     alice, persona, base_model, settings, files, message
 ):
@@ -257,8 +319,12 @@ def test_header_parsing_never_reads_tensor_data(tmp_path):
     path = tmp_path / "w.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
     assert read_safetensors_header(path)["x"]["shape"] == [2]
-    header = json.dumps({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                         "y": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()  # fmt: skip
+    header = json.dumps(
+        {
+            "x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "y": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+        }
+    ).encode()
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 12)
     with pytest.raises(Exception, match="overlaps"):
         read_safetensors_header(path)
@@ -279,11 +345,16 @@ def test_the_api_takes_an_upload_from_the_owner_and_names_the_problem_otherwise(
     response = post(alice, **good)
     assert response.status_code == 201 and response.json()["version"] == 1 and response.json()["status"] == "uploaded"
     assert "being validated" in response.json()["status_detail"]
-    response = post(alice, config=SimpleUploadedFile("adapter_config.json", config_json(r=0)),
-                    weights=SimpleUploadedFile("adapter_model.safetensors", weights()))  # fmt: skip
+    response = post(
+        alice,
+        config=SimpleUploadedFile("adapter_config.json", config_json(r=0)),
+        weights=SimpleUploadedFile("adapter_model.safetensors", weights()),
+    )
     assert response.status_code == 400 and "rank r=0" in str(response.json())
-    bad_bob = {"config": SimpleUploadedFile("adapter_config.json", config_json()),
-               "weights": SimpleUploadedFile("adapter_model.safetensors", weights())}  # fmt: skip
+    bad_bob = {
+        "config": SimpleUploadedFile("adapter_config.json", config_json()),
+        "weights": SimpleUploadedFile("adapter_model.safetensors", weights()),
+    }
     assert post(bob, **bad_bob).status_code == 403
 
 
@@ -328,10 +399,15 @@ def test_a_fitting_adapter_passes_its_smoke_generation_and_is_validated(
 
 def test_the_upload_says_the_version_is_being_validated(alice, persona, base_model):
     client = client_for(alice)
-    response = csrf_post(client, "/personas/miner/upload/", {
-        "config": SimpleUploadedFile("adapter_config.json", config_json()),
-        "weights": SimpleUploadedFile("adapter_model.safetensors", weights()),
-    }, follow=True)  # fmt: skip
+    response = csrf_post(
+        client,
+        "/personas/miner/upload/",
+        {
+            "config": SimpleUploadedFile("adapter_config.json", config_json()),
+            "weights": SimpleUploadedFile("adapter_model.safetensors", weights()),
+        },
+        follow=True,
+    )
     body = html.unescape(response.content.decode())
     assert "v1 is uploaded and being validated" in body and 'id="validating"' in body
 

@@ -125,8 +125,9 @@ def test_the_command_names_what_is_wrong(alice, tiny_copy, tmp_path):
             call_command("train_domain_adapter", "--persona", "nobody", stdout=StringIO())
         with pytest.raises(CommandError, match="--examples must be at least 1"):
             call_command("train_domain_adapter", "--persona", "smith", "--examples", "0", stdout=StringIO())
-    with override_settings(VOYAGER_BASE_MODEL=str(tmp_path / "missing")), pytest.raises(
-        CommandError, match="prepare_base_model"
+    with (
+        override_settings(VOYAGER_BASE_MODEL=str(tmp_path / "missing")),
+        pytest.raises(CommandError, match="prepare_base_model"),
     ):
         call_command("train_domain_adapter", "--persona", "smith", stdout=StringIO())
     assert not AdapterVersion.objects.exists()

@@ -129,8 +129,16 @@ def blacksmith(owner) -> Persona:
 
 
 GREETS = ["Well met", "Hello", "Welcome back", "Good day", "Greetings", "Hail"]
-TAILS = ["Steel does not lie.", "Mind the anvil.", "Hot iron waits for nobody.", "The forge is warm.",
-         "Bring me ore.", "Good steel takes time.", "Come back tomorrow.", "The bellows need mending."]  # fmt: skip
+TAILS = [
+    "Steel does not lie.",
+    "Mind the anvil.",
+    "Hot iron waits for nobody.",
+    "The forge is warm.",
+    "Bring me ore.",
+    "Good steel takes time.",
+    "Come back tomorrow.",
+    "The bellows need mending.",
+]
 
 
 def seed_ratings(persona: Persona, n: int = 120, liked: str = "{greet}, {player}. {tail}") -> list:

@@ -71,15 +71,25 @@ def test_training_continues_from_the_active_adapter(tiny_model, tmp_path):
 def test_an_unknown_reference_is_refused_before_any_training(tiny_model, tmp_path):
     config = replace(QUICK, pref_reference="yesterday")
     with pytest.raises(ValueError, match="pref_reference"):
-        train_adapter(base_model_path=tiny_model, init_adapter=None, data=TrainingData(sft=SFT, kto=KTO),
-                      out_dir=tmp_path / "a", config=config)  # fmt: skip
+        train_adapter(
+            base_model_path=tiny_model,
+            init_adapter=None,
+            data=TrainingData(sft=SFT, kto=KTO),
+            out_dir=tmp_path / "a",
+            config=config,
+        )
 
 
 def test_every_trainer_and_gate_knob_can_be_set_in_the_settings(settings):
     from training_tasks import services
 
-    settings.VOYAGER_TRAINING = {**settings.VOYAGER_TRAINING, "pref_beta": 0.3, "max_copies_per_reply": 5,
-                                 "gate_diversity_drop": 0.4, "gate_samples": 8}  # fmt: skip
+    settings.VOYAGER_TRAINING = {
+        **settings.VOYAGER_TRAINING,
+        "pref_beta": 0.3,
+        "max_copies_per_reply": 5,
+        "gate_diversity_drop": 0.4,
+        "gate_samples": 8,
+    }
     assert (services.train_config().pref_beta, services.train_config().max_copies_per_reply) == (0.3, 5)
     assert (services.gate_config().diversity_drop, services.gate_config().samples) == (0.4, 8)
 
