@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -187,7 +188,10 @@ def exchange_record(
     if adapter_id != plan.adapter_version_id and not AdapterVersion.objects.filter(pk=adapter_id).exists():
         adapter_id = None
     now = timezone.now()
-    with transaction.atomic():
+    mark = npc.last_active_at is None or (now - npc.last_active_at).total_seconds() > ACTIVE_MARK_SECONDS
+    freeze = verdict.freeze_seconds > 0 and source == Exchange.Source.GAME
+    # A clean reply is one INSERT, atomic on its own; flags, a freeze or an activity mark go with it.
+    with transaction.atomic() if verdict.hits or mark or freeze else contextlib.nullcontext():
         exchange = Exchange.objects.create(
             npc_id=plan.npc_id,
             persona=persona,
@@ -210,14 +214,15 @@ def exchange_record(
             total_ms=total_ms,
             excluded_from_training=verdict.severe,
         )
-        PolicyFlag.objects.bulk_create(
-            PolicyFlag(exchange=exchange, rule=h.rule, severity=h.severity, action=h.action, detail=h.detail[:2000])
-            for h in verdict.hits
-        )
-        if npc.last_active_at is None or (now - npc.last_active_at).total_seconds() > ACTIVE_MARK_SECONDS:
+        if verdict.hits:
+            PolicyFlag.objects.bulk_create(
+                PolicyFlag(exchange=exchange, rule=h.rule, severity=h.severity, action=h.action, detail=h.detail[:2000])
+                for h in verdict.hits
+            )
+        if mark:
             Npc.objects.filter(pk=npc.pk).update(last_active_at=now)
             npc.last_active_at = now
-        if verdict.freeze_seconds > 0 and source == Exchange.Source.GAME:
+        if freeze:
             # Playground and simulated NPCs answer to no mod: only a game NPC is frozen. Never
             # shorten a longer freeze (a moderator's, say) that happened since the plan was read.
             until = now + timezone.timedelta(seconds=verdict.freeze_seconds)

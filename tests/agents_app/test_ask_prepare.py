@@ -1,4 +1,4 @@
-"""The gateway's one-query NPC read and one-statement exchange write do what the ORM does."""
+"""The gateway's reads and writes per ask: an NPC read is one query, a clean reply one INSERT."""
 
 import uuid
 
