@@ -107,14 +107,15 @@ def parse_database_url(url: str) -> dict:
             "PASSWORD": unquote(parts.password or ""),
             "HOST": parts.hostname or "",
             "PORT": str(port or ""),
-            # Django's psycopg pool (connections outlive requests without CONN_MAX_AGE), each
-            # connection checked as it is taken, so one the server dropped costs no request.
-            "CONN_MAX_AGE": 0,
+            # Persistent connections, checked before reuse: a connection the server dropped costs
+            # no ask. (Django's psycopg pool, tried instead, kept failing every ask on the gateway's
+            # database thread after a server restart: tests/agents_app/test_gateway.py.)
+            "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True,
         }
-        from psycopg_pool import ConnectionPool
-
-        pool = {"min_size": 1, "max_size": 8, "timeout": 10, "check": ConnectionPool.check_connection}
-        config["OPTIONS"] = {"pool": pool, **dict(parse_qsl(parts.query))}
+        options = dict(parse_qsl(parts.query))
+        if options:
+            config["OPTIONS"] = options
         return config
     raise ImproperlyConfigured(f"DATABASE_URL scheme {parts.scheme!r} is not supported (use sqlite:// or postgres://)")
 

@@ -492,17 +492,23 @@ async def test_a_lost_database_connection_costs_no_reply(game_server, persona, n
         await send(communicator, ask(id="a2"))
         assert [(await collect_until(communicator))[-1]["type"] for _ in range(2)] == ["reply", "reply"]
 
-        def terminate_the_others():  # the server ends the gateway's sessions, as a restart or a network fault would
+        def backend_pid():  # the session the gateway's database thread is on
             from django.db import connection
 
             with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
+                cursor.execute("SELECT pg_backend_pid()")
                 return cursor.fetchone()[0]
 
-        assert await asyncio.to_thread(terminate_the_others)
+        def terminate(pid):  # the server ends that session, as a restart or a network fault would
+            import psycopg
+            from django.db import connection
+
+            params = connection.get_connection_params()
+            dsn = {k: params[k] for k in ("dbname", "user", "host", "port") if params.get(k)}
+            with psycopg.connect(**dsn, autocommit=True) as killer:
+                return killer.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone()[0]
+
+        assert await asyncio.to_thread(terminate, await database_sync_to_async(backend_pid)())
         replies = []
         for i in range(3, 6):
             await send(communicator, ask(id=f"a{i}"))
