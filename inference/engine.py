@@ -475,18 +475,12 @@ class Engine:
             s = job.request.persona.sampling
             if s.temperature <= 0 or job.finish is not None:
                 continue
-            # What an NPC does is its more likely choice, never a sampling accident: it opens
-            # action markup when the tokens that open it weigh at least half, and writes the markup
-            # greedily (markup does not nest, so inside it no token may open another); only the
-            # words are sampled.
-            opens = self._opens_markup
-            if job.stream is not None and job.stream.in_markup:
-                picks[i] = logits[i].masked_fill(opens, float("-inf")).argmax()
-            elif torch.softmax(logits[i].float(), dim=-1)[opens].sum() >= 0.5:
-                picks[i] = logits[i].masked_fill(~opens, float("-inf")).argmax()
-            else:
-                scores = logits[i].masked_fill(opens, float("-inf"))
-                picks[i] = _sample_one(scores, s.temperature, s.top_k, s.top_p, job.generator)
+            # What an NPC does is its most likely choice, never a sampling accident: whether to
+            # open action markup, and the markup itself, are greedy; only the words are sampled.
+            if (job.stream is not None and job.stream.in_markup) or self._opens_markup[picks[i]]:
+                continue
+            scores = logits[i].masked_fill(self._opens_markup, float("-inf"))
+            picks[i] = _sample_one(scores, s.temperature, s.top_k, s.top_p, job.generator)
         return picks.tolist()
 
     def _accept(self, job: _Job, token: int) -> None:

@@ -293,19 +293,14 @@ def test_stop_with_drain_finishes_accepted_requests_then_refuses(make_engine):
 
 
 def test_sampling_is_reproducible_per_seed(make_engine):
-    """The same seed gives the same reply; another seed another one (on some line: a reply that
-    is all action markup is greedy whatever the seed)."""
     engine = make_engine()
     hot = npc_persona(sampling=Sampling(temperature=1.0, top_p=0.95, top_k=50))
-    differ = 0
-    for n, text in enumerate(["hello there", "tell me about the mine", "what a nice day", "who are you?"]):
-        runs = [
-            run_alone(engine, request(f"s{n}-{i}", text, persona=hot, seed=seed, max_tokens=20, ignore_eos=True))
-            for i, seed in enumerate((11, 11, 12))
-        ]
-        assert runs[0].token_ids == runs[1].token_ids
-        differ += runs[0].token_ids != runs[2].token_ids
-    assert differ
+    runs = [
+        run_alone(engine, request(f"s{i}", persona=hot, seed=seed, max_tokens=20, ignore_eos=True))
+        for i, seed in enumerate((11, 11, 12))
+    ]
+    assert runs[0].token_ids == runs[1].token_ids
+    assert runs[0].token_ids != runs[2].token_ids
 
 
 def test_prompt_context_and_memory_reach_the_model(make_engine):
@@ -374,10 +369,11 @@ def test_a_penalised_word_loses_to_a_fresh_one_and_punctuation_is_free():
 
 
 def test_a_sampled_reply_acts_only_on_the_models_most_likely_choice(make_engine, tiny_model_dir):
-    """With sampling on, markup is opened only where the tokens that open it weigh at least half, and
-    written greedily inside (never opening another); every other step samples among the others."""
+    """With sampling on, markup is opened only where opening it is the argmax, and written greedily
+    inside; every other step samples among tokens that do not open markup."""
     from transformers import AutoModelForCausalLM
 
+    from inference.engine import _opens_markup
 
     hot = npc_persona(sampling=Sampling(temperature=1.5, top_p=1.0, top_k=0))
     engine = make_engine()
@@ -386,7 +382,6 @@ def test_a_sampled_reply_acts_only_on_the_models_most_likely_choice(make_engine,
         for i, text in enumerate(["jump!", "follow me", "can I have an apple?", "hello", "where is the mine?"] * 2)
     ]
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    opens = engine._opens_markup
     acted = sampled = 0
     for result in runs:
         prompt_ids = engine.tokenizer.encode(result.prompt_text, add_special_tokens=False)
@@ -395,15 +390,14 @@ def test_a_sampled_reply_acts_only_on_the_models_most_likely_choice(make_engine,
         for step, token in enumerate(result.token_ids):
             best = int(logits[step].argmax())
             written = engine.tokenizer.decode(result.token_ids[:step])
-            if written.rfind("[[") > written.rfind("]]"):  # inside markup: greedy, and it never nests
-                assert token == int(logits[step].masked_fill(opens, float("-inf")).argmax()), f"step {step}"
-            elif torch.softmax(logits[step], dim=-1)[opens].sum() >= 0.5:  # acting is the likelier choice
-                assert token == int(logits[step].masked_fill(~opens, float("-inf")).argmax()), f"step {step}"
-                acted += 1
+            inside = written.rfind("[[") > written.rfind("]]")
+            if inside or _opens_markup(engine.tokenizer.decode([best])):
+                assert token == best, f"step {step} of {result.raw_text!r}"
+                acted += not inside
             else:
-                assert not opens[token], f"step {step} of {result.raw_text!r}"
+                assert not _opens_markup(engine.tokenizer.decode([token])), f"step {step} of {result.raw_text!r}"
                 sampled += token != best
-    assert sampled  # the words were sampled (acted: how many steps the acting rule decided)
+    assert acted and sampled  # both rules were exercised
 
 
 def test_what_opens_markup():
