@@ -202,10 +202,6 @@ class Engine:
         self._penalizable = torch.tensor(
             [any(ch.isalnum() for ch in self._decode_text([i])) for i in range(vocab)], dtype=torch.bool
         )
-        # Tokens that can open action markup ("[[", " [[", "[").
-        self._opens_markup = torch.tensor(
-            [_opens_markup(self._decode_text([i])) for i in range(vocab)], dtype=torch.bool
-        )
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self.runner = DecoderRunner(loaded.model, self.config.max_batch_size, self.config.max_seq_len)
         self.max_len = self.runner.max_len
@@ -473,14 +469,8 @@ class Engine:
         picks = logits.argmax(dim=-1)
         for i, job in enumerate(jobs):
             s = job.request.persona.sampling
-            if s.temperature <= 0 or job.finish is not None:
-                continue
-            # What an NPC does is its most likely choice, never a sampling accident: whether to
-            # open action markup, and the markup itself, are greedy; only the words are sampled.
-            if (job.stream is not None and job.stream.in_markup) or self._opens_markup[picks[i]]:
-                continue
-            scores = logits[i].masked_fill(self._opens_markup, float("-inf"))
-            picks[i] = _sample_one(scores, s.temperature, s.top_k, s.top_p, job.generator)
+            if s.temperature > 0 and job.finish is None:
+                picks[i] = _sample_one(logits[i], s.temperature, s.top_k, s.top_p, job.generator)
         return picks.tolist()
 
     def _accept(self, job: _Job, token: int) -> None:
@@ -567,10 +557,6 @@ class Engine:
             job.on_event(event)
         except Exception:  # a broken consumer must not take the engine down
             log.exception("on_event callback failed for %s", job.request.request_id)
-
-
-def _opens_markup(piece: str) -> bool:
-    return "[[" in piece or piece.strip() == "["
 
 
 def _penalize_repeats(logits: torch.Tensor, generated: list[int], penalty: float, penalizable: torch.Tensor) -> None:

@@ -91,11 +91,6 @@ class ReplyShaper:
             self._cut = end.end()
         return self._release(self._visible(raw[: self._cut]))
 
-    @property
-    def in_markup(self) -> bool:
-        """The reply is inside "[[...": markup opened and not yet closed."""
-        return self._raw.rfind("[[") > self._raw.rfind(MARKUP_CLOSE)
-
     def finish(self, reason: str) -> tuple[str, str, list[Action], str]:
         """The final reply: (text, raw text, actions, the rest of the text not yet streamed).
 

@@ -123,16 +123,6 @@ def test_a_sentence_end_inside_markup_is_not_one(tokenizer):
     assert actions == [{"name": "say", "args": ["Hello!", "All", "of", "you."]}]
 
 
-def test_the_shaper_knows_when_it_is_inside_markup(tokenizer):
-    shaper = ReplyShaper(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-    inside = []
-    for token in tokenizer.encode("Aye [[ACTION:jump]] up [[ACTION:say hi]]", add_special_tokens=False):
-        shaper.push(token)
-        inside.append(shaper.in_markup)
-    assert True in inside and inside[-1] is False
-    assert inside.index(True) > 0 and not any(inside[: inside.index(True)])
-
-
 def test_a_repeated_sentence_ends_the_reply_before_it(tokenizer):
     raw = "I will be your guide. Follow the road. I will be your guide. Follow the road. I will"
     deltas, final, _, stopped = shape(tokenizer, raw)
