@@ -7,7 +7,6 @@ through ``inference.client`` and their deltas stream straight back to the mod.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -32,8 +31,7 @@ from agents_app.protocol import (
     parse_frame,
 )
 from agents_app.services import ServiceError, game_server_authenticate
-from inference.client import NoWorker, WorkerAsk, WorkerClient
-from inference.worker import ensure_embedded_worker
+from inference.client import NoWorker, WorkerAsk, WorkerAskingMixin
 
 log = logging.getLogger("voyager.gateway")
 
@@ -62,29 +60,19 @@ def bearer_token(scope) -> str | None:
     return None
 
 
-class LuantiGatewayConsumer(AsyncWebsocketConsumer):
+class LuantiGatewayConsumer(WorkerAskingMixin, AsyncWebsocketConsumer):
     async def connect(self):
         self.server = await database_sync_to_async(game_server_authenticate)(bearer_token(self.scope))
         if self.server is None:
             log.info("refused a game-server connection: bad or missing token")
             await self.close(code=CloseCode.UNAUTHORIZED)
             return
-        self.worker = WorkerClient(
-            self.channel_layer,
-            self.channel_name,
-            on_delta=self.ask_delta,
-            on_result=self.ask_result,
-            on_error=self.ask_error,
-        )
         self.memory = gateway.NpcMemory()  # each NPC's last turns: read once, then kept here
         self.bucket = TokenBucket(settings.VOYAGER_GATEWAY_RATE, settings.VOYAGER_GATEWAY_BURST)
         self.group = gateway.server_group(self.server.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        if settings.VOYAGER_EMBEDDED_WORKER:
-            # After the handshake: loading a real model takes longer than a server's handshake timeout,
-            # and the frames that arrive meanwhile wait for this method to return.
-            await ensure_embedded_worker()
+        await self.worker_open()
         self.counted = True
         observability.CONNECTIONS.inc()
         await database_sync_to_async(gateway.server_seen)(self.server)
@@ -94,8 +82,7 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         if getattr(self, "counted", False):
             self.counted = False
             observability.CONNECTIONS.dec()
-        if getattr(self, "worker", None) is not None:
-            await self.worker.close()
+        await self.worker_close()
         if getattr(self, "group", None):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -103,15 +90,6 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         """The server's token was changed or revoked in the portal: this connection's token is void."""
         log.info("closing %s: its token was changed or revoked", self.server.name)
         await self.close(code=CloseCode.UNAUTHORIZED)
-
-    async def send_json(self, payload: dict) -> None:
-        await self.send(text_data=json.dumps(payload, separators=(",", ":")))
-
-    async def send_error(self, code: str, message: str, frame_id: str | None = None) -> None:
-        payload = {"type": "error", "code": code, "message": message}
-        if frame_id is not None:
-            payload["id"] = frame_id
-        await self.send_json(payload)
 
     async def fail_ask(self, code: str, message: str, frame_id: str, request_id: str | None = None) -> None:
         """Answer an ask with an error: counted, and logged under the ask's request id."""
@@ -236,14 +214,6 @@ class LuantiGatewayConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "linked", "player": frame.player})
 
     # --- the worker's answers (routed by ``self.worker``) --------------------------------------
-
-    async def inference_accepted(self, message):
-        await self.worker.handle(message)
-
-    inference_delta = inference_result = inference_error = inference_accepted
-
-    async def ask_delta(self, ask: WorkerAsk, text: str) -> None:
-        await self.send_json({"type": "delta", "id": ask.key, "text": text})
 
     async def ask_error(self, ask: WorkerAsk, code: str, message: str) -> None:
         await self.fail_ask(code, message, ask.key, ask.request_id)

@@ -14,6 +14,7 @@ The message formats are ``inference.worker``'s.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -211,3 +212,56 @@ class WorkerClient:
                 if self._lost(ask, alive) and not ask.done:
                     await self.cancel(ask.key)
                     await self.on_error(ask, "unavailable", "the inference worker stopped answering")
+
+
+class WorkerAskingMixin:
+    """For a Channels consumer that asks the workers: its ``WorkerClient``, and the worker's messages routed to it.
+
+    Call ``worker_open`` in ``connect`` (after ``accept``: an embedded worker loading a real model
+    outlasts a client's handshake timeout) and ``worker_close`` in ``disconnect``. The consumer
+    defines ``ask_result``; deltas and errors go to the socket as protocol frames.
+    """
+
+    worker: WorkerClient | None = None
+
+    async def worker_open(self) -> None:
+        from django.conf import settings
+
+        from inference.worker import ensure_embedded_worker
+
+        self.worker = WorkerClient(
+            self.channel_layer,
+            self.channel_name,
+            on_delta=self.ask_delta,
+            on_result=self.ask_result,
+            on_error=self.ask_error,
+        )
+        if settings.VOYAGER_EMBEDDED_WORKER:
+            await ensure_embedded_worker()  # the frames that arrive meanwhile wait for connect to return
+
+    async def worker_close(self) -> None:
+        if self.worker is not None:
+            await self.worker.close()
+
+    async def inference_accepted(self, message) -> None:
+        await self.worker.handle(message)
+
+    inference_delta = inference_result = inference_error = inference_accepted
+
+    async def send_json(self, payload: dict) -> None:
+        await self.send(text_data=json.dumps(payload, separators=(",", ":")))
+
+    async def send_error(self, code: str, message: str, frame_id: str | None = None) -> None:
+        payload = {"type": "error", "code": code, "message": message}
+        if frame_id is not None:
+            payload["id"] = frame_id
+        await self.send_json(payload)
+
+    async def ask_delta(self, ask: WorkerAsk, text: str) -> None:
+        await self.send_json({"type": "delta", "id": ask.key, "text": text})
+
+    async def ask_error(self, ask: WorkerAsk, code: str, message: str) -> None:
+        await self.send_error(code, message, ask.key)
+
+    async def ask_result(self, ask: WorkerAsk, result: dict[str, Any]) -> None:
+        raise NotImplementedError

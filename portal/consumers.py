@@ -23,8 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from agents_app.consumers import TokenBucket
 from agents_app.protocol import CloseCode, ErrorCode
 from agents_app.services import ServiceError
-from inference.client import NoWorker, WorkerAsk, WorkerClient
-from inference.worker import ensure_embedded_worker
+from inference.client import NoWorker, WorkerAsk, WorkerAskingMixin
 from portal import services
 
 log = logging.getLogger("voyager.playground")
@@ -70,36 +69,18 @@ def parse(text: str):
         raise ServiceError(f"{where}: {first['msg']}") from None
 
 
-class PlaygroundConsumer(AsyncWebsocketConsumer):
+class PlaygroundConsumer(WorkerAskingMixin, AsyncWebsocketConsumer):
     async def connect(self):
         self.user = self.scope.get("user")
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=CloseCode.UNAUTHORIZED)
             return
-        self.worker = WorkerClient(
-            self.channel_layer,
-            self.channel_name,
-            on_delta=self.ask_delta,
-            on_result=self.ask_result,
-            on_error=self.ask_error,
-        )
         self.bucket = TokenBucket(rate=2.0, burst=10)
         await self.accept()
-        if settings.VOYAGER_EMBEDDED_WORKER:
-            await ensure_embedded_worker()  # after the handshake: a real model loads for seconds
+        await self.worker_open()
 
     async def disconnect(self, code):
-        if getattr(self, "worker", None) is not None:
-            await self.worker.close()
-
-    async def send_json(self, payload):
-        await self.send(text_data=json.dumps(payload, separators=(",", ":")))
-
-    async def error(self, code, message, frame_id=None):
-        payload = {"type": "error", "code": code, "message": message}
-        if frame_id is not None:
-            payload["id"] = frame_id
-        await self.send_json(payload)
+        await self.worker_close()
 
     async def receive(self, text_data=None, bytes_data=None):
         if bytes_data is not None:
@@ -115,12 +96,12 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
         try:
             frame = parse(text_data)
         except ServiceError as exc:
-            await self.error(ErrorCode.INVALID, str(exc))
+            await self.send_error(ErrorCode.INVALID, str(exc))
             return
         if isinstance(frame, PlayPing):
             await self.send_json({"type": "pong"})
         elif budget < 0:
-            await self.error(ErrorCode.RATE_LIMITED, "too many frames: slow down", getattr(frame, "id", None))
+            await self.send_error(ErrorCode.RATE_LIMITED, "too many frames: slow down", getattr(frame, "id", None))
         elif isinstance(frame, PlayCancel):
             await self.worker.cancel(frame.id)
         else:
@@ -128,7 +109,7 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
 
     async def on_ask(self, frame: PlayAsk):
         if len(self.worker):  # one ask at a time: a person types one line at a time
-            await self.error(ErrorCode.OVERLOADED, "one ask at a time: wait for the reply or cancel it", frame.id)
+            await self.send_error(ErrorCode.OVERLOADED, "one ask at a time: wait for the reply or cancel it", frame.id)
             return
         try:
             plan = await database_sync_to_async(services.playground_prepare)(
@@ -136,26 +117,15 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
             )
         except ServiceError as exc:
             code = exc.code if exc.code in vars(ErrorCode).values() else ErrorCode.NOT_FOUND
-            await self.error(code, str(exc), frame.id)
+            await self.send_error(code, str(exc), frame.id)
             return
         request = {**plan.request, "context": {}, "player": "you", "text": frame.text, "max_tokens": None}
         try:
             await self.worker.send(frame.id, request, timeout=settings.VOYAGER_ASK_TIMEOUT, meta=(frame, plan))
         except NoWorker as exc:
-            await self.error(ErrorCode.UNAVAILABLE, str(exc), frame.id)
+            await self.send_error(ErrorCode.UNAVAILABLE, str(exc), frame.id)
 
     # --- the worker's answers (routed by ``self.worker``) --------------------------------------
-
-    async def inference_accepted(self, message):
-        await self.worker.handle(message)
-
-    inference_delta = inference_result = inference_error = inference_accepted
-
-    async def ask_delta(self, ask: WorkerAsk, text: str) -> None:
-        await self.send_json({"type": "delta", "id": ask.key, "text": text})
-
-    async def ask_error(self, ask: WorkerAsk, code: str, message: str) -> None:
-        await self.error(code, message, ask.key)
 
     async def ask_result(self, ask: WorkerAsk, result: dict) -> None:
         frame, plan = ask.meta
@@ -171,7 +141,7 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
             )
         except Exception:
             log.exception("could not store a playground exchange")
-            await self.error(ErrorCode.INTERNAL, "the reply could not be stored", frame.id)
+            await self.send_error(ErrorCode.INTERNAL, "the reply could not be stored", frame.id)
             return
         await self.send_json(
             {
