@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from agents_app import services as agents_services
 from agents_app.models import AdapterVersion, PairwiseVote, Persona, Rating, TrainingRun
-from agents_app.services import InvalidFields, ServiceError
+from agents_app.services import PERSONA_EDITABLE, InvalidFields, ServiceError
 from portal import access, adapters, selectors, services
 
 
@@ -77,19 +77,7 @@ class PersonaInput(serializers.ModelSerializer):
 
     class Meta:
         model = Persona
-        fields = [
-            "slug",
-            "name",
-            "description",
-            "traits",
-            "system_prompt",
-            "allowed_actions",
-            "temperature",
-            "top_p",
-            "max_tokens",
-            "repetition_penalty",
-            "is_public",
-        ]
+        fields = ["slug", *PERSONA_EDITABLE]  # what the persona service accepts, and nothing else
 
 
 class PersonaListApi(ServiceErrorMixin, GenericAPIView):
