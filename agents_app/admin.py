@@ -5,6 +5,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from agents_app import adapters as lifecycle
 from agents_app import moderation, selectors, services
 from agents_app.models import (
     AdapterVersion,
@@ -19,10 +20,8 @@ from agents_app.models import (
     ProtectedArea,
     RaterBlock,
     Rating,
-    TrainingRun,
 )
-from training_tasks import dataset as training_dataset
-from training_tasks.admin import TrainingRunChartsMixin
+from agents_app.services import ServiceError
 
 
 @admin.register(Persona)
@@ -70,15 +69,12 @@ class AdapterVersionAdmin(admin.ModelAdmin):
         return False  # adapters arrive through the upload validator or training, never by hand
 
     def _each(self, request, queryset, verb: str, call) -> None:
-        from portal.access import AccessDenied
-        from portal.adapters import UploadError
-
         done = []
         for adapter in queryset.select_related("persona").order_by("persona__slug", "version"):
             label = f"{adapter.persona.slug} v{adapter.version}"
             try:
                 changed = call(adapter)
-            except (UploadError, AccessDenied) as exc:
+            except ServiceError as exc:
                 self.message_user(request, f"{label}: {exc}", messages.ERROR)
                 continue
             self.log_change(request, changed, f"{verb} from the admin")
@@ -88,32 +84,25 @@ class AdapterVersionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Approve the selected validated versions")
     def approve_versions(self, request, queryset):
-        from portal.adapters import adapter_review
-
-        def review(a):
-            return adapter_review(user=request.user, persona_slug=a.persona.slug, version=a.version, decision="approve")
-
-        self._each(request, queryset, "approved", review)
-
-    @admin.action(description="Reject the selected validated versions")
-    def reject_versions(self, request, queryset):
-        from portal.adapters import adapter_review
-
-        def review(a):
-            return adapter_review(user=request.user, persona_slug=a.persona.slug, version=a.version, decision="reject")
-
-        self._each(request, queryset, "rejected", review)
-
-    @admin.action(description="Activate the selected approved versions (the workers swap them in)")
-    def activate_versions(self, request, queryset):
-        from portal.adapters import adapter_activate
-
         self._each(
             request,
             queryset,
-            "activated",
-            lambda a: adapter_activate(user=request.user, persona_slug=a.persona.slug, version=a.version),
+            "approved",
+            lambda a: lifecycle.version_review(user=request.user, adapter=a, decision="approve"),
         )
+
+    @admin.action(description="Reject the selected validated versions")
+    def reject_versions(self, request, queryset):
+        self._each(
+            request,
+            queryset,
+            "rejected",
+            lambda a: lifecycle.version_review(user=request.user, adapter=a, decision="reject"),
+        )
+
+    @admin.action(description="Activate the selected approved versions (the workers swap them in)")
+    def activate_versions(self, request, queryset):
+        self._each(request, queryset, "activated", lambda a: lifecycle.version_activate(user=request.user, adapter=a))
 
 
 @admin.register(GameServer)
@@ -256,7 +245,7 @@ class RatingAdmin(admin.ModelAdmin):
         description="Mark these raters as spammers (their ratings stay out of training)", permissions=["block_raters"]
     )
     def block_raters(self, request, queryset):
-        blocks = training_dataset.raters_block(
+        blocks = moderation.raters_block(
             ratings=list(queryset), created_by=request.user, reason="marked from the ratings list"
         )
         for block in blocks:
@@ -265,7 +254,7 @@ class RatingAdmin(admin.ModelAdmin):
 
     @admin.action(description="Unmark these raters (their ratings count again)", permissions=["block_raters"])
     def unblock_raters(self, request, queryset):
-        removed = training_dataset.raters_unblock(ratings=list(queryset))
+        removed = moderation.raters_unblock(ratings=list(queryset))
         self.message_user(request, f"Unmarked {len(removed)} rater(s).", messages.SUCCESS)
 
 
@@ -535,7 +524,7 @@ class PolicyFlagAdmin(admin.ModelAdmin):
         ids = queryset.filter(exchange__adapter_version__isnull=False).values_list(
             "exchange__adapter_version_id", flat=True
         )
-        changed = moderation.adapter_versions_retire(adapter_ids=ids)
+        changed = lifecycle.versions_retire(adapter_ids=ids)
         self._log(request, changed, "Retired (policy audit)")
         self.message_user(request, f"Retired {len(changed)} adapter version(s).", messages.SUCCESS)
 
@@ -597,35 +586,3 @@ class ProtectedAreaAdmin(admin.ModelAdmin):
     list_display = ["name", "game_server", "enabled", "min_x", "min_y", "min_z", "max_x", "max_y", "max_z"]
     list_filter = ["enabled", "game_server"]
     search_fields = ["name"]
-
-
-@admin.register(TrainingRun)
-class TrainingRunAdmin(TrainingRunChartsMixin, admin.ModelAdmin):
-    list_display = ["persona", "night", "status", "method", "produced_version", "started_at", "finished_at"]
-    list_filter = ["status", "method", "persona"]
-    search_fields = ["persona__slug", "log", "error"]
-    list_select_related = ["persona", "produced_version"]
-    readonly_fields = [
-        "loss_chart",
-        "metrics_table",
-        "persona",
-        "night",
-        "status",
-        "method",
-        "base_adapter",
-        "produced_version",
-        "rating_ids",
-        "pairwise_vote_ids",
-        "data_counts",
-        "metrics_before",
-        "metrics_after",
-        "loss_curve",
-        "log",
-        "error",
-        "created_at",
-        "started_at",
-        "finished_at",
-    ]
-
-    def has_add_permission(self, request):
-        return False

@@ -6,9 +6,10 @@ Each returns the objects it changed, so the caller can write one admin-log entry
 from __future__ import annotations
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from agents_app.models import AdapterVersion, Exchange, Npc, Persona, PolicyFlag
+from agents_app.models import Exchange, Npc, PolicyFlag, RaterBlock
 
 FOREVER_DAYS = 365 * 100
 
@@ -56,20 +57,26 @@ def npcs_unfreeze(*, npc_ids) -> list[Npc]:
 
 
 @transaction.atomic
-def adapter_versions_retire(*, adapter_ids) -> list[AdapterVersion]:
-    """Retire adapter versions; a persona whose active version goes falls back to the base model."""
-    adapters = list(
-        AdapterVersion.objects.select_for_update()
-        .filter(pk__in=list(adapter_ids))
-        .exclude(status=AdapterVersion.Status.RETIRED)
-        .order_by("pk")
+def raters_block(*, ratings, created_by, reason: str = "") -> list[RaterBlock]:
+    """Mark the raters of ``ratings`` as spammers. Returns the new blocks (a blocked rater stays as it was)."""
+    users = sorted({r.user_id for r in ratings if r.user_id})
+    names = sorted({r.player_name for r in ratings if not r.user_id and r.player_name})
+    defaults = {"reason": reason[:500], "created_by": created_by}
+    made = [RaterBlock.objects.get_or_create(user_id=user_id, defaults=defaults) for user_id in users]
+    made += [RaterBlock.objects.get_or_create(user=None, player_name=name, defaults=defaults) for name in names]
+    return [block for block, created in made if created]
+
+
+@transaction.atomic
+def raters_unblock(*, ratings) -> list[RaterBlock]:
+    """Lift the blocks on the raters of ``ratings``. Returns the blocks removed."""
+    users = {r.user_id for r in ratings if r.user_id}
+    names = {r.player_name for r in ratings if not r.user_id and r.player_name}
+    blocks = list(
+        RaterBlock.objects.filter(Q(user_id__in=users) | Q(user__isnull=True, player_name__in=names)).order_by("pk")
     )
-    now = timezone.now()
-    Persona.objects.filter(active_adapter__in=adapters).update(active_adapter=None)
-    for adapter in adapters:
-        adapter.status, adapter.status_changed_at = AdapterVersion.Status.RETIRED, now
-    AdapterVersion.objects.bulk_update(adapters, ["status", "status_changed_at"])
-    return adapters
+    RaterBlock.objects.filter(pk__in=[b.pk for b in blocks]).delete()
+    return blocks
 
 
 @transaction.atomic
@@ -77,7 +84,7 @@ def moderator_grant(*, user):
     """Put a user in the moderator group (created if missing) and let them into the admin."""
     from django.contrib.auth.models import Group
 
-    from portal.roles import MODERATOR, ensure_roles
+    from agents_app.roles import MODERATOR, ensure_roles
 
     ensure_roles()
     user.groups.add(Group.objects.get_or_create(name=MODERATOR)[0])

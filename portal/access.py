@@ -12,8 +12,8 @@ import uuid
 from django.db.models import Q, QuerySet
 
 from agents_app.models import AdapterVersion, Exchange, GameServer, PairwiseVote, Persona, Rating, TrainingRun
+from agents_app.roles import CAN_APPROVE, CAN_CREATE_PERSONA, CAN_MODERATE, CAN_UPLOAD
 from agents_app.services import ServiceError
-from portal.roles import CAN_APPROVE, CAN_CREATE_PERSONA, CAN_MODERATE, CAN_UPLOAD
 
 PUBLIC_ADAPTER_STATUSES = (
     AdapterVersion.Status.APPROVED,

@@ -42,11 +42,9 @@ from typing import BinaryIO
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
-from django.db import transaction
-from django.db.models import Max
-from django.utils import timezone
 
-from agents_app.models import AdapterVersion, Persona
+from agents_app import adapters as lifecycle
+from agents_app.models import AdapterVersion
 from agents_app.services import ServiceError
 from inference.lora import (
     CONFIG_FILE,
@@ -57,7 +55,6 @@ from inference.lora import (
     read_adapter_config,
 )
 from portal import access
-from training_tasks.promotion import fsync_tree
 
 log = logging.getLogger("voyager.adapters")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -122,10 +119,6 @@ def body_too_large(request) -> bool:
 
 
 # --- staging --------------------------------------------------------------------------------------
-
-
-def _adapters_root(persona: Persona) -> Path:
-    return Path(settings.MEDIA_ROOT) / "adapters" / persona.slug
 
 
 def _copy_capped(src: BinaryIO, dest: Path, budget: int, what: str) -> int:
@@ -335,7 +328,7 @@ def adapter_upload(*, user, persona_slug: str, files: dict, model_card: str = ""
     """Check and store an uploaded adapter as the persona's next version (status uploaded).
 
     ``files`` maps ``config``/``weights``/``archive`` to uploaded file objects. The smoke
-    generation is queued for after the commit (``adapter_validate``); with an eager Celery (the
+    generation is queued for after the commit (``portal.tasks.adapter_validate``); with an eager Celery (the
     embedded default) it has already run when this returns, and the version says how it went.
     """
     from portal import tasks
@@ -360,10 +353,9 @@ def adapter_upload(*, user, persona_slug: str, files: dict, model_card: str = ""
     if sum(f.size for f in (archive, config, weights) if f is not None) > max_bytes():
         raise UploadError(f"files: larger than the {max_bytes()} byte upload limit")
 
-    root = _adapters_root(persona)
+    root = lifecycle.persona_adapters_dir(persona)
     staging = root / STAGING / uuid.uuid4().hex
     staging.mkdir(parents=True)
-    final: Path | None = None
     try:
         if archive is not None:
             _extract_zip(archive, staging)
@@ -374,32 +366,21 @@ def adapter_upload(*, user, persona_slug: str, files: dict, model_card: str = ""
         (staging / "README.md").unlink(missing_ok=True)
         sha = file_sha256(staging / WEIGHTS_FILE)
         size = sum(p.stat().st_size for p in staging.iterdir())
-        fsync_tree(staging)  # on disk before a row points at it
-        with transaction.atomic():
-            persona = Persona.objects.select_for_update().get(pk=persona.pk)
-            version = (AdapterVersion.objects.filter(persona=persona).aggregate(m=Max("version"))["m"] or 0) + 1
-            final = root / f"upload-v{version}-{uuid.uuid4().hex[:6]}"
-            staging.rename(final)
-            adapter = AdapterVersion.objects.create(
-                persona=persona,
-                version=version,
-                files_path=str(final.relative_to(Path(settings.MEDIA_ROOT))),
-                sha256=sha,
-                base_model_id=checked.base_model_id[:200],
-                rank=checked.rank,
-                target_modules=checked.target_modules,
-                size_bytes=size,
-                status=AdapterVersion.Status.UPLOADED,
-                source=AdapterVersion.Source.UPLOAD,
-                model_card=model_card or "",
-                created_by=user,
-                status_changed_at=timezone.now(),
-            )
-        final = None  # the version's files now: nothing below may remove them
-    except BaseException:
-        if final is not None and final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        raise
+        lifecycle.fsync_tree(staging)  # on disk before a row points at it
+        adapter = lifecycle.version_create(
+            persona=persona,
+            staged=staging,
+            final_path=lambda version: root / f"upload-v{version}-{uuid.uuid4().hex[:6]}",
+            status=AdapterVersion.Status.UPLOADED,
+            sha256=sha,
+            base_model_id=checked.base_model_id[:200],
+            rank=checked.rank,
+            target_modules=checked.target_modules,
+            size_bytes=size,
+            source=AdapterVersion.Source.UPLOAD,
+            model_card=model_card or "",
+            created_by=user,
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -410,7 +391,7 @@ def adapter_upload(*, user, persona_slug: str, files: dict, model_card: str = ""
         # The broker is down, or (eager, the embedded default) the check itself could not run, e.g.
         # the base model does not load: the upload stands, the version stays "uploaded", and
         # `manage.py validate_adapters` queues it again.
-        log.exception("adapter %s v%s: the smoke generation could not be queued or run", persona.slug, version)
+        log.exception("adapter %s v%s: the smoke generation could not be queued or run", persona.slug, adapter.version)
     adapter.refresh_from_db()  # an eager smoke generation has moved it on already
     return adapter
 
@@ -418,91 +399,16 @@ def adapter_upload(*, user, persona_slug: str, files: dict, model_card: str = ""
 # --- the smoke generation (in the Celery worker) --------------------------------------------------
 
 
-def _smoke_failure_text(reason: str) -> str:
-    return f"The smoke generation failed: {reason}. Fix the adapter and upload it as a new version."
-
-
-def adapter_validate(*, adapter_id: int) -> AdapterVersion:
-    """Run the smoke generation on an uploaded version: validated, or rejected with its files removed.
-
-    Idempotent: a version that is no longer ``uploaded`` is returned as it is, and two deliveries
-    racing each other decide once (the second finds the status already moved). Faults of the
-    adapter reject it; a base model that will not load raises (the server's fault: the task
-    retries, the version stays uploaded).
-    """
-    from inference.smoke import SmokeFailed, smoke_generate
-
-    adapter = AdapterVersion.objects.select_related("persona").get(pk=adapter_id)
-    if adapter.status != AdapterVersion.Status.UPLOADED:
-        return adapter
-    try:
-        result = smoke_generate(settings.VOYAGER_BASE_MODEL, adapter.absolute_path, expected_sha256=adapter.sha256)
-    except SmokeFailed as exc:
-        summary, reason = None, str(exc)
-    else:
-        summary, reason = result.to_dict(), ""
-    with transaction.atomic():
-        adapter = AdapterVersion.objects.select_for_update().select_related("persona").get(pk=adapter_id)
-        if adapter.status != AdapterVersion.Status.UPLOADED:
-            return adapter
-        adapter.status_changed_at = timezone.now()
-        if summary is not None:
-            adapter.status = AdapterVersion.Status.VALIDATED
-            adapter.metrics = {**(adapter.metrics or {}), "smoke": summary}
-            adapter.save(update_fields=["status", "metrics", "status_changed_at"])
-            log.info("adapter %s v%s validated: %s", adapter.persona.slug, adapter.version, summary)
-        else:
-            adapter.status = AdapterVersion.Status.REJECTED
-            adapter.validation_error = _smoke_failure_text(reason)
-            adapter.save(update_fields=["status", "validation_error", "status_changed_at"])
-            log.info("adapter %s v%s rejected: %s", adapter.persona.slug, adapter.version, reason)
-            path = adapter.absolute_path
-            # After the commit: the row says "rejected" before the files go, never the other way round.
-            transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
-    return adapter
-
-
 # --- moderation ---------------------------------------------------------------------------------------
 
 
-@transaction.atomic
 def adapter_review(*, user, persona_slug: str, version: int, decision: str) -> AdapterVersion:
     """A moderator approves or rejects a validated version (one that passed its smoke generation)."""
-    if not access.can_approve_adapter(user):
-        raise access.AccessDenied("only moderators may approve or reject adapters")
     adapter = access.access_adapter_version(persona_slug, version, user)
-    adapter = AdapterVersion.objects.select_for_update().get(pk=adapter.pk)
-    if decision not in ("approve", "reject"):
-        raise UploadError(f"decision: must be approve or reject, not {decision!r}")
-    if adapter.status == AdapterVersion.Status.UPLOADED:
-        raise UploadError(f"status: v{version} is still being validated; it can be reviewed once it passes")
-    if adapter.status != AdapterVersion.Status.VALIDATED:
-        raise UploadError(f"status: v{version} is {adapter.status}; only validated versions can be reviewed")
-    adapter.status = AdapterVersion.Status.APPROVED if decision == "approve" else AdapterVersion.Status.REJECTED
-    adapter.status_changed_at = timezone.now()
-    adapter.save(update_fields=["status", "status_changed_at"])
-    return adapter
+    return lifecycle.version_review(user=user, adapter=adapter, decision=decision)
 
 
-@transaction.atomic
 def adapter_activate(*, user, persona_slug: str, version: int) -> AdapterVersion:
     """Make an approved version the one that answers (its owner or a moderator); the old one retires."""
     adapter = access.access_adapter_version(persona_slug, version, user)
-    persona = Persona.objects.select_for_update().get(pk=adapter.persona_id)
-    if persona.owner_id != user.pk and not access.can_approve_adapter(user):
-        raise access.AccessDenied("only the persona's owner or a moderator may activate a version")
-    adapter = AdapterVersion.objects.select_for_update().get(pk=adapter.pk)
-    if adapter.status != AdapterVersion.Status.APPROVED:
-        raise UploadError(f"status: v{version} is {adapter.status}; a moderator must approve it first")
-    now = timezone.now()
-    AdapterVersion.objects.filter(persona=persona, status=AdapterVersion.Status.ACTIVE).update(
-        status=AdapterVersion.Status.RETIRED, status_changed_at=now
-    )
-    adapter.status, adapter.status_changed_at = AdapterVersion.Status.ACTIVE, now
-    adapter.save(update_fields=["status", "status_changed_at"])
-    persona.active_adapter = adapter
-    persona.save(update_fields=["active_adapter", "updated_at"])
-    from training_tasks.promotion import workers_warm
-
-    transaction.on_commit(lambda: workers_warm(adapter))
-    return adapter
+    return lifecycle.version_activate(user=user, adapter=adapter)

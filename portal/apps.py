@@ -1,5 +1,4 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
 
 
 class PortalConfig(AppConfig):
@@ -8,7 +7,3 @@ class PortalConfig(AppConfig):
 
     def ready(self) -> None:
         from portal import checks  # noqa: F401  (registers the system checks)
-        from portal.roles import ensure_roles
-
-        # After every app's migrate (agents_app's permissions exist only once it has migrated).
-        post_migrate.connect(ensure_roles, dispatch_uid="portal.ensure_roles")

@@ -10,9 +10,9 @@ from django.db import IntegrityError, transaction
 
 from agents_app import gateway
 from agents_app.models import AdapterVersion, Exchange, PairwiseVote, PlayerLink, Rating
+from agents_app.roles import PLAYER, ensure_roles
 from agents_app.services import ServiceError, rating_upsert
 from portal import access
-from portal.roles import PLAYER, ensure_roles
 from portal.selectors import REASON_TAGS, playground_player_name
 
 # Luanti's own rule for player names (src/server.cpp): 1-20 of these characters.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from portal import adapters
+from agents_app import adapters as lifecycle
 
 
 @shared_task(
@@ -27,4 +27,4 @@ from portal import adapters
 )
 def adapter_validate(adapter_id: int) -> str:
     """Smoke-test an uploaded adapter version. Returns its status afterwards."""
-    return adapters.adapter_validate(adapter_id=int(adapter_id)).status
+    return lifecycle.version_validate(adapter_id=int(adapter_id)).status

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from agents_app import services as agents_services
 from agents_app.models import Persona
+from agents_app.roles import role_names
 from agents_app.services import InvalidFields, ServiceError
 from portal import access, adapters, selectors, services
 from portal.forms import (
@@ -32,7 +33,6 @@ from portal.forms import (
     form_errors,
 )
 from portal.markdown import render_markdown
-from portal.roles import role_names
 
 
 def _wants_json(request) -> bool:

@@ -1,10 +1,4 @@
-"""Admin pieces for training runs: the loss curve as an inline SVG, and before/after metrics side by side.
-
-The TrainingRun admin itself lives in ``agents_app.admin``; it mixes these in:
-
-    class TrainingRunAdmin(TrainingRunChartsMixin, admin.ModelAdmin):
-        readonly_fields = [..., "loss_chart", "metrics_table"]
-"""
+"""The training runs' admin: the loss curve as an inline SVG, and before/after metrics side by side."""
 
 from __future__ import annotations
 
@@ -13,6 +7,8 @@ from typing import Any
 from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
+
+from agents_app.models import TrainingRun
 
 STAGE_COLOURS = {"sft": "#2b6cb0", "kto": "#c05621", "dpo": "#2f855a"}
 COMPARED = (
@@ -88,3 +84,35 @@ class TrainingRunChartsMixin:
     @admin.display(description="held-out metrics")
     def metrics_table(self, obj) -> SafeString:
         return metrics_table(obj.metrics_before or {}, obj.metrics_after or {})
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(TrainingRunChartsMixin, admin.ModelAdmin):
+    list_display = ["persona", "night", "status", "method", "produced_version", "started_at", "finished_at"]
+    list_filter = ["status", "method", "persona"]
+    search_fields = ["persona__slug", "log", "error"]
+    list_select_related = ["persona", "produced_version"]
+    readonly_fields = [
+        "loss_chart",
+        "metrics_table",
+        "persona",
+        "night",
+        "status",
+        "method",
+        "base_adapter",
+        "produced_version",
+        "rating_ids",
+        "pairwise_vote_ids",
+        "data_counts",
+        "metrics_before",
+        "metrics_after",
+        "loss_curve",
+        "log",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ]
+
+    def has_add_permission(self, request):
+        return False

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from agents_app.models import Exchange, PairwiseVote, Persona, PlayerLink, PolicyFlag, RaterBlock, Rating
@@ -120,29 +119,6 @@ def eligible_pairwise_votes(persona: Persona) -> QuerySet[PairwiseVote]:
         .exclude(Q(voter__isnull=False) & _blocked_user(OuterRef("voter")))
         .select_related("left", "right")
     )
-
-
-@transaction.atomic
-def raters_block(*, ratings, created_by, reason: str = "") -> list[RaterBlock]:
-    """Mark the raters of ``ratings`` as spammers. Returns the new blocks (a blocked rater stays as it was)."""
-    users = sorted({r.user_id for r in ratings if r.user_id})
-    names = sorted({r.player_name for r in ratings if not r.user_id and r.player_name})
-    defaults = {"reason": reason[:500], "created_by": created_by}
-    made = [RaterBlock.objects.get_or_create(user_id=user_id, defaults=defaults) for user_id in users]
-    made += [RaterBlock.objects.get_or_create(user=None, player_name=name, defaults=defaults) for name in names]
-    return [block for block, created in made if created]
-
-
-@transaction.atomic
-def raters_unblock(*, ratings) -> list[RaterBlock]:
-    """Lift the blocks on the raters of ``ratings``. Returns the blocks removed."""
-    users = {r.user_id for r in ratings if r.user_id}
-    names = {r.player_name for r in ratings if not r.user_id and r.player_name}
-    blocks = list(
-        RaterBlock.objects.filter(Q(user_id__in=users) | Q(user__isnull=True, player_name__in=names)).order_by("pk")
-    )
-    RaterBlock.objects.filter(pk__in=[b.pk for b in blocks]).delete()
-    return blocks
 
 
 def is_heldout(prompt: str, fraction: float) -> bool:

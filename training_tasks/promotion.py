@@ -5,9 +5,9 @@ Files first: the trainer writes into ``MEDIA_ROOT/adapters/<persona>/.tmp-<label
 every file and the directory are fsynced, then renamed to ``train-<label>-v<n>``.
 The label is ``run<id>`` for a nightly run and ``domain`` for the domain adapter
 a persona starts with (``domain_adapter_install``).
-The database second: one transaction creates the AdapterVersion (validated,
-then active or approved), retires the previous active version and points
-``Persona.active_adapter`` at the new one. A crash before the commit leaves the
+The database second: one transaction creates the AdapterVersion (validated)
+and promotes it (``agents_app.adapters``: active, retiring the version before,
+or approved for a person to activate). A crash before the commit leaves the
 active version as it was; the leftovers (``.tmp-*`` directories and final
 directories no version points to) are removed by the persona's next run.
 """
@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import uuid
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
-from django.utils import timezone
 
+from agents_app import adapters as lifecycle
 from agents_app.models import AdapterVersion, Persona, TrainingRun
 from inference.lora import CONFIG_FILE, WEIGHTS_FILE, file_sha256, read_adapter_config
 
@@ -36,16 +34,12 @@ FINAL_PREFIX = "train-"
 DOMAIN_LABEL = "domain"
 
 
-def persona_adapters_dir(persona: Persona) -> Path:
-    return Path(settings.MEDIA_ROOT) / "adapters" / persona.slug
-
-
 def run_label(run: TrainingRun) -> str:
     return f"run{run.pk}"
 
 
 def temp_dir_create(persona: Persona, label: str) -> Path:
-    root = persona_adapters_dir(persona)
+    root = lifecycle.persona_adapters_dir(persona)
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{TEMP_PREFIX}{label}-{uuid.uuid4().hex[:8]}"
     path.mkdir()
@@ -54,7 +48,7 @@ def temp_dir_create(persona: Persona, label: str) -> Path:
 
 def stale_files_clean(persona: Persona) -> list[str]:
     """Remove what dead runs left behind. Call only while holding the persona's training lock."""
-    root = persona_adapters_dir(persona)
+    root = lifecycle.persona_adapters_dir(persona)
     if not root.is_dir():
         return []
     referenced = {
@@ -67,22 +61,6 @@ def stale_files_clean(persona: Persona) -> list[str]:
             shutil.rmtree(child, ignore_errors=True)
             removed.append(child.name)
     return removed
-
-
-def fsync_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*")):
-        if child.is_file():
-            with child.open("rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def adapter_promote(
@@ -109,74 +87,34 @@ def adapter_promote(
     for extra in temp_dir.iterdir():  # only what the loader reads goes live
         if extra.name not in (CONFIG_FILE, WEIGHTS_FILE, "README.md"):
             shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
-    fsync_tree(temp_dir)
-    sha = file_sha256(weights)
-    size = sum(p.stat().st_size for p in temp_dir.iterdir() if p.is_file())
-    final: Path | None = None
+    lifecycle.fsync_tree(temp_dir)
+    adapter: AdapterVersion | None = None
     try:
         with transaction.atomic():
-            persona = Persona.objects.select_for_update().get(pk=persona_id)
-            version = (AdapterVersion.objects.filter(persona=persona).aggregate(m=Max("version"))["m"] or 0) + 1
-            final = temp_dir.parent / f"{FINAL_PREFIX}{label}-v{version}"
-            if final.exists():  # an orphan of a crash between rename and commit
-                shutil.rmtree(final)
-            temp_dir.rename(final)
-            _fsync_dir(final.parent)
-            now = timezone.now()
-            adapter = AdapterVersion.objects.create(
-                persona=persona,
-                version=version,
-                files_path=str(final.relative_to(Path(settings.MEDIA_ROOT))),
-                sha256=sha,
+            adapter = lifecycle.version_create(
+                persona=Persona.objects.get(pk=persona_id),
+                staged=temp_dir,
+                final_path=lambda version: temp_dir.parent / f"{FINAL_PREFIX}{label}-v{version}",
+                status=AdapterVersion.Status.VALIDATED,
+                sha256=file_sha256(weights),
                 base_model_id=base_model_id[:200],
                 rank=int(config.get("r", 8)),
                 target_modules=sorted(config.get("target_modules") or []),
-                size_bytes=size,
-                status=AdapterVersion.Status.VALIDATED,
+                size_bytes=sum(p.stat().st_size for p in temp_dir.iterdir() if p.is_file()),
                 source=AdapterVersion.Source.TRAINING,
                 model_card=model_card,
                 metrics=metrics,
-                status_changed_at=now,
             )
-            if auto:
-                AdapterVersion.objects.filter(persona=persona, status=AdapterVersion.Status.ACTIVE).update(
-                    status=AdapterVersion.Status.RETIRED, status_changed_at=now
-                )
-                adapter.status = AdapterVersion.Status.ACTIVE
-                adapter.save(update_fields=["status"])
-                persona.active_adapter = adapter
-                persona.save(update_fields=["active_adapter", "updated_at"])
-                transaction.on_commit(lambda: workers_warm(adapter))
-            else:
-                adapter.status = AdapterVersion.Status.APPROVED
-                adapter.save(update_fields=["status"])
+            lifecycle.version_promote(adapter=adapter, activate=auto)
             if run is not None:
                 run.produced_version = adapter
                 run.save(update_fields=["produced_version"])
     except BaseException:
+        final = adapter.absolute_path if adapter is not None else None
         if final is not None and final.exists() and not temp_dir.exists():
             final.rename(temp_dir)  # back to a temp name: the next run cleans it up
         raise
     return adapter
-
-
-def workers_warm(adapter: AdapterVersion) -> None:
-    """Tell every inference worker to load the new version before its first request."""
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
-    from agents_app.gateway import adapter_ref
-    from inference.worker import WORKERS_GROUP
-
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(
-            WORKERS_GROUP, {"type": "inference.adapter_activated", "adapter": adapter_ref(adapter)}
-        )
-    except Exception:  # warming is an optimisation: the first request loads it anyway
-        log.exception("could not tell the workers to warm %s", adapter)
 
 
 def domain_adapter_install(*, persona: Persona, adapter_dir: Path, base_model_id: str) -> AdapterVersion:

@@ -29,6 +29,7 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from agents_app import policy
+from agents_app.adapters import persona_adapters_dir
 from agents_app.models import AdapterVersion, Persona, TrainingRun
 from training_tasks import dataset, gate, promotion
 from training_tasks.trainers import TrainConfig, train_adapter
@@ -243,7 +244,7 @@ def training_run_execute(*, run_id: int) -> TrainingRun:
         finally:
             # Whatever happened, this run's temp files go (a promoted adapter was renamed away already).
             pattern = f"{promotion.TEMP_PREFIX}{promotion.run_label(run)}-*"
-            for leftover in promotion.persona_adapters_dir(run.persona).glob(pattern):
+            for leftover in persona_adapters_dir(run.persona).glob(pattern):
                 shutil.rmtree(leftover, ignore_errors=True)
     return run
 

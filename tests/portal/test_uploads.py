@@ -463,8 +463,8 @@ def test_a_base_model_that_will_not_load_leaves_the_upload_standing_until_it_is_
 ):
     from django.core.management import call_command
 
+    from agents_app.adapters import version_validate
     from inference.loading import ModelLoadError
-    from portal.adapters import adapter_validate
 
     saved = base_model.parent / "weights-aside"
     saved.mkdir()
@@ -474,7 +474,7 @@ def test_a_base_model_that_will_not_load_leaves_the_upload_standing_until_it_is_
     v1 = AdapterVersion.objects.get()
     assert v1.status == "uploaded" and (v1.absolute_path / "adapter_model.safetensors").is_file()
     with pytest.raises(ModelLoadError):  # in a worker: the task fails and Celery retries it
-        adapter_validate(adapter_id=v1.pk)
+        version_validate(adapter_id=v1.pk)
     for weights_file in saved.iterdir():
         weights_file.rename(base_model / weights_file.name)
     call_command("validate_adapters", stdout=io.StringIO())

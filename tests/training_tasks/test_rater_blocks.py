@@ -10,7 +10,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from agents_app.models import Exchange, PairwiseVote, PlayerLink, RaterBlock, Rating
-from training_tasks.dataset import dataset_build, raters_block
+from agents_app.moderation import raters_block
+from training_tasks.dataset import dataset_build
 
 pytestmark = pytest.mark.django_db
 RATINGS = reverse("admin:agents_app_rating_changelist")
