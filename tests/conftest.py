@@ -50,6 +50,26 @@ def fresh_channel_layer():
     channel_layers.backends.clear()
 
 
+@pytest.fixture
+def in_memory_topology(monkeypatch):
+    """This test runs as if REDIS_URL were unset: an in-memory channel layer and in-process heartbeats.
+
+    The embedded default's tests need it, so that they run (and the worker inside the web process is exercised)
+    whether or not the environment names a Redis. Channels drops its cached layers when CHANNEL_LAYERS changes.
+    """
+    from django.test import override_settings
+
+    from inference import client, heartbeat
+
+    monkeypatch.setattr(heartbeat, "_store", None)  # heartbeats() picks its store again, for the settings below
+    monkeypatch.setattr(client, "_live_cache", (0.0, []))  # no worker ids remembered from the Redis store
+    with override_settings(
+        REDIS_URL=None,
+        CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}},
+    ):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def fresh_policy_rules():
     """Each test reads the policy rules it set up: no copy kept from an earlier test's rolled-back rows."""

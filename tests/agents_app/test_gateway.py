@@ -6,100 +6,24 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 from django.utils import timezone
 
 from agents_app import gateway, services
 from agents_app.models import AdapterVersion, Exchange, Npc, PlayerLink, PolicyFlag, Rating
 from agents_app.protocol import MAX_FRAME_BYTES
-from inference.backends import EchoBackend, Overloaded
+from inference.backends import EchoBackend
 from inference.heartbeat import heartbeats
-from inference.worker import InferenceWorker
-from portal.asgi import application
-from tests.agents_app.test_models import make_adapter
+from tests.factories import make_adapter
+from tests.gateway_client import ScriptedBackend, ask, collect_until, connect, recv, running_worker, send
+from tests.processes import worker_process
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class ScriptedBackend:
-    """Answers with fixed deltas and actions, or misbehaves on purpose."""
-
-    base_model_id = "scripted"
-
-    def __init__(self, deltas=("Hello", " there"), actions=(), mode="answer", gap=0.0):
-        self.deltas, self.actions, self.mode = list(deltas), list(actions), mode
-        self.gap = gap  # > 0: stream from a thread, a piece every `gap` seconds, as an engine does
-        self.cancelled: list[str] = []
-        self.requests: list[dict] = []
-        self.emitters = {}
-
-    def submit(self, request, emit):
-        self.requests.append(request)
-        self.emitters[request["request_id"]] = emit
-        if self.mode == "overloaded":
-            raise Overloaded("the inference queue is full (2 waiting)")
-        if self.mode == "silent":
-            return
-        if self.gap > 0:
-            threading.Thread(target=self._answer, args=(request, emit), daemon=True).start()
-        else:
-            self._answer(request, emit)
-
-    def _answer(self, request, emit):
-        rid = request["request_id"]
-        for piece in self.deltas:
-            if self.gap > 0:
-                time.sleep(self.gap)
-            emit({"type": "inference.delta", "request_id": rid, "text": piece})
-        text = "".join(self.deltas)
-        emit(
-            {
-                "type": "inference.result",
-                "request_id": rid,
-                "text": text,
-                "raw_text": text + " [[ACTION:...]]",
-                "actions": self.actions,
-                "adapter_id": (request.get("adapter") or {}).get("id"),
-                "prompt": f"PROMPT {request['text']}",
-                "prompt_tokens": 7,
-                "completion_tokens": 3,
-                "ttft_ms": 1.0,
-                "total_ms": 2.0,
-                "finish_reason": "stop",
-                "base_model_id": "scripted",
-            }
-        )
-
-    def cancel(self, request_id):
-        # Like the engine: a cancelled request ends with a result marked cancelled.
-        self.cancelled.append(request_id)
-        if request_id in self.emitters:
-            self.emitters.pop(request_id)(
-                {
-                    "type": "inference.result",
-                    "request_id": request_id,
-                    "text": "",
-                    "raw_text": "",
-                    "actions": [],
-                    "finish_reason": "cancelled",
-                }
-            )
-
-    def preload(self, adapter):
-        pass
-
-    def stop(self, *, drain):
-        pass
 
 
 @pytest.fixture
@@ -119,54 +43,6 @@ def _loop_running():
         return True
     except RuntimeError:
         return False
-
-
-class running_worker:
-    """An inference worker on this event loop, over the same channel layer as the gateway."""
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    async def __aenter__(self):
-        store = heartbeats()
-        for worker_id in await store.alive():
-            await store.forget(worker_id)
-        self.worker = InferenceWorker(self.backend)
-        self.task = asyncio.create_task(self.worker.run())
-        await self.worker.started.wait()
-        return self.worker
-
-    async def __aexit__(self, *exc):
-        self.worker.stop()
-        await asyncio.wait_for(self.task, 10)
-
-
-async def connect(token):
-    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
-    communicator = WebsocketCommunicator(application, "/ws/luanti/", headers=headers)
-    connected, code = await communicator.connect()
-    return communicator, connected, code
-
-
-async def send(communicator, frame):
-    await communicator.send_to(text_data=json.dumps(frame))
-
-
-async def recv(communicator, timeout=5):
-    return json.loads(await communicator.receive_from(timeout=timeout))
-
-
-async def collect_until(communicator, kinds=("reply", "error"), timeout=10):
-    frames = []
-    while True:
-        frame = await recv(communicator, timeout)
-        frames.append(frame)
-        if frame["type"] in kinds:
-            return frames
-
-
-def ask(text="hello Mo", id="a1", npc="npc-1", persona="miner", **extra):
-    return {"type": "ask", "id": id, "npc": npc, "persona": persona, "player": "steve", "text": text, **extra}
 
 
 no_embedded = override_settings(VOYAGER_EMBEDDED_WORKER=False)
@@ -705,7 +581,7 @@ async def test_linking_with_the_portals_code(game_server, alice):
 # --- the embedded default and a real worker process ---------------------------------------------
 
 
-@pytest.mark.skipif(bool(os.environ.get("REDIS_URL")), reason="the embedded worker is the in-memory topology")
+@pytest.mark.usefixtures("in_memory_topology")
 async def test_the_embedded_default_starts_the_worker_inside_the_web_process(game_server, persona):
     with override_settings(VOYAGER_EMBEDDED_WORKER=True, VOYAGER_INFERENCE_BACKEND="echo"):
         communicator, connected, _ = await connect(game_server.raw_token)
@@ -714,39 +590,6 @@ async def test_the_embedded_default_starts_the_worker_inside_the_web_process(gam
         frames = await collect_until(communicator)
         await communicator.disconnect()
     assert frames[-1]["type"] == "reply" and frames[-1]["text"] == "hi there"
-
-
-def wait_for_ready_line(worker, ready: threading.Event) -> None:
-    """The worker prints system-check warnings first (no model built yet, say): wait for its own line."""
-    for line in worker.stdout:  # read to the end, so a full pipe never blocks the worker's logging
-        if " ready" in line:
-            ready.set()
-
-
-class worker_process:
-    """A real `inference_worker --backend echo` process, answering word by word every `delay` seconds."""
-
-    def __init__(self, delay: float):
-        self.delay = delay
-
-    async def __aenter__(self) -> subprocess.Popen:
-        env = {**os.environ, "VOYAGER_ECHO_DELAY": str(self.delay), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "inference_worker", "--backend", "echo"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        ready = threading.Event()
-        threading.Thread(target=wait_for_ready_line, args=(self.proc, ready), daemon=True).start()
-        assert await asyncio.get_running_loop().run_in_executor(None, ready.wait, 60), "worker did not start"
-        return self.proc
-
-    async def __aexit__(self, *exc):
-        self.proc.kill()
-        self.proc.wait()
 
 
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="a worker process needs the Redis channel layer")

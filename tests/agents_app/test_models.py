@@ -4,6 +4,7 @@ import pytest
 from django.db import IntegrityError, transaction
 
 from agents_app.models import AdapterVersion, Exchange, GameServer, Npc, PairwiseVote, Persona, Rating, TrainingRun
+from tests.factories import make_adapter
 
 pytestmark = pytest.mark.django_db
 
@@ -11,20 +12,6 @@ pytestmark = pytest.mark.django_db
 def make_exchange(npc, **kwargs):
     defaults = dict(npc=npc, persona=npc.persona, player_name="steve", player_text="hi", prompt="p", reply_text="hello")
     return Exchange.objects.create(**{**defaults, **kwargs})
-
-
-def make_adapter(persona, version, status=AdapterVersion.Status.VALIDATED):
-    return AdapterVersion.objects.create(
-        persona=persona,
-        version=version,
-        files_path=f"adapters/{persona.slug}/{version}",
-        sha256="a" * 64,
-        base_model_id="starter",
-        rank=8,
-        target_modules=["q_proj"],
-        size_bytes=1000,
-        status=status,
-    )
 
 
 def refused(fn):

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents_app.models import TrainingRun
 from agents_app.observability import JsonFormatter, RequestIdFilter
-from tests.agents_app.test_gateway import ScriptedBackend, ask, collect_until, connect, running_worker, send
+from tests.gateway_client import ScriptedBackend, ask, collect_until, connect, running_worker, send
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 

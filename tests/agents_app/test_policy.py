@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from agents_app import policy
 from agents_app.models import Exchange, Npc, PolicyFlag, PolicyRule, ProtectedArea
-from tests.agents_app.test_gateway import ScriptedBackend, ask, collect_until, connect, running_worker, send
+from tests.gateway_client import ScriptedBackend, ask, collect_until, connect, running_worker, send
 
 pytestmark = pytest.mark.django_db
 

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 import torch
 
-from inference.engine import Delta, Engine, EngineConfig, Error, Event, Request, Result
+from inference.engine import Engine, EngineConfig
 from inference.loading import load_base_model
-from inference.prompt import PersonaSpec, Sampling
 from inference.starter import build_starter_model
-
-GREEDY = Sampling(temperature=0.0)
 
 
 @pytest.fixture(scope="session")
@@ -151,38 +147,6 @@ def gguf_factory(tiny_model_dir: Path, tmp_path: Path):
     return make
 
 
-def npc_persona(slug: str = "brann", sampling: Sampling = GREEDY) -> PersonaSpec:
-    return PersonaSpec(
-        slug=slug, name=slug.title(), system_prompt="You are a test NPC.", traits=("calm",), sampling=sampling
-    )
-
-
-class Collector:
-    """Records events per request and lets a test wait for the terminal ones."""
-
-    def __init__(self) -> None:
-        self.events: dict[str, list[Event]] = {}
-        self.done: dict[str, Result | Error] = {}
-        self._cond = threading.Condition()
-
-    def __call__(self, event: Event) -> None:
-        with self._cond:
-            self.events.setdefault(event.request_id, []).append(event)
-            if isinstance(event, (Result, Error)):
-                self.done[event.request_id] = event
-                self._cond.notify_all()
-
-    def wait(self, ids: Iterable[str], timeout: float = 60.0) -> dict[str, Result | Error]:
-        ids = list(ids)
-        with self._cond:
-            ok = self._cond.wait_for(lambda: all(i in self.done for i in ids), timeout)
-        assert ok, f"timed out waiting for {[i for i in ids if i not in self.done]}"
-        return {i: self.done[i] for i in ids}
-
-    def deltas(self, request_id: str) -> list[str]:
-        return [e.text for e in self.events.get(request_id, []) if isinstance(e, Delta)]
-
-
 @pytest.fixture
 def make_engine(tiny_model_dir: Path):
     engines: list[Engine] = []
@@ -195,10 +159,3 @@ def make_engine(tiny_model_dir: Path):
     yield make
     for engine in engines:
         engine.stop(drain=False, timeout=30)
-
-
-def request(rid: str, text: str = "hello there", **kw) -> Request:
-    kw.setdefault("persona", npc_persona())
-    kw.setdefault("player", "alice")
-    kw.setdefault("max_tokens", 12)
-    return Request(request_id=rid, text=text, **kw)

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from inference.engine import AdapterRef, EngineStopped, Error, Overloaded, Result
 from inference.prompt import Sampling, Turn
 
-from .conftest import Collector, npc_persona, request
+from .helpers import Collector, npc_persona, reference_tokens, request
 
 TEXTS = [
     "hi",
@@ -43,38 +43,6 @@ def adapter_specs(adapter_factory) -> list[AdapterRef]:
         AdapterRef(id=i + 1, version=1, path=str(adapter_factory(f"a{i}", seed=100 + i, r=r, targets=t)))
         for i, (r, t) in enumerate(shapes)
     ]
-
-
-def reference_tokens(
-    model_dir: Path, refs: list[AdapterRef | None], prompts: list[str], counts: list[int]
-) -> list[list[int]]:
-    """Greedy tokens from PEFT: set_adapter + generate, one request at a time."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    base.generation_config.eos_token_id = None  # the engine runs these with ignore_eos
-    named = [r for r in refs if r is not None]
-    model = PeftModel.from_pretrained(base, named[0].path, adapter_name=f"id{named[0].id}")
-    for ref in named[1:]:
-        if f"id{ref.id}" not in model.peft_config:
-            model.load_adapter(ref.path, adapter_name=f"id{ref.id}")
-    out = []
-    for ref, prompt, n in zip(refs, prompts, counts):
-        ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
-        kwargs = dict(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0
-        )
-        with torch.no_grad():
-            if ref is None:
-                with model.disable_adapter():
-                    gen = model.generate(**kwargs)
-            else:
-                model.set_adapter(f"id{ref.id}")
-                gen = model.generate(**kwargs)
-        out.append(gen[0, ids.shape[1] :].tolist())
-    return out
 
 
 def run_alone(engine, req) -> Result:

@@ -8,8 +8,7 @@ import torch
 from inference.engine import AdapterRef, Result
 from inference.loading import load_base_model
 
-from .conftest import Collector, request
-from .test_engine import reference_tokens
+from .helpers import Collector, reference_tokens, request
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"

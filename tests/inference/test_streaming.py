@@ -12,7 +12,7 @@ from inference.engine import TURN_SPEAKERS, Result
 from inference.prompt import END, NPC
 from inference.reply import ReplyShaper
 
-from .conftest import Collector, request
+from .helpers import Collector, request
 
 
 def scripted_model(tokenizer_dir: Path, out: Path, text: str) -> tuple[Path, list[int]]:

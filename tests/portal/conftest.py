@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 from django.contrib.auth.models import Group
-from django.test import Client
-from django.utils import timezone
 
-from agents_app.models import Exchange, Npc, Persona, PlayerLink
+from agents_app.models import Npc, Persona
 
 
 @pytest.fixture(autouse=True)
@@ -40,45 +42,6 @@ def charlie(charlie):
     return _join(charlie, "player")
 
 
-def client_for(user=None) -> Client:
-    client = Client(enforce_csrf_checks=True)
-    if user is not None:
-        client.force_login(user)
-    return client
-
-
-def csrf_post(client: Client, path: str, data=None, **extra):
-    """POST as a browser would: the CSRF token from the cookie, sent back in the form."""
-    client.get("/accounts/login/")  # sets the csrftoken cookie
-    token = client.cookies["csrftoken"].value
-    return client.post(path, {**(data or {}), "csrfmiddlewaretoken": token}, **extra)
-
-
-def csrf_json_post(client: Client, path: str, data=None):
-    client.get("/accounts/login/")
-    token = client.cookies["csrftoken"].value
-    return client.post(
-        path, {**(data or {}), "csrfmiddlewaretoken": token}, HTTP_ACCEPT="application/json", HTTP_X_CSRFTOKEN=token
-    )
-
-
-_clock = [0]
-
-
-def make_exchange(npc, *, player="steve", text="where is iron?", reply="Down the east tunnel.", **extra):
-    _clock[0] += 1
-    return Exchange.objects.create(
-        npc=npc,
-        persona=extra.pop("persona", npc.persona),
-        player_name=player,
-        player_text=text,
-        prompt="p",
-        reply_text=reply,
-        created_at=extra.pop("created_at", timezone.now() - timezone.timedelta(seconds=10_000 - _clock[0])),
-        **extra,
-    )
-
-
 @pytest.fixture
 def private_persona(alice):
     return Persona.objects.create(slug="secret", name="Secret Sam", owner=alice, is_public=False)
@@ -89,7 +52,19 @@ def private_npc(game_server, private_persona):
     return Npc.objects.create(game_server=game_server, world_id="npc-secret", persona=private_persona)
 
 
-def verified_link(user, player_name, *, public=False):
-    return PlayerLink.objects.create(
-        user=user, player_name=player_name, verified_at=timezone.now(), show_publicly=public
-    )
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny starter model (seconds to build): a real base model for the smoke generation."""
+    from inference.starter import build_starter_model
+
+    return build_starter_model(tmp_path_factory.mktemp("models") / "tiny", size="tiny", seed=0, log=lambda _m: None)
+
+
+@pytest.fixture
+def base_model(settings, tmp_path, tiny_model):
+    root = tmp_path / "base"
+    shutil.copytree(tiny_model, root)
+    (root / "voyager.json").write_text(json.dumps({"model_id": "tiny-test"}))
+    settings.VOYAGER_BASE_MODEL = str(root)
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    return root

@@ -8,7 +8,8 @@ from django.core import mail
 
 from agents_app import gateway
 from agents_app.models import PlayerLink
-from tests.portal.conftest import client_for, csrf_post, make_exchange, verified_link
+from tests.factories import make_exchange, verified_link
+from tests.portal.clients import client_for, csrf_post
 
 pytestmark = pytest.mark.django_db
 

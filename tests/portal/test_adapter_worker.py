@@ -13,12 +13,12 @@ from django.test import override_settings
 
 from agents_app.models import AdapterVersion
 from portal import adapters, tasks
-from tests.portal.test_uploads import config_json, nan_weights, tiny_model, weights  # noqa: F401 (a fixture)
-from tests.training_tasks.test_pipeline import Worker, needs_backends, wait_for
+from tests.factories import config_json, nan_weights, weights
+from tests.processes import Worker, needs_backends, wait_for
 
 
 @pytest.fixture
-def media(tmp_path, tiny_model):  # noqa: F811 (the imported fixture)
+def media(tmp_path, tiny_model):
     base = tmp_path / "base"
     shutil.copytree(tiny_model, base)
     (base / "voyager.json").write_text(json.dumps({"model_id": "tiny-test"}))

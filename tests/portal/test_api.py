@@ -7,8 +7,7 @@ from rest_framework.test import APIClient
 
 from agents_app.models import PairwiseVote, Persona, Rating, TrainingRun
 from agents_app.services import rating_upsert
-from tests.portal.conftest import make_exchange, verified_link
-from tests.portal.test_personas import adapter
+from tests.factories import adapter, make_exchange, verified_link
 
 pytestmark = pytest.mark.django_db
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from agents_app.models import AdapterVersion, Exchange
 from tests.browser import ARTIFACTS, needs_browser, open_chromium
-from tests.portal.test_uploads import base_model, config_json, tiny_model, weights  # noqa: F401 (two are fixtures)
+from tests.factories import config_json, weights
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 

@@ -3,11 +3,11 @@
 import json
 
 import pytest
-from django.db import connection
 
 from agents_app.models import GameServer, Npc, Rating
 from agents_app.services import rating_upsert
-from tests.portal.conftest import client_for, csrf_json_post, csrf_post, make_exchange
+from tests.factories import make_exchange, verified_link
+from tests.portal.clients import client_for, count_queries, csrf_json_post, csrf_post
 
 pytestmark = pytest.mark.django_db
 
@@ -139,28 +139,18 @@ def test_the_feed_pages_with_a_cursor_and_rejects_a_forged_one(charlie, npc):
     assert response.status_code == 400 and "cursor" in response.content.decode()
 
 
-def _queries(client, path):
-    # execute_wrapper sees every query; CaptureQueriesContext would lose them to reset_queries on request_started.
-    seen = []
-    with connection.execute_wrapper(lambda execute, sql, *args: seen.append(sql) or execute(sql, *args)):
-        assert client.get(path).status_code == 200
-    return len(seen)
-
-
 def test_the_number_of_queries_does_not_grow_with_the_data(alice, bob, charlie, npc):
-    from tests.portal.conftest import verified_link
-
     verified_link(alice, "p0", public=True)
     client = client_for(charlie)
     make_exchange(npc, player="p0")
-    small = _queries(client, "/replies/")
+    small = count_queries(client, "/replies/")
     for i in range(40):
         e = make_exchange(npc, player=f"p{i % 7}", actions=[{"name": "jump", "args": []}])
         for user in (alice, bob, charlie):
             rating_upsert(exchange=e, score=1 if i % 2 else -1, user=user, tags=["funny"])
     assert small >= 8  # session, user, permissions, page, counts, my ratings, names, filters
-    assert _queries(client, "/replies/") == small
-    assert _queries(client, "/replies/?unrated=1&mine=1") <= small + 1
+    assert count_queries(client, "/replies/") == small
+    assert count_queries(client, "/replies/?unrated=1&mine=1") <= small + 1
 
 
 def test_json_answers_are_json(charlie, npc):

@@ -9,7 +9,8 @@ import pytest
 from agents_app import services
 from agents_app.models import Exchange, GameServer, Npc
 from agents_app.services import game_server_authenticate
-from tests.portal.conftest import client_for, csrf_post, make_exchange
+from tests.factories import make_exchange
+from tests.portal.clients import client_for, csrf_post
 
 pytestmark = pytest.mark.django_db
 PAGE = "/profile/servers/"

@@ -7,7 +7,7 @@ from django.contrib.auth.models import Group
 
 from agents_app.models import Persona
 from agents_app.services import InvalidFields, persona_create, persona_update
-from tests.portal.conftest import client_for, csrf_post
+from tests.portal.clients import client_for, csrf_post
 
 pytestmark = pytest.mark.django_db
 

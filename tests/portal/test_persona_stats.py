@@ -17,8 +17,8 @@ from agents_app import gateway
 from agents_app.models import ExchangeRatings, PersonaDayRatings, Rating
 from agents_app.services import rating_upsert
 from portal import selectors
-from tests.portal.conftest import client_for, make_exchange, verified_link
-from tests.portal.test_personas import adapter
+from tests.factories import adapter, make_exchange, verified_link
+from tests.portal.clients import client_for
 
 pytestmark = pytest.mark.django_db
 

@@ -3,27 +3,12 @@
 import pytest
 from django.utils import timezone
 
-from agents_app.models import AdapterVersion, PairwiseVote, Persona
+from agents_app.models import PairwiseVote, Persona
 from agents_app.services import rating_upsert
-from tests.portal.conftest import client_for, csrf_json_post, csrf_post, make_exchange
+from tests.factories import adapter, make_exchange
+from tests.portal.clients import client_for, count_queries, csrf_json_post, csrf_post
 
 pytestmark = pytest.mark.django_db
-
-
-def adapter(persona, version, status="active", card="", **extra):
-    return AdapterVersion.objects.create(
-        persona=persona,
-        version=version,
-        files_path=f"adapters/{persona.slug}/v{version}",
-        sha256="a" * 64,
-        base_model_id="starter",
-        rank=4,
-        target_modules=["q_proj", "v_proj"],
-        size_bytes=1234,
-        status=status,
-        model_card=card,
-        **extra,
-    )
 
 
 def test_the_catalog_lists_public_personas_and_hides_private_ones_from_others(alice, charlie, persona, private_persona):
@@ -183,18 +168,16 @@ def test_home_page_still_lists_personas(charlie, npc):
 def test_the_persona_page_makes_as_many_queries_with_much_data_as_with_little(alice, bob, charlie, npc, persona):
     from django.core.cache import cache
 
-    from tests.portal.test_feed import _queries
-
     client = client_for(charlie)
     rating_upsert(exchange=make_exchange(npc, reply="first"), score=-1, user=alice)
     rating_upsert(exchange=make_exchange(npc, reply="second"), score=1, user=alice)
     cache.clear()
-    small = _queries(client, "/personas/miner/")
+    small = count_queries(client, "/personas/miner/")
     v1 = adapter(persona, 1, status="active")
     for i in range(30):
         e = make_exchange(npc, text=f"q{i}", adapter_version=v1 if i % 2 else None)
         for user in (alice, bob, charlie):
             rating_upsert(exchange=e, score=1 if (i + user.pk) % 3 else -1, user=user)
     cache.clear()
-    assert _queries(client, "/personas/miner/") == small  # cold: the statistics are precomputed, not cached
-    assert _queries(client, "/personas/miner/") == small
+    assert count_queries(client, "/personas/miner/") == small  # cold: the statistics are precomputed, not cached
+    assert count_queries(client, "/personas/miner/") == small

@@ -14,8 +14,9 @@ from agents_app.models import Exchange, Npc, PolicyFlag
 from inference.heartbeat import heartbeats
 from portal.asgi import application
 from portal.selectors import feed_page
-from tests.agents_app.test_gateway import ScriptedBackend, running_worker, worker_process
-from tests.portal.test_personas import adapter
+from tests.factories import adapter
+from tests.gateway_client import ScriptedBackend, running_worker
+from tests.processes import worker_process
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -193,7 +194,7 @@ async def test_a_frozen_playground_npc_refuses(charlie, persona):
     assert error["code"] == "npc_frozen"
 
 
-@pytest.mark.skipif(bool(os.environ.get("REDIS_URL")), reason="the embedded worker is the in-memory topology")
+@pytest.mark.usefixtures("in_memory_topology")
 async def test_the_embedded_default_starts_the_worker_inside_the_web_process(charlie, persona):
     with override_settings(VOYAGER_EMBEDDED_WORKER=True, VOYAGER_INFERENCE_BACKEND="echo"):
         communicator, connected, _ = await connect(charlie)

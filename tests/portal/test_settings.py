@@ -1,16 +1,10 @@
 """Settings come from the environment, and a bad value stops the process."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from portal import env
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.processes import run_manage
 
 
 def test_booleans_accept_the_usual_spellings(monkeypatch):
@@ -73,18 +67,6 @@ def test_database_urls_are_parsed():
 def test_a_bad_database_url_fails_loudly(url, message):
     with pytest.raises(ImproperlyConfigured, match=message):
         env.parse_database_url(url)
-
-
-def run_manage(*args, **environ):
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "VOYAGER_"))
-    }
-    clean.update(environ)
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120
-    )
 
 
 def test_production_refuses_to_start_without_a_secret_key(tmp_path):

@@ -7,7 +7,6 @@ task, eager here), so tests that need it run the upload's on-commit callbacks.
 import html
 import io
 import json
-import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -16,14 +15,12 @@ import pytest
 import torch
 from django.contrib.auth.models import Group
 from django.core.files.uploadedfile import SimpleUploadedFile
-from safetensors.torch import save as safetensors_save
 
 from agents_app.models import AdapterVersion
-from tests.portal.conftest import client_for, csrf_post
+from tests.factories import HIDDEN, Q, config_json, nan_weights, weights
+from tests.portal.clients import client_for, csrf_post
 
 pytestmark = pytest.mark.django_db
-HIDDEN = 64  # the tiny starter model's
-Q = "base_model.model.model.layers.0.self_attn.q_proj"
 
 
 @pytest.fixture(autouse=True)
@@ -35,41 +32,6 @@ def eager_celery():
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = saved
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """The tiny starter model (seconds to build): a real base model for the smoke generation."""
-    from inference.starter import build_starter_model
-
-    return build_starter_model(tmp_path_factory.mktemp("models") / "tiny", size="tiny", seed=0, log=lambda _m: None)
-
-
-@pytest.fixture
-def base_model(settings, tmp_path, tiny_model):
-    root = tmp_path / "base"
-    shutil.copytree(tiny_model, root)
-    (root / "voyager.json").write_text(json.dumps({"model_id": "tiny-test"}))
-    settings.VOYAGER_BASE_MODEL = str(root)
-    settings.MEDIA_ROOT = str(tmp_path / "media")
-    return root
-
-
-def config_json(**overrides) -> bytes:
-    config = {
-        "peft_type": "LORA",
-        "r": 4,
-        "lora_alpha": 8,
-        "target_modules": ["q_proj"],
-        "base_model_name_or_path": "tiny-test",
-        **overrides,
-    }
-    return json.dumps(config).encode()
-
-
-def weights(tensors=None) -> bytes:
-    tensors = tensors or {f"{Q}.lora_A.weight": torch.randn(4, HIDDEN), f"{Q}.lora_B.weight": torch.zeros(HIDDEN, 4)}
-    return safetensors_save(tensors)
 
 
 def upload(user, data=None, **files):
@@ -359,12 +321,6 @@ def test_the_api_takes_an_upload_from_the_owner_and_names_the_problem_otherwise(
 
 
 # --- the smoke generation: uploaded -> validated, or rejected ----------------------------------------
-
-
-def nan_weights() -> bytes:
-    b = torch.zeros(HIDDEN, 4)
-    b[3, 1] = float("nan")
-    return weights({f"{Q}.lora_A.weight": torch.randn(4, HIDDEN), f"{Q}.lora_B.weight": b})
 
 
 def huge_weights() -> bytes:

@@ -7,10 +7,6 @@ never takes these tasks.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,20 +16,13 @@ from django.test import override_settings
 
 from agents_app.models import AdapterVersion, Exchange, Npc, Persona, PolicyFlag, Rating, TrainingRun
 from inference.prompt import GameContext, PersonaSpec, render_starter
-from tests.processes import child_database_url
+from tests.processes import Worker, needs_backends, wait_for
 from training_tasks import services
 from training_tasks.gate import GateConfig, diversity_metrics, gate_decide
 
-ROOT = Path(__file__).resolve().parents[2]
 NIGHT = "2026-11-24"
 PLAYERS = ["alice", "bob", "Steve", "kim", "luna", "noor", "Ravi", "emma"]
 QUESTIONS = ["hello", "can you jump?", "where is the forge?", "follow me", "tell me about yourself", "bye"]
-
-needs_backends = pytest.mark.skipif(
-    not (os.environ.get("REDIS_URL") and os.environ.get("DATABASE_URL", "").startswith("postgres")),
-    reason="needs REDIS_URL and a PostgreSQL DATABASE_URL (a real broker and a database a worker process can share)",
-)
-
 
 # --- pure parts: no database -------------------------------------------------------------------
 
@@ -202,67 +191,6 @@ def register_active_adapter(persona: Persona, media: Path, tiny_model: Path) -> 
     return adapter
 
 
-class Worker:
-    """A `celery -A portal worker -P solo` process on this test database and its own queue."""
-
-    def __init__(self, media: Path, model: Path, log_path: Path, **env: str) -> None:
-        self.queue = f"voyager-test-{uuid.uuid4().hex[:8]}"
-        environment = {
-            **os.environ,
-            "DATABASE_URL": child_database_url(),
-            "VOYAGER_CELERY_QUEUE": self.queue,
-            "VOYAGER_MEDIA_ROOT": str(media),
-            "VOYAGER_BASE_MODEL": str(model),
-            "VOYAGER_AUTO_PROMOTE": "1",
-            "VOYAGER_TRAINING_GATE_SAMPLES": "16",
-            "VOYAGER_TRAINING_BUSY_RETRY": "2",
-            # The tiny model needs bolder steps than the starter model to move in a few seconds.
-            "VOYAGER_TRAINING_SFT_EPOCHS": "8",
-            "VOYAGER_TRAINING_SFT_LR": "3e-3",
-            # The shipped pipeline's shape: SFT, then KTO on the thumbs.
-            "VOYAGER_TRAINING_PREF_EPOCHS": "1",
-            "VOYAGER_TRAINING_PREF_LR": "1e-4",
-            "PYTHONUNBUFFERED": "1",
-            **env,
-        }
-        self.log_path = log_path
-        self.log = log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "portal", "worker", "-P", "solo", "-Q", self.queue, "-l", "info"]
-            + ["--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT,
-            env=environment,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 90
-        while "ready." not in log_path.read_text():
-            assert self.proc.poll() is None, f"the worker exited:\n{log_path.read_text()}"
-            assert time.monotonic() < deadline, f"the worker did not start:\n{log_path.read_text()}"
-            time.sleep(0.2)
-
-    def send(self, task, *args, **kwargs) -> None:
-        task.apply_async(args=args, kwargs=kwargs, queue=self.queue)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.log.close()
-
-    def forget_queue(self) -> None:
-        """Drop this run's queue from Redis (a killed worker's unacknowledged message included)."""
-        import redis
-
-        client = redis.Redis.from_url(os.environ["REDIS_URL"])
-        client.delete(self.queue, f"_kombu.binding.{self.queue}", f"_kombu.binding_permanent.{self.queue}")
-        client.close()
-
-    def output(self) -> str:
-        return self.log_path.read_text()[-6000:]
-
-
 @pytest.fixture
 def start_worker(media, tiny_model, tmp_path):
     workers = []
@@ -276,16 +204,6 @@ def start_worker(media, tiny_model, tmp_path):
     for worker in workers:
         worker.kill()
         worker.forget_queue()
-
-
-def wait_for(predicate, worker: Worker, timeout: float = 120.0, what: str = "the run"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; worker output:\n{worker.output()}")
 
 
 def finished(run_pk: int):

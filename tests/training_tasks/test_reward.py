@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from tests.portal.test_settings import run_manage
+from tests.processes import run_manage
 from training_tasks.dataset import Example, HeldOut, heldout_ranking
 from training_tasks.gate import GateConfig, gate_decide
 from training_tasks.reward import (
