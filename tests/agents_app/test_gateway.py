@@ -26,25 +26,6 @@ from tests.processes import worker_process
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
 
-@pytest.fixture
-def clean_heartbeats():
-    async def wipe():
-        store = heartbeats()
-        for worker_id in await store.alive():
-            await store.forget(worker_id)
-
-    asyncio.run(wipe()) if not _loop_running() else None
-    yield
-
-
-def _loop_running():
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        return False
-
-
 no_embedded = override_settings(VOYAGER_EMBEDDED_WORKER=False)
 
 
