@@ -38,7 +38,6 @@ local result = {
 	deltas_by_ask = {},
 }
 local phase = "wait_ready"
-local ent
 local finished = false
 
 local function set_phase(p)
@@ -60,7 +59,8 @@ local function finish(why)
 	result.phase = last
 	result.elapsed = elapsed()
 	result.status = voyager.status()
-	if ent and ent.object:get_pos() then
+	local ent = result.npc and voyager.get_npc(result.npc.id)
+	if ent then
 		local p = ent.object:get_pos()
 		result.npc_pos_end = {x = p.x, y = p.y, z = p.z}
 	end
@@ -82,7 +82,8 @@ end
 local function ask_npc(text)
 	if finished then return end
 	local asked = {text = text, t = elapsed()}
-	local id, why = voyager.talk(player, ent, text)
+	-- By id: the entity table is replaced if its block unloads and loads again during the run.
+	local id, why = voyager.talk(player, result.npc.id, text)
 	asked.id = id
 	result.asks = result.asks or {}
 	result.asks[#result.asks + 1] = asked
@@ -216,8 +217,7 @@ local function spawn_and_ask()
 		finish("spawn failed")
 		return
 	end
-	ent = spawned
-	result.npc = {id = ent._data.id, name = ent._data.name, persona = persona,
+	result.npc = {id = spawned._data.id, name = spawned._data.name, persona = persona,
 		pos = {x = feet.x, y = feet.y - 0.5, z = feet.z}}
 	set_phase("wait_reply")
 	ask_npc(question)
