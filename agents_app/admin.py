@@ -14,6 +14,7 @@ from agents_app.models import (
     Npc,
     PairwiseVote,
     Persona,
+    PersonaShare,
     PlayerLink,
     PolicyFlag,
     PolicyRule,
@@ -24,6 +25,15 @@ from agents_app.models import (
 from agents_app.services import ServiceError
 
 
+class PersonaShareInline(admin.TabularInline):
+    """The game servers, besides its owner's, that may use the persona while it is private."""
+
+    model = PersonaShare
+    extra = 0
+    raw_id_fields = ["game_server"]
+    readonly_fields = ["created_at"]
+
+
 @admin.register(Persona)
 class PersonaAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "owner", "active_adapter", "is_public", "updated_at"]
@@ -31,6 +41,7 @@ class PersonaAdmin(admin.ModelAdmin):
     search_fields = ["slug", "name", "description"]
     raw_id_fields = ["owner"]
     readonly_fields = ["created_at", "updated_at"]
+    inlines = [PersonaShareInline]
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "active_adapter":

@@ -138,9 +138,7 @@ class LuantiGatewayConsumer(WorkerAskingMixin, AsyncWebsocketConsumer):
         if frame.protocol != PROTOCOL_VERSION:
             await self.send_error(ErrorCode.INVALID, f"protocol: version {frame.protocol} is not served (use 1)")
             return
-        personas = await database_sync_to_async(
-            lambda: list(gateway.Persona.objects.order_by("slug").values_list("slug", flat=True))
-        )()
+        personas = await database_sync_to_async(gateway.server_personas)(self.server)
         await self.send_json({"type": "welcome", "protocol": PROTOCOL_VERSION, "personas": personas})
 
     async def on_ping(self, frame: Ping):
@@ -251,7 +249,7 @@ class LuantiGatewayConsumer(WorkerAskingMixin, AsyncWebsocketConsumer):
             reply["frozen_until"] = verdict.frozen_until.isoformat()
         await self.send_json(reply)
         observability.observe_reply(
-            persona=frame.persona,
+            persona=plan.persona,
             ttft_s=ttft_ms / 1000,
             total_s=now - ask.started,
             completion_tokens=int(result.get("completion_tokens") or 0),

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from agents_app import policy
+from agents_app import policy, visibility
 from agents_app.models import AdapterVersion, Exchange, GameServer, Npc, Persona, PlayerLink, PolicyFlag, Rating
 from agents_app.services import ServiceError, rating_upsert
 
@@ -65,11 +65,28 @@ def npc_memory(npc: Npc, limit: int) -> list[dict[str, str]]:
     return [{"player": e["player_name"], "text": e["player_text"], "reply": e["reply_text"]} for e in reversed(recent)]
 
 
-def _npc_with_persona(server: GameServer | None, npc_world_id: str) -> Npc | None:
-    """The NPC with its persona and the persona's active adapter, in one query."""
+def _npc_with_persona(server: GameServer | None, npc_world_id: str, *, user=None) -> Npc | None:
+    """The NPC with its persona and the persona's active adapter, in one query; None when there is no
+    such NPC, or its persona is not one the asker (``server``, or ``user`` for no server) may use."""
+    may_use = visibility.usable_by(server=server, user=user, via="persona__")
     return (
-        Npc.objects.select_related("persona__active_adapter").filter(game_server=server, world_id=npc_world_id).first()
+        Npc.objects.select_related("persona__active_adapter")
+        .filter(may_use, game_server=server, world_id=npc_world_id)
+        .first()
     )
+
+
+def server_personas(server: GameServer) -> list[str]:
+    """The slugs of the personas ``server`` may use, as its ``welcome`` lists them."""
+    return list(
+        Persona.objects.filter(visibility.usable_by_server(server)).order_by("slug").values_list("slug", flat=True)
+    )
+
+
+def unknown_persona(slug: str) -> ServiceError:
+    """The answer to a persona that does not exist, and to one the asker may not use: the same
+    words, so that nobody learns a private persona exists by asking for it."""
+    return ServiceError(f"persona: no persona named {slug!r}", code="unknown_persona")
 
 
 def ask_prepare(
@@ -77,21 +94,30 @@ def ask_prepare(
     server: GameServer | None,
     npc_world_id: str,
     persona_slug: str,
+    user=None,
     display_name: str = "",
     with_memory: bool = True,
 ) -> AskPlan:
     """Reads only, on the hot path of every ask: no transaction, no row lock, no commit to wait for.
 
+    The persona must be one the asker may use (``agents_app.visibility``): ``server``'s for a game
+    NPC, or ``user``'s for an NPC of no server (the playground's, a simulation's). Any other, an
+    NPC's own persona included once it is private and not shared, is answered as unknown.
+
     An NPC that exists and keeps its persona is one query (the NPC with its persona and active
-    adapter). ``with_memory=False`` leaves ``request["memory"]`` empty for a caller that keeps
-    the NPC's recent turns itself (``NpcMemory``).
+    adapter, the rule in its WHERE). ``with_memory=False`` leaves ``request["memory"]`` empty for a
+    caller that keeps the NPC's recent turns itself (``NpcMemory``).
     """
-    npc = _npc_with_persona(server, npc_world_id)
+    npc = _npc_with_persona(server, npc_world_id, user=user)
     if npc is not None and npc.persona.slug == persona_slug:
         return plan_for(npc, server=server, with_memory=with_memory)
-    persona = Persona.objects.select_related("active_adapter").filter(slug=persona_slug).first()
+    persona = (
+        Persona.objects.select_related("active_adapter")
+        .filter(visibility.usable_by(server=server, user=user), slug=persona_slug)
+        .first()
+    )
     if persona is None:
-        raise ServiceError(f"persona: no persona named {persona_slug!r}", code="unknown_persona")
+        raise unknown_persona(persona_slug)
     if npc is None:
         # get_or_create survives two first asks racing on the unique (server, world_id) constraint.
         npc, _ = Npc.objects.get_or_create(

@@ -180,6 +180,27 @@ class GameServer(models.Model):
         return _hash_token(raw)
 
 
+class PersonaShare(models.Model):
+    """A private persona's owner lets one more game server use it (``agents_app.visibility``).
+
+    Only the game server gains: its NPCs may speak as the persona. Nobody gains sight of the
+    persona on the portal by it.
+    """
+
+    persona = models.ForeignKey(Persona, on_delete=models.CASCADE, related_name="shares")
+    game_server = models.ForeignKey(GameServer, on_delete=models.CASCADE, related_name="persona_shares")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["persona", "game_server"]
+        constraints = [
+            models.UniqueConstraint(fields=["persona", "game_server"], name="persona_share_once_per_server"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.persona.slug} → {self.game_server}"
+
+
 class Npc(models.Model):
     game_server = models.ForeignKey(GameServer, on_delete=models.CASCADE, related_name="npcs", null=True, blank=True)
     world_id = models.CharField(max_length=100, help_text="The NPC's id in the world, as the mod names it.")

@@ -20,9 +20,13 @@ import json
 import logging
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from agents_app.models import Persona
 
 log = logging.getLogger("voyager.observability")
 
@@ -93,28 +97,42 @@ _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 ASKS = Counter("voyager_asks", "Asks answered by the gateway, by outcome (reply or the error code).", ["outcome"])
 TTFT = Histogram(
     "voyager_time_to_first_token_seconds",
-    "Seconds from an ask to its first streamed text, per persona.",
+    "Seconds from an ask to its first streamed text, per persona (private ones under one label).",
     ["persona"],
     buckets=_LATENCY_BUCKETS,
 )
 REPLY_TIME = Histogram(
     "voyager_reply_seconds",
-    "Seconds from an ask to its stored reply, per persona.",
+    "Seconds from an ask to its stored reply, per persona (private ones under one label).",
     ["persona"],
     buckets=_LATENCY_BUCKETS,
 )
 TOKENS_PER_SECOND = Histogram(
     "voyager_reply_tokens_per_second",
-    "Completion tokens per second of each reply, per persona.",
+    "Completion tokens per second of each reply, per persona (private ones under one label).",
     ["persona"],
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
-COMPLETION_TOKENS = Counter("voyager_completion_tokens", "Completion tokens streamed to players.", ["persona"])
+COMPLETION_TOKENS = Counter(
+    "voyager_completion_tokens",
+    "Completion tokens streamed to players, per persona (private ones under one label).",
+    ["persona"],
+)
 CONNECTIONS = Gauge("voyager_game_server_connections", "Game servers connected to this process's gateway.")
 POLICY_HITS = Counter("voyager_policy_hits", "Policy rule hits on replies, by rule and severity.", ["rule", "severity"])
 
 
-def observe_reply(*, persona: str, ttft_s: float | None, total_s: float, completion_tokens: int) -> None:
+# The persona label of every private persona: /metrics names none of them, and no slug starts with '_'.
+PRIVATE_PERSONA_LABEL = "_private"
+
+
+def persona_label(persona: Persona) -> str:
+    """A public persona's slug, or the one label all private personas share (bounded, and secret)."""
+    return persona.slug if persona.is_public else PRIVATE_PERSONA_LABEL
+
+
+def observe_reply(*, persona: Persona, ttft_s: float | None, total_s: float, completion_tokens: int) -> None:
+    persona = persona_label(persona)
     ASKS.labels(outcome="reply").inc()
     if ttft_s is not None:
         TTFT.labels(persona=persona).observe(ttft_s)

@@ -22,6 +22,7 @@ _MODERATOR_PERMS = [
     "change_npc",
     "view_npc",
     "view_persona",
+    "view_personashare",
     "view_gameserver",
     # the policy's settings and the policy-audit queue (agents_app.admin.PolicyFlagAdmin)
     "add_policyrule",

@@ -18,6 +18,7 @@ from agents_app.models import (
     GameServer,
     Persona,
     PersonaDayRatings,
+    PersonaShare,
     Rating,
     rating_counts_change,
     rating_day,
@@ -267,6 +268,54 @@ def persona_update(*, persona: Persona, **changes) -> Persona:
     for name, value in changes.items():
         setattr(persona, name, value.strip() if name == "name" else value)
     return _persona_save(persona)
+
+
+# --- persona shares -------------------------------------------------------------------------------
+
+MAX_SHARES_PER_PERSONA = 100
+
+
+def _server_to_share_with(persona: Persona, server_id) -> GameServer:
+    try:
+        server_id = int(server_id)
+    except (TypeError, ValueError):
+        raise InvalidFields({"server": [f"{str(server_id)[:20]!r} is not a game server's id (a number)"]}) from None
+    server = GameServer.objects.filter(pk=server_id, enabled=True).first()
+    if server is None:
+        raise InvalidFields({"server": [f"there is no game server {server_id}; ask its owner for its id"]})
+    if server.owner_id == persona.owner_id:
+        raise InvalidFields({"server": [f"{server.name!r} is yours: your own servers use your personas already"]})
+    return server
+
+
+@transaction.atomic
+def persona_share_add(*, persona: Persona, server_id) -> tuple[PersonaShare, bool]:
+    """Let one more game server use ``persona`` while it is private. Returns (share, created); sharing
+    again with the same server changes nothing. The caller has checked that the user owns the persona."""
+    server = _server_to_share_with(persona, server_id)
+    Persona.objects.select_for_update().filter(pk=persona.pk).first()  # one writer at a time counts the shares
+    existing = PersonaShare.objects.filter(persona=persona, game_server=server).first()
+    if existing is not None:
+        existing.game_server = server
+        return existing, False
+    if PersonaShare.objects.filter(persona=persona).count() >= MAX_SHARES_PER_PERSONA:
+        raise InvalidFields(
+            {
+                "server": [
+                    f"{persona.slug!r} is shared with {MAX_SHARES_PER_PERSONA} servers; stop sharing with one first"
+                ]
+            }
+        )
+    return PersonaShare.objects.create(persona=persona, game_server=server), True
+
+
+@transaction.atomic
+def persona_share_remove(*, persona: Persona, server_id: int) -> None:
+    """The server may no longer use ``persona`` (unless it is public, or its owner's): its NPCs' next
+    asks are answered as for an unknown persona. The caller has checked that the user owns the persona."""
+    deleted, _ = PersonaShare.objects.filter(persona=persona, game_server_id=server_id).delete()
+    if not deleted:
+        raise ServiceError(f"server: {persona.slug!r} is not shared with server {server_id}", code="not_found")
 
 
 @transaction.atomic

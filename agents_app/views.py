@@ -14,7 +14,7 @@ from rest_framework import authentication, exceptions, permissions, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents_app import policy
+from agents_app import policy, visibility
 from agents_app.models import GameServer, Npc, Persona
 from agents_app.observability import register_collector
 from agents_app.services import game_server_authenticate
@@ -99,8 +99,10 @@ class PolicyCheckApi(APIView):
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
-        persona = Persona.objects.filter(slug=data.validated_data["persona"]).first()
-        if persona is None:
+        persona = Persona.objects.filter(
+            visibility.usable_by_server(request.auth), slug=data.validated_data["persona"]
+        ).first()
+        if persona is None:  # or not one this server may use: the same answer, so as not to reveal it
             raise exceptions.NotFound(f"persona: no persona named {data.validated_data['persona']!r}")
         npc = None
         if data.validated_data.get("npc"):

@@ -11,6 +11,7 @@ import uuid
 
 from django.db.models import Q, QuerySet
 
+from agents_app import visibility
 from agents_app.models import AdapterVersion, Exchange, GameServer, PairwiseVote, Persona, Rating, TrainingRun
 from agents_app.roles import CAN_APPROVE, CAN_CREATE_PERSONA, CAN_MODERATE, CAN_UPLOAD
 from agents_app.services import ServiceError
@@ -38,12 +39,8 @@ def is_moderator(user) -> bool:
 
 
 def visible_personas(user) -> QuerySet[Persona]:
-    qs = Persona.objects.all()
-    if is_moderator(user):
-        return qs
-    if user is not None and user.is_authenticated:
-        return qs.filter(Q(is_public=True) | Q(owner=user))
-    return qs.filter(is_public=True)
+    """Public personas, the user's own, and every one for a moderator (``agents_app.visibility``)."""
+    return Persona.objects.filter(visibility.visible_to_user(user))
 
 
 def access_persona(slug: str, user) -> Persona:
@@ -77,11 +74,8 @@ def access_persona_for_edit(slug: str, user) -> Persona:
 
 
 def visible_exchanges(user) -> QuerySet[Exchange]:
-    if is_moderator(user):
-        return Exchange.objects.all()
-    if user is not None and user.is_authenticated:
-        return Exchange.objects.filter(Q(persona__is_public=True) | Q(persona__owner=user))
-    return Exchange.objects.filter(persona__is_public=True)
+    """The exchanges of the personas the user may see."""
+    return Exchange.objects.filter(visibility.visible_to_user(user, via="persona__"))
 
 
 def access_exchange(exchange_id, user) -> Exchange:

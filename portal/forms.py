@@ -116,3 +116,12 @@ class PersonaCreateForm(PersonaForm):
 
 class GameServerForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="Yours to tell your servers apart, e.g. 'Survival world'.")
+
+
+class PersonaShareForm(forms.Form):
+    server = forms.IntegerField(
+        min_value=1,
+        label="Game server id",
+        help_text="The id its owner sees on their Servers page. That server's NPCs may then speak as this "
+        "persona while it is private; nobody gains sight of it on the portal.",
+    )

@@ -296,6 +296,11 @@ def persona_extremes(persona, viewer, *, n: int = 3) -> tuple[list[FeedItem], li
     return [items[i] for i in best_ids if i in items], [items[i] for i in worst_ids if i in items]
 
 
+def persona_shares(persona):
+    """The game servers a persona is shared with, for its owner's edit page and the API."""
+    return persona.shares.select_related("game_server__owner").order_by("game_server__name", "game_server_id")
+
+
 def persona_versions(persona, viewer):
     return access.visible_adapter_versions(viewer).filter(persona=persona).order_by("-version")
 

@@ -136,7 +136,10 @@ def pairwise_vote_record(*, user, left_id, right_id, outcome: str) -> tuple[Pair
 def playground_prepare(*, user, persona_slug: str, version: int | None = None) -> gateway.AskPlan:
     """The same plan the game gets, for a playground NPC (no game server) of this user and persona.
 
-    ``version`` picks any approved or active adapter version; none means the persona's active one.
+    A person may talk to the personas they may see (``agents_app.visibility.visible_to_user``:
+    public ones, their own, every one for a moderator); a share with a game server gives its owner
+    nothing here. Any other persona is answered as one that does not exist. ``version`` picks any
+    approved or active adapter version; none means the persona's active one.
     """
     if not user.is_authenticated:
         raise access.AccessDenied("log in to use the playground")
@@ -147,7 +150,7 @@ def playground_prepare(*, user, persona_slug: str, version: int | None = None) -
         if adapter.status not in (AdapterVersion.Status.APPROVED, AdapterVersion.Status.ACTIVE):
             raise ServiceError(f"version: v{version} is {adapter.status}; only approved or active versions can talk")
     plan = gateway.ask_prepare(
-        server=None, npc_world_id=f"playground:{user.pk}:{persona.slug}", persona_slug=persona.slug
+        server=None, user=user, npc_world_id=f"playground:{user.pk}:{persona.slug}", persona_slug=persona.slug
     )
     if adapter is not None:
         plan.adapter_version_id = adapter.pk

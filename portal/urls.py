@@ -22,6 +22,10 @@ urlpatterns = [
     path("personas/new/", views.persona_create, name="persona-create"),  # before <slug>: "new" is reserved
     path("personas/<slug:slug>/", views.persona_detail, name="persona-detail"),
     path("personas/<slug:slug>/edit/", views.persona_edit, name="persona-edit"),
+    path("personas/<slug:slug>/shares/", views.persona_share_add, name="persona-share-add"),
+    path(
+        "personas/<slug:slug>/shares/<int:server_id>/remove/", views.persona_share_remove, name="persona-share-remove"
+    ),
     path("personas/<slug:slug>/v<int:version>/", views.adapter_detail, name="adapter-detail"),
     path("personas/<slug:slug>/upload/", views.adapter_upload, name="adapter-upload"),
     path("personas/<slug:slug>/v<int:version>/review/", views.adapter_review, name="adapter-review"),

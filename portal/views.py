@@ -27,6 +27,7 @@ from portal.forms import (
     PairwiseVoteForm,
     PersonaCreateForm,
     PersonaForm,
+    PersonaShareForm,
     PlayerLinkForm,
     RatingForm,
     SignupForm,
@@ -263,6 +264,22 @@ def persona_create(request):
     return render(request, "portal/persona_form.html", context, status=400 if form.errors else 200)
 
 
+def _persona_edit_page(request, persona, *, form=None, share_form=None):
+    if form is None:
+        form = PersonaForm(initial={name: getattr(persona, name) for name in PersonaForm.base_fields})
+    if share_form is None:
+        share_form = PersonaShareForm()
+    context = {
+        "form": form,
+        "persona": persona,
+        "errors": form_errors(form) if form.errors else "",
+        "shares": selectors.persona_shares(persona),
+        "share_form": share_form,
+        "share_errors": form_errors(share_form) if share_form.errors else "",
+    }
+    return render(request, "portal/persona_form.html", context, status=400 if form.errors or share_form.errors else 200)
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 @service_errors
@@ -278,8 +295,35 @@ def persona_edit(request, slug: str):
         else:
             messages.success(request, f"{persona.name} is saved.")
             return redirect("persona-detail", slug=persona.slug)
-    context = {"form": form, "persona": persona, "errors": form_errors(form) if form.errors else ""}
-    return render(request, "portal/persona_form.html", context, status=400 if form.errors else 200)
+    return _persona_edit_page(request, persona, form=form)
+
+
+@login_required
+@require_POST
+@service_errors
+def persona_share_add(request, slug: str):
+    persona = access.access_persona_for_edit(slug, request.user)
+    form = PersonaShareForm(request.POST)
+    if form.is_valid():
+        try:
+            share, created = agents_services.persona_share_add(persona=persona, server_id=form.cleaned_data["server"])
+        except InvalidFields as exc:
+            _add_field_errors(form, exc)
+        else:
+            already = "" if created else " already"
+            messages.success(request, f"{persona.name} is{already} shared with {share.game_server.name}.")
+            return redirect("persona-edit", slug=persona.slug)
+    return _persona_edit_page(request, persona, share_form=form)
+
+
+@login_required
+@require_POST
+@service_errors
+def persona_share_remove(request, slug: str, server_id: int):
+    persona = access.access_persona_for_edit(slug, request.user)
+    agents_services.persona_share_remove(persona=persona, server_id=server_id)
+    messages.success(request, f"{persona.name} is no longer shared with server {server_id}.")
+    return redirect("persona-edit", slug=persona.slug)
 
 
 @require_GET

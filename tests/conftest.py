@@ -40,6 +40,28 @@ def npc(game_server, persona):
     return Npc.objects.create(game_server=game_server, world_id="npc-1", persona=persona, display_name="Mo")
 
 
+@pytest.fixture
+def private_persona(alice):
+    """Alice's private persona: her servers may use it, and those she shares it with."""
+    return Persona.objects.create(
+        slug="secret", name="Secret Sam", owner=alice, is_public=False, system_prompt="Alice's secret prompt."
+    )
+
+
+@pytest.fixture
+def private_npc(game_server, private_persona):
+    return Npc.objects.create(game_server=game_server, world_id="npc-secret", persona=private_persona)
+
+
+@pytest.fixture
+def bob_server(bob):
+    """Bob's game server: it may use public personas and Bob's own, and what Alice shares with it."""
+    server = GameServer(name="Bob's world", owner=bob)
+    server.raw_token = server.set_new_token()
+    server.save()
+    return server
+
+
 @pytest.fixture(autouse=True)
 def fresh_channel_layer():
     """Each test's event loop gets its own channel layer (Redis pools and locks bind to a loop)."""

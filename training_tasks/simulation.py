@@ -192,8 +192,11 @@ def simulate_players(
                 active = [c for c in conversations if turn < len(c.questions)]
                 plans, messages = {}, []
                 for k, conv in enumerate(active):
-                    # The plan the gateway makes for any NPC: persona, active adapter, recent turns.
-                    plan = gateway.ask_prepare(server=None, npc_world_id=conv.npc.world_id, persona_slug=persona.slug)
+                    # The plan the gateway makes for any NPC (persona, active adapter, recent turns), asked as the
+                    # persona's owner, who may use it whether it is public or not.
+                    plan = gateway.ask_prepare(
+                        server=None, user=persona.owner, npc_world_id=conv.npc.world_id, persona_slug=persona.slug
+                    )
                     rid = f"sim-{run_tag}-{made}-{turn}-{k}"
                     plans[rid] = (conv, plan)
                     messages.append(

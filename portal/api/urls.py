@@ -11,6 +11,12 @@ urlpatterns = [
     path("token/", obtain_auth_token, name="api-token"),
     path("personas/", views.PersonaListApi.as_view(), name="api-personas"),
     path("personas/<slug:slug>/", views.PersonaDetailApi.as_view(), name="api-persona"),
+    path("personas/<slug:slug>/shares/", views.PersonaShareListApi.as_view(), name="api-persona-shares"),
+    path(
+        "personas/<slug:slug>/shares/<int:server_id>/",
+        views.PersonaShareDetailApi.as_view(),
+        name="api-persona-share",
+    ),
     path("personas/<slug:slug>/adapter-versions/", views.AdapterUploadApi.as_view(), name="api-adapter-upload"),
     path("adapter-versions/", views.AdapterVersionListApi.as_view(), name="api-adapter-versions"),
     path("adapter-versions/<slug:slug>/<int:version>/", views.AdapterVersionDetailApi.as_view(), name="api-adapter"),

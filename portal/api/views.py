@@ -119,6 +119,52 @@ class PersonaDetailApi(ServiceErrorMixin, GenericAPIView):
         return Response(PersonaOutput(persona).data)
 
 
+class PersonaShareOutput(serializers.Serializer):
+    server = serializers.IntegerField(source="game_server_id")
+    name = serializers.CharField(source="game_server.name")
+    owner = serializers.CharField(source="game_server.owner.get_username")
+    created_at = serializers.DateTimeField()
+
+
+class PersonaShareInput(serializers.Serializer):
+    server = serializers.IntegerField(min_value=1, help_text="the game server's id, from its owner")
+
+
+class PersonaShareListApi(ServiceErrorMixin, GenericAPIView):
+    """The game servers a persona is shared with: they may use it while it is private. Its owner's only."""
+
+    permission_classes = [IsAuthenticated]
+    pagination_class = None
+    serializer_class = PersonaShareOutput
+
+    @extend_schema(operation_id="persona_shares_list", responses=PersonaShareOutput(many=True))
+    def get(self, request, slug):
+        persona = access.access_persona_for_edit(slug, request.user)
+        return Response(PersonaShareOutput(selectors.persona_shares(persona), many=True).data)
+
+    @extend_schema(request=PersonaShareInput, responses={201: PersonaShareOutput, 200: PersonaShareOutput})
+    def post(self, request, slug):
+        """Share the persona with a game server; sharing again with the same one answers 200."""
+        persona = access.access_persona_for_edit(slug, request.user)
+        data = PersonaShareInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        share, created = agents_services.persona_share_add(persona=persona, server_id=data.validated_data["server"])
+        return Response(
+            PersonaShareOutput(share).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class PersonaShareDetailApi(ServiceErrorMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(operation_id="persona_share_delete", responses={204: None})
+    def delete(self, request, slug, server_id):
+        """Stop sharing: the server's NPCs' next asks for the persona are answered unknown_persona."""
+        persona = access.access_persona_for_edit(slug, request.user)
+        agents_services.persona_share_remove(persona=persona, server_id=server_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 # --- adapter versions -----------------------------------------------------------------------------
 
 

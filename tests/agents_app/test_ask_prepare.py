@@ -8,7 +8,7 @@ from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from agents_app import gateway, policy
+from agents_app import gateway, policy, services
 from agents_app.models import AdapterVersion, Exchange, Npc
 
 pytestmark = pytest.mark.django_db
@@ -46,11 +46,23 @@ def test_a_persona_without_an_active_adapter_reads_none(npc):
     assert gateway._npc_with_persona(npc.game_server, npc.world_id).persona.active_adapter is None
 
 
-def test_an_unknown_npc_or_another_servers_npc_is_not_found(npc, persona):
+def test_an_unknown_npc_or_another_servers_npc_is_not_found(npc, persona, alice):
     assert gateway._npc_with_persona(npc.game_server, "nobody") is None
-    assert gateway._npc_with_persona(None, npc.world_id) is None  # a playground NPC of that name: none
+    assert gateway._npc_with_persona(None, npc.world_id, user=alice) is None  # a playground NPC of that name: none
     playground = Npc.objects.create(game_server=None, world_id="playground:1:miner", persona=persona)
-    assert gateway._npc_with_persona(None, "playground:1:miner").pk == playground.pk
+    assert gateway._npc_with_persona(None, "playground:1:miner", user=alice).pk == playground.pk
+
+
+def test_an_npc_whose_persona_the_asker_may_not_use_is_not_found(bob_server, private_persona, charlie):
+    Npc.objects.create(game_server=bob_server, world_id="npc-b", persona=private_persona)
+    Npc.objects.create(game_server=None, world_id="playground:9:secret", persona=private_persona)
+    assert gateway._npc_with_persona(bob_server, "npc-b") is None
+    assert gateway._npc_with_persona(None, "playground:9:secret", user=charlie) is None
+
+
+def test_an_ask_names_the_server_or_the_person_who_asks(persona):
+    with pytest.raises(TypeError):
+        gateway.ask_prepare(server=None, npc_world_id="sim-1", persona_slug=persona.slug)
 
 
 def test_an_ask_for_a_known_npc_is_one_query(npc, persona):
@@ -60,6 +72,22 @@ def test_an_ask_for_a_known_npc_is_one_query(npc, persona):
             server=npc.game_server, npc_world_id=npc.world_id, persona_slug=persona.slug, with_memory=False
         )
     assert len(queries) == 1 and plan.npc_id == npc.pk and plan.request["persona"]["slug"] == persona.slug
+
+
+def test_an_ask_for_a_shared_private_persona_is_one_query(bob_server, private_persona):
+    services.persona_share_add(persona=private_persona, server_id=bob_server.pk)
+    gateway.ask_prepare(server=bob_server, npc_world_id="npc-b", persona_slug="secret")
+    with CaptureQueriesContext(connection) as queries:
+        plan = gateway.ask_prepare(server=bob_server, npc_world_id="npc-b", persona_slug="secret", with_memory=False)
+    assert len(queries) == 1 and plan.request["persona"]["slug"] == "secret"
+
+
+def test_a_refused_ask_writes_nothing(bob_server, private_persona):
+    Npc.objects.create(game_server=bob_server, world_id="npc-b", persona=private_persona)
+    with CaptureQueriesContext(connection) as queries, pytest.raises(services.ServiceError) as refused:
+        gateway.ask_prepare(server=bob_server, npc_world_id="npc-b", persona_slug="secret")
+    assert refused.value.code == "unknown_persona" and str(refused.value) == "persona: no persona named 'secret'"
+    assert len(queries) == 2 and all(q["sql"].startswith("SELECT") for q in queries)
 
 
 def _record(plan, text="Well met, Alex — ünïcode 🙂"):

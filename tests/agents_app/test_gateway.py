@@ -15,7 +15,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from agents_app import gateway, services
-from agents_app.models import AdapterVersion, Exchange, Npc, PlayerLink, PolicyFlag, Rating
+from agents_app.models import AdapterVersion, Exchange, Npc, Persona, PlayerLink, PolicyFlag, Rating
 from agents_app.protocol import MAX_FRAME_BYTES
 from inference.backends import EchoBackend
 from inference.heartbeat import heartbeats
@@ -265,6 +265,102 @@ async def test_an_unknown_persona_is_answered_unknown_persona(game_server, perso
         "message": "persona: no persona named 'nobody'",
         "id": "a1",
     }
+
+
+# --- which personas a server may use ---------------------------------------------------------------
+
+
+@database_sync_to_async
+def share(persona, server):
+    return services.persona_share_add(persona=persona, server_id=server.pk)[0]
+
+
+@database_sync_to_async
+def make_private(persona, private=True):
+    Persona.objects.filter(pk=persona.pk).update(is_public=not private)
+
+
+async def welcomed(server) -> list[str]:
+    communicator, _, _ = await connect(server.raw_token)
+    await send(communicator, {"type": "hello", "protocol": 1})
+    welcome = await recv(communicator)
+    await communicator.disconnect()
+    return welcome["personas"]
+
+
+async def asked(server, **frame):
+    """The frames that answer one ask, and what the worker was sent."""
+    backend = ScriptedBackend()
+    async with running_worker(backend):
+        communicator, _, _ = await connect(server.raw_token)
+        await send(communicator, ask(**frame))
+        frames = await collect_until(communicator)
+        await communicator.disconnect()
+    return frames, backend.requests
+
+
+def refused_as_unknown(frames, slug, id="a1"):
+    return frames == [
+        {"type": "error", "code": "unknown_persona", "message": f"persona: no persona named {slug!r}", "id": id}
+    ]
+
+
+async def test_welcome_leaves_out_private_personas_the_server_may_not_use(bob_server, persona, private_persona):
+    assert await welcomed(bob_server) == ["miner"]
+
+
+async def test_welcome_lists_the_owners_private_personas_to_the_owners_server(game_server, persona, private_persona):
+    assert await welcomed(game_server) == ["miner", "secret"]
+
+
+async def test_welcome_lists_a_private_persona_shared_with_the_server(bob_server, persona, private_persona):
+    await share(private_persona, bob_server)
+    assert await welcomed(bob_server) == ["miner", "secret"]
+
+
+async def test_an_ask_for_a_private_persona_is_answered_exactly_as_for_one_that_does_not_exist(
+    bob_server, private_persona
+):
+    frames, requests = await asked(bob_server, npc="npc-b", persona="secret")
+    assert refused_as_unknown(frames, "secret") and requests == []
+    nobody, _ = await asked(bob_server, npc="npc-b", persona="nobody")
+    assert refused_as_unknown(nobody, "nobody")  # the same code and words: nothing says "secret" exists
+    assert not await database_sync_to_async(Npc.objects.filter(game_server=bob_server).exists)()
+
+
+async def test_the_owners_server_may_use_a_private_persona(game_server, private_persona):
+    frames, requests = await asked(game_server, npc="npc-secret", persona="secret")
+    assert frames[-1]["type"] == "reply"
+    assert requests[0]["persona"]["system_prompt"] == "Alice's secret prompt."
+
+
+async def test_a_server_the_persona_is_shared_with_may_use_it_until_the_share_stops(bob_server, private_persona):
+    await share(private_persona, bob_server)
+    frames, _ = await asked(bob_server, npc="npc-b", persona="secret")
+    assert frames[-1]["type"] == "reply"
+    await database_sync_to_async(services.persona_share_remove)(persona=private_persona, server_id=bob_server.pk)
+    frames, requests = await asked(bob_server, id="a2", npc="npc-b", persona="secret")
+    assert refused_as_unknown(frames, "secret", id="a2") and requests == []
+
+
+async def test_an_npc_of_a_persona_made_private_since_is_refused(bob_server, persona):
+    frames, _ = await asked(bob_server, npc="npc-b", persona="miner")
+    assert frames[-1]["type"] == "reply"  # public: Bob's server may use Alice's persona
+    await make_private(persona)
+    frames, requests = await asked(bob_server, id="a2", npc="npc-b", persona="miner")
+    assert refused_as_unknown(frames, "miner", id="a2") and requests == []
+    exchanges = await database_sync_to_async(Exchange.objects.filter(npc__game_server=bob_server).count)()
+    assert exchanges == 1
+
+
+async def test_an_npc_refused_its_persona_may_be_asked_with_one_the_server_may_use(bob_server, persona, bob):
+    await asked(bob_server, npc="npc-b", persona="miner")
+    await make_private(persona)
+    await database_sync_to_async(Persona.objects.create)(slug="bobs", name="Bob's own", owner=bob, is_public=False)
+    frames, requests = await asked(bob_server, id="a2", npc="npc-b", persona="bobs")
+    assert frames[-1]["type"] == "reply" and requests[0]["persona"]["slug"] == "bobs"
+    npc = await database_sync_to_async(Npc.objects.select_related("persona").get)(game_server=bob_server)
+    assert npc.persona.slug == "bobs"
 
 
 async def test_a_frozen_npc_is_answered_npc_frozen(game_server, npc):

@@ -74,6 +74,31 @@ async def test_metrics_move_after_a_burst_of_asks(game_server, persona):
     assert value(after, "voyager_policy_flags_open") == 10
 
 
+async def test_metrics_name_public_personas_and_count_every_private_one_under_one_label(
+    game_server, persona, private_persona, alice
+):
+    from agents_app.models import Persona
+
+    await sync_to_async(Persona.objects.create)(slug="hush", name="Hush", owner=alice, is_public=False)
+    before = await sync_to_async(scrape)()
+    async with running_worker(ScriptedBackend()):
+        communicator, _, _ = await connect(game_server.raw_token)
+        for i, slug in enumerate(["secret", "hush", "secret", "miner"]):
+            await send(communicator, ask(id=f"q{i}", npc=f"npc-{slug}", persona=slug))
+            assert (await collect_until(communicator))[-1]["type"] == "reply"
+        await communicator.disconnect()
+    after = await sync_to_async(scrape)()
+    body = (await sync_to_async(Client().get)("/metrics")).content.decode()
+    assert "secret" not in body and "hush" not in body  # no label, no series names a private persona
+    for series, private, public in (
+        ("voyager_reply_seconds_count", 3, 1),
+        ("voyager_time_to_first_token_seconds_count", 3, 1),
+        ("voyager_completion_tokens_total", 3 * 3, 3),
+    ):
+        assert value(after, series, persona="_private") - value(before, series, persona="_private") == private
+        assert value(after, series, persona="miner") - value(before, series, persona="miner") == public
+
+
 async def test_training_runs_are_counted_by_outcome(persona):
     await sync_to_async(TrainingRun.objects.create)(persona=persona, night="2026-01-01", status="gate_rejected")
     samples = await sync_to_async(scrape)()

@@ -278,3 +278,25 @@ def test_the_check_validates_its_input(game_server, persona):
     assert bad.status_code == 400 and "action" in bad.json()
     unknown = check(client, game_server.raw_token, persona="nobody", action={"name": "jump"})
     assert unknown.status_code == 404
+
+
+def test_the_check_answers_a_persona_the_server_may_not_use_as_one_that_does_not_exist(bob_server, private_persona):
+    client = APIClient()
+    refused = check(client, bob_server.raw_token, persona="secret", action={"name": "jump"})
+    unknown = check(client, bob_server.raw_token, persona="nobody", action={"name": "jump"})
+    assert refused.status_code == unknown.status_code == 404
+    assert refused.json() == {"detail": "persona: no persona named 'secret'"}
+    assert unknown.json() == {"detail": "persona: no persona named 'nobody'"}
+    from agents_app.services import persona_share_add
+
+    persona_share_add(persona=private_persona, server_id=bob_server.pk)
+    shared = check(client, bob_server.raw_token, persona="secret", action={"name": "jump"})
+    assert shared.status_code == 200 and shared.json()["allowed"] is False  # on no allowlist: but it is checked
+
+
+def test_the_owners_server_may_check_its_private_persona(game_server, private_persona):
+    private_persona.allowed_actions = ["jump"]
+    private_persona.save()
+    assert check(APIClient(), game_server.raw_token, persona="secret", action={"name": "jump"}).json() == {
+        "allowed": True
+    }

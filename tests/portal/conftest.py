@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Group
 
-from agents_app.models import Npc, Persona
-
 
 @pytest.fixture(autouse=True)
 def _empty_cache():
@@ -40,16 +38,6 @@ def bob(bob):
 @pytest.fixture
 def charlie(charlie):
     return _join(charlie, "player")
-
-
-@pytest.fixture
-def private_persona(alice):
-    return Persona.objects.create(slug="secret", name="Secret Sam", owner=alice, is_public=False)
-
-
-@pytest.fixture
-def private_npc(game_server, private_persona):
-    return Npc.objects.create(game_server=game_server, world_id="npc-secret", persona=private_persona)
 
 
 @pytest.fixture(scope="session")

@@ -203,3 +203,95 @@ def test_the_counts_in_the_api_match_the_ratings(alice, bob, charlie, npc):
     rating_upsert(exchange=exchange, score=-1, user=bob)
     row = api(charlie, token=True).get(f"/api/exchanges/{exchange.pk}/").json()
     assert (row["up"], row["down"], row["my_score"]) == (1, 1, None)
+
+
+# --- private personas and their shares ------------------------------------------------------------
+
+API_READS = ["/api/personas/", "/api/adapter-versions/", "/api/exchanges/", "/api/training-runs/"]
+PAGES = ["/", "/personas/", "/replies/", "/leaderboard/", "/compare/"]
+
+
+@pytest.fixture
+def private_history(alice, bob, private_persona, private_npc):
+    """A private persona with everything that could name it: a version, replies, ratings, a training run."""
+    adapter(private_persona, 1, status="approved")
+    for text in ("where is iron", "where is the iron"):
+        rating_upsert(exchange=make_exchange(private_npc, text=text, reply=f"hush: {text}"), score=1, user=alice)
+    TrainingRun.objects.create(persona=private_persona, night="2026-11-23", status="succeeded", method="sft")
+    return private_persona
+
+
+def test_nothing_in_the_api_or_the_pages_names_a_private_persona_to_others(
+    bob, bob_server, charlie, persona, private_history
+):
+    from agents_app.services import persona_share_add
+    from tests.portal.clients import client_for
+
+    exchange = private_history.exchanges.first()
+    persona_share_add(persona=private_history, server_id=bob_server.pk)  # a share shows it to nobody, Bob included
+    for user in (None, charlie, bob):
+        for path in API_READS:
+            response = api(user).get(path)
+            assert response.status_code == 200 and b"secret" not in response.content, (user, path)
+        for path in ("/api/personas/secret/", "/api/adapter-versions/secret/1/", f"/api/exchanges/{exchange.pk}/"):
+            assert api(user).get(path).status_code == 404, (user, path)
+        assert api(user).get("/api/exchanges/?persona=secret").json()["results"] == []
+        assert api(user).get("/api/adapter-versions/?persona=secret").json()["results"] == []
+        for path in PAGES:
+            body = client_for(user).get(path).content.decode()
+            assert "Secret Sam" not in body and "/personas/secret" not in body and "hush:" not in body, (user, path)
+
+
+def test_its_owner_sees_a_private_persona_everywhere(alice, private_history):
+    assert "secret" in [p["slug"] for p in api(alice).get("/api/personas/").json()]
+    assert [e["persona"] for e in api(alice).get("/api/exchanges/?persona=secret").json()["results"]] == ["secret"] * 2
+    assert [v["persona"] for v in api(alice).get("/api/adapter-versions/").json()["results"]] == ["secret"]
+
+
+def test_the_owner_shares_a_persona_with_a_game_server_and_stops(alice, bob_server, private_persona):
+    client = api(alice)
+    response = client.post("/api/personas/secret/shares/", {"server": bob_server.pk}, format="json")
+    assert response.status_code == 201
+    assert {k: v for k, v in response.json().items() if k != "created_at"} == {
+        "server": bob_server.pk,
+        "name": "Bob's world",
+        "owner": "bob",
+    }
+    assert client.post("/api/personas/secret/shares/", {"server": bob_server.pk}, format="json").status_code == 200
+    assert [s["server"] for s in client.get("/api/personas/secret/shares/").json()] == [bob_server.pk]
+    assert client.delete(f"/api/personas/secret/shares/{bob_server.pk}/").status_code == 204
+    assert client.get("/api/personas/secret/shares/").json() == []
+    assert not private_persona.shares.exists()
+
+
+def test_only_the_owner_may_share_a_persona(alice, bob, charlie, bob_server, persona, private_persona):
+    body = {"server": bob_server.pk}
+    assert api().post("/api/personas/secret/shares/", body, format="json").status_code in (401, 403)
+    # A private persona of someone else does not exist for them; a public one is not theirs to share.
+    assert api(bob).post("/api/personas/secret/shares/", body, format="json").status_code == 404
+    assert api(bob).get("/api/personas/secret/shares/").status_code == 404
+    refused = api(bob).post("/api/personas/miner/shares/", body, format="json")
+    assert refused.status_code == 403 and "only its owner" in refused.json()["detail"]
+    assert api(charlie).delete(f"/api/personas/secret/shares/{bob_server.pk}/").status_code == 404
+    assert not private_persona.shares.exists() and not persona.shares.exists()
+
+
+def test_a_persona_is_shared_only_with_an_existing_server_of_someone_else(
+    alice, bob_server, game_server, private_persona
+):
+    from agents_app.services import game_server_revoke
+
+    client = api(alice)
+    missing = client.post("/api/personas/secret/shares/", {"server": 99999}, format="json")
+    assert missing.status_code == 400 and missing.json() == {
+        "server": ["there is no game server 99999; ask its owner for its id"]
+    }
+    own = client.post("/api/personas/secret/shares/", {"server": game_server.pk}, format="json")
+    assert own.status_code == 400 and "your own servers use your personas already" in own.json()["server"][0]
+    bad = client.post("/api/personas/secret/shares/", {"server": "bob"}, format="json")
+    assert bad.status_code == 400 and "server" in bad.json()
+    game_server_revoke(server=bob_server)  # no conversations: deleted
+    gone = client.post("/api/personas/secret/shares/", {"server": bob_server.pk}, format="json")
+    assert gone.status_code == 400 and "no game server" in gone.json()["server"][0]
+    assert client.delete(f"/api/personas/secret/shares/{bob_server.pk}/").status_code == 404
+    assert not private_persona.shares.exists()

@@ -140,6 +140,67 @@ async def test_a_private_persona_of_someone_else_is_unknown(charlie, private_per
     assert not await database_sync_to_async(Npc.objects.filter(persona=private_persona).exists)()
 
 
+async def play(user, persona: str, id="p"):
+    """The frames that answer one playground ask, and what the worker was sent."""
+    backend = ScriptedBackend()
+    async with running_worker(backend):
+        communicator, _, _ = await connect(user)
+        await send(communicator, {"type": "ask", "id": id, "persona": persona, "text": "hi"})
+        frames = await until_done(communicator)
+        await communicator.disconnect()
+    return frames, backend.requests
+
+
+def refused_as_unknown(frames, slug, id="p"):
+    return frames == [
+        {"type": "error", "code": "not_found", "message": f"persona: no persona named {slug!r}", "id": id}
+    ]
+
+
+async def test_a_private_persona_is_refused_in_the_playground_exactly_as_one_that_does_not_exist(
+    charlie, private_persona
+):
+    frames, requests = await play(charlie, "secret")
+    assert refused_as_unknown(frames, "secret") and requests == []
+    assert refused_as_unknown((await play(charlie, "nobody"))[0], "nobody")
+
+
+async def test_its_owner_and_a_moderator_talk_to_a_private_persona_in_the_playground(alice, dana, private_persona):
+    for user in (alice, dana):
+        frames, requests = await play(user, "secret")
+        assert frames[-1]["type"] == "reply" and requests[0]["persona"]["slug"] == "secret"
+
+
+async def test_a_share_with_a_game_server_lets_its_owner_talk_to_nobody_in_the_playground(
+    bob, bob_server, private_persona
+):
+    from agents_app.services import persona_share_add
+
+    await database_sync_to_async(persona_share_add)(persona=private_persona, server_id=bob_server.pk)
+    frames, requests = await play(bob, "secret")
+    assert refused_as_unknown(frames, "secret") and requests == []
+
+
+async def test_a_playground_npc_of_a_persona_made_private_since_is_refused(charlie, persona):
+    assert (await play(charlie, "miner"))[0][-1]["type"] == "reply"
+    await database_sync_to_async(type(persona).objects.filter(pk=persona.pk).update)(is_public=False)
+    frames, requests = await play(charlie, "miner", id="q")
+    assert refused_as_unknown(frames, "miner", id="q") and requests == []
+
+
+def test_the_playground_rule_holds_in_the_gateways_read_too(charlie, persona, private_persona):
+    """Even a caller that skipped the portal's check gets the rule: ask_prepare applies it for a person."""
+    from agents_app import gateway
+    from agents_app.services import ServiceError
+
+    Npc.objects.create(game_server=None, world_id=f"playground:{charlie.pk}:secret", persona=private_persona)
+    with pytest.raises(ServiceError) as refused:
+        gateway.ask_prepare(
+            server=None, user=charlie, npc_world_id=f"playground:{charlie.pk}:secret", persona_slug="secret"
+        )
+    assert refused.value.code == "unknown_persona"
+
+
 async def test_with_no_worker_running_the_answer_is_unavailable(charlie, persona):
     store = heartbeats()
     for worker_id in await store.alive():
