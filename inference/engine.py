@@ -37,6 +37,7 @@ from .lora import AdapterError, load_adapter
 from .prompt import PersonaSpec, Prompt, PromptTooLong, Turn, build_prompt
 from .reply import ReplyShaper
 from .runner import DecoderRunner
+from .token_guard import ForgedControlToken
 
 log = logging.getLogger(__name__)
 
@@ -409,6 +410,10 @@ class Engine:
                     max_memory_turns=self.config.max_memory_turns,
                 )
         except PromptTooLong as exc:
+            self._finish_error(job, "invalid", str(exc))
+            return False
+        except ForgedControlToken as exc:  # an attack the cleaning could not undo: refused, the engine goes on
+            log.warning("refused request %s: %s", req.request_id, exc)
             self._finish_error(job, "invalid", str(exc))
             return False
         except Exception as exc:  # a bad field the prompt builder choked on: only this request fails

