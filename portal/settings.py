@@ -183,11 +183,15 @@ USE_I18N = True
 USE_TZ = True
 
 REST_FRAMEWORK = {
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "portal.api.schema.VoyagerAutoSchema",
+    # Token first: DRF answers a missing login 401 with the first class's WWW-Authenticate (Session has none,
+    # and would make it 403). A session still authenticates when no token is sent.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
+    # One error shape for every API error: {"error": {"code", "message", "fields"}} (portal.api.errors).
+    "EXCEPTION_HANDLER": "portal.api.errors.exception_handler",
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
     "PAGE_SIZE": 50,
@@ -205,6 +209,17 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Luanti Voyager API",
     "VERSION": "1",
+    "DESCRIPTION": (
+        "Authenticate with `Authorization: Token <key>` (POST /api/token/) or a portal session (with its CSRF "
+        "token). A request without valid credentials where they are needed is answered 401 with "
+        "`WWW-Authenticate: Token`.\n\n"
+        'Every error has one shape: `{"error": {"code": "not_found", "message": "...", "fields": {}}}`. '
+        "`code` is stable (invalid, not_authenticated, authentication_failed, permission_denied, not_found, "
+        "method_not_allowed, unsupported_media_type, parse_error, throttled, too_large, rejected, unavailable, "
+        "internal), `message` is for people, and `fields` maps each bad input field to its problems.\n\n"
+        "Request bodies are capped before they are read: VOYAGER_MAX_UPLOAD_BYTES (64 MiB by default) on adapter "
+        "uploads, VOYAGER_MAX_REQUEST_BYTES (2.5 MiB) elsewhere; over it, 413 too_large."
+    ),
     # Served from our own static files (drf-spectacular-sidecar): no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -370,6 +370,46 @@ def test_the_upload_says_the_version_is_being_validated(alice, persona, base_mod
     assert "v1 is uploaded and being validated" in body and 'id="validating"' in body
 
 
+@pytest.mark.django_db(transaction=True)  # commits for real: the eager smoke generation runs inside the upload
+def test_an_upload_rejected_at_once_says_so_on_the_page_and_in_the_api(alice, persona, base_model, settings):
+    from rest_framework.test import APIClient
+
+    def bad():
+        return {
+            "config": SimpleUploadedFile("adapter_config.json", config_json()),
+            "weights": SimpleUploadedFile("adapter_model.safetensors", nan_weights()),
+        }
+
+    response = upload(alice, **bad(), follow=True)
+    body = html.unescape(response.content.decode())
+    assert "v1 is uploaded but was rejected: The smoke generation failed" in body
+    assert "being validated" not in body and 'id="validating"' not in body and 'id="validation-error"' in body
+
+    client = APIClient()
+    client.force_authenticate(alice)
+    response = client.post(f"/api/personas/{persona.slug}/adapter-versions/", bad(), format="multipart")
+    assert response.status_code == 422, response.content[:500]
+    error = response.json()["error"]
+    assert error["code"] == "rejected" and error["message"].startswith("v2 is rejected: The smoke generation failed")
+    assert "non-finite values" in error["message"]
+    assert response["Location"] == "/api/adapter-versions/miner/2/"
+    assert client.get(response["Location"]).json()["status"] == "rejected"
+    assert files_left(settings) == []
+
+
+def test_the_api_says_where_an_accepted_upload_is(alice, persona, base_model):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(alice)
+    files = {
+        "config": SimpleUploadedFile("adapter_config.json", config_json()),
+        "weights": SimpleUploadedFile("adapter_model.safetensors", weights()),
+    }
+    response = client.post(f"/api/personas/{persona.slug}/adapter-versions/", files, format="multipart")
+    assert response.status_code == 201 and response["Location"] == "/api/adapter-versions/miner/1/"
+
+
 @pytest.mark.parametrize(
     "bad, reason",
     [(nan_weights, "non-finite values in 'model.layers.0.self_attn.q_proj'"), (huge_weights, "NaN or infinite")],
@@ -659,6 +699,23 @@ def test_a_zip_with_a_damaged_entry_is_refused_naming_the_entry(alice, persona, 
     assert response.status_code == 400, body[:800]
     assert f"archive: entry {member!r} is damaged" in body
     assert not AdapterVersion.objects.exists() and files_left(settings) == []
+
+
+def test_the_api_refuses_a_damaged_zip_in_its_error_shape(alice, persona, base_model, settings):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(alice)
+    raw, member = damaged_zip("crc")
+    response = client.post(
+        f"/api/personas/{persona.slug}/adapter-versions/",
+        {"archive": SimpleUploadedFile("adapter.zip", raw)},
+        format="multipart",
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and f"archive: entry {member!r} is damaged" in error["message"]
+    assert files_left(settings) == []
 
 
 def test_an_encrypted_zip_entry_is_refused_by_name(alice, persona, base_model):
