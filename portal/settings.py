@@ -246,8 +246,11 @@ VOYAGER_ASK_TIMEOUT = env_float("VOYAGER_ASK_TIMEOUT", 30.0, minimum=0.1)
 VOYAGER_MEMORY_TURNS = env_int("VOYAGER_MEMORY_TURNS", 4, minimum=0, maximum=32)
 # A severe policy hit (a blocked term, personal data) freezes the NPC this long, unless its rule says otherwise.
 VOYAGER_POLICY_FREEZE_SECONDS = env_float("VOYAGER_POLICY_FREEZE_SECONDS", 5.0, minimum=0.0)
+# The whole request body of an adapter upload (portal.limits refuses more before it is buffered) ...
 VOYAGER_MAX_UPLOAD_BYTES = env_int("VOYAGER_MAX_UPLOAD_BYTES", 64 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# ... and of a request to any other URL (forms, JSON, the mod's HTTP binding).
+VOYAGER_MAX_REQUEST_BYTES = env_int("VOYAGER_MAX_REQUEST_BYTES", DATA_UPLOAD_MAX_MEMORY_SIZE, minimum=1024)
 # Nightly RLHF (training_tasks). A trained adapter goes live at once only with auto-promote;
 # otherwise it waits, approved by the gate, for a moderator.
 VOYAGER_AUTO_PROMOTE = env_bool("VOYAGER_AUTO_PROMOTE", False)
