@@ -25,8 +25,22 @@ PICKLE_FILES = ("adapter_model.bin", "pytorch_model.bin")
 # A LoRA for a small NPC model is megabytes; this bounds what a bad upload can cost.
 MAX_WEIGHTS_BYTES = 1 << 30
 # PEFT's saved tensor names: "[base_model.model.]<module>.lora_<A|B>[.<adapter name>].weight".
-# The one grammar for adapter tensors: the upload check (portal.adapters) parses names with it too.
+# The one grammar for adapter tensors: the upload check (portal.adapters) parses names with it too, and
+# accepts only the form PEFT itself loads ("base_model.model.<module>.lora_<A|B>.weight").
 LORA_KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
+# PEFT's LoraConfig defaults: a config that leaves r or lora_alpha out means these to PEFT (training, the
+# gate), so it means them to the engine too.
+PEFT_DEFAULT_R = 8
+PEFT_DEFAULT_ALPHA = 8
+# Options under which PEFT builds something other than plain LoRA on Linear layers: the engine serves none.
+UNSUPPORTED_OPTIONS = (
+    ("use_dora", "DoRA"),
+    ("lora_bias", "LoRA bias"),
+    ("fan_in_fan_out", "fan_in_fan_out"),
+    ("layer_replication", "layer_replication"),
+    ("target_parameters", "target_parameters"),
+    ("trainable_token_indices", "trainable_token_indices"),
+)
 
 
 class AdapterError(Exception):
@@ -62,7 +76,7 @@ def read_adapter_config(root: Path) -> dict[str, Any]:
         raise AdapterError(f"{config_path}: expected a JSON object")
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise AdapterError(f"{config_path}: peft_type {config.get('peft_type')!r} is not LORA")
-    for flag, what in (("use_dora", "DoRA"), ("lora_bias", "LoRA bias"), ("fan_in_fan_out", "fan_in_fan_out")):
+    for flag, what in UNSUPPORTED_OPTIONS:
         if config.get(flag):
             raise AdapterError(f"{config_path}: {what} adapters are not supported")
     if config.get("modules_to_save"):
@@ -78,6 +92,17 @@ def _pattern_value(patterns: dict[str, Any] | None, module: str, default: Any) -
         if re.match(rf"(.*\.)?({pattern})$", module):
             return value
     return default
+
+
+def module_rank(config: dict[str, Any], module: str) -> int:
+    """The rank the config gives ``module``, as PEFT reads it (``rank_pattern``, else ``r``)."""
+    return int(_pattern_value(config.get("rank_pattern"), module, config.get("r", PEFT_DEFAULT_R)))
+
+
+def module_scale(config: dict[str, Any], module: str, rank: int) -> float:
+    """The factor the engine folds into ``B`` for ``module``: alpha / r (alpha / sqrt(r) with rsLoRA)."""
+    alpha = float(_pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", PEFT_DEFAULT_ALPHA)))
+    return alpha / (rank**0.5) if config.get("use_rslora") else alpha / rank
 
 
 def _read_tensors(weights: Path) -> dict[str, torch.Tensor]:
@@ -132,8 +157,6 @@ def load_adapter(
             raise AdapterError(f"{weights}: unexpected tensor {key!r} (only lora_A/lora_B weights are supported)")
         parts.setdefault(match["module"], {})[match["part"]] = tensor
 
-    default_r = int(config.get("r", 8))
-    default_alpha = float(config.get("lora_alpha", default_r))
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, pair in sorted(parts.items()):
         if set(pair) != {"A", "B"}:
@@ -148,11 +171,10 @@ def load_adapter(
             )
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise AdapterError(f"{weights}: non-finite values in {name!r}")
-        alpha = float(_pattern_value(config.get("alpha_pattern"), name, default_alpha))
-        declared_r = int(_pattern_value(config.get("rank_pattern"), name, default_r))
+        declared_r = module_rank(config, name)
         if declared_r != r:
             raise AdapterError(f"{weights}: {name!r} has rank {r} but the config says {declared_r}")
-        scale = alpha / (r**0.5) if config.get("use_rslora") else alpha / r
+        scale = module_scale(config, name, r)
         modules[name] = (a.to(dtype).t().contiguous(), (b.to(dtype).t() * scale).contiguous())
     return LoadedAdapter(
         path=str(root), sha256=digest, rank=max(a.shape[1] for a, _ in modules.values()), modules=modules

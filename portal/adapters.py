@@ -4,14 +4,20 @@ Every check runs before anything is stored as usable, and a failure leaves no fi
 
 - only ``adapter_config.json`` + ``adapter_model.safetensors`` (loose, or in a zip) are accepted;
   pickled weights (``.bin``, ``.pt``, ``.pkl``...) are refused by name and never opened;
-- zip entries: no absolute paths, no ``..``, no links, at most a few entries, total and per-entry
-  sizes and compression ratios capped (a zip bomb stops before it is inflated);
+- zip entries: no absolute paths, no ``..``, no links, no encryption, at most a few entries, total and
+  per-entry sizes and compression ratios capped (a zip bomb stops before it is inflated); an entry
+  whose data is damaged (bad CRC, corrupt compressed data, a size that lies) is refused by name;
 - the safetensors header is parsed by hand (8-byte length + JSON) without loading any tensor:
   dtypes known, offsets contiguous and matching the file size, shapes consistent with the bytes;
 - every tensor name maps to a Linear module of the base model with the right (r, in) / (out, r)
   shapes (the base model is built on PyTorch's meta device from its config: no weights read);
 - the config is a LoRA (``inference.lora.read_adapter_config``), names the same base model, and
-  its rank is within the limit.
+  its rank is within the limit;
+- the config and the weights agree: PEFT (training, the gate) builds the adapter from the config,
+  the engine serves the tensors it finds, so the modules PEFT would give LoRA to (``target_modules``,
+  ``exclude_modules``, ``layers_to_transform``...), the tensor names it would load, their ranks
+  (``r``, ``rank_pattern``) and every module's scale (``lora_alpha``, ``alpha_pattern``, rsLoRA) must
+  be the same both ways. PEFT itself is asked, on the meta-device base model.
 
 The files are fsynced and moved from a staging directory (same filesystem) into
 ``MEDIA_ROOT/adapters/<persona>/upload-v<n>``, and the version row is created (status ``uploaded``)
@@ -27,18 +33,25 @@ summary in ``metrics["smoke"]``, ready for a moderator. It fails: ``rejected``, 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import logging
+import lzma
+import math
 import os
+import re
 import shutil
 import stat
 import struct
 import uuid
+import warnings
 import zipfile
-from dataclasses import dataclass
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
@@ -49,9 +62,13 @@ from agents_app.services import ServiceError
 from inference.lora import (
     CONFIG_FILE,
     LORA_KEY_RE,  # the loader's own grammar of tensor names: what passes here, the engine can read
+    PEFT_DEFAULT_ALPHA,
+    PEFT_DEFAULT_R,
     WEIGHTS_FILE,
     AdapterError,
     file_sha256,
+    module_rank,
+    module_scale,
     read_adapter_config,
 )
 from portal import access
@@ -64,6 +81,15 @@ MAX_ZIP_ENTRIES = 8
 MAX_ZIP_RATIO = 50  # safetensors of random-ish floats barely compress; 50x is a bomb
 MAX_CARD_CHARS = 20_000
 STAGING = ".staging"
+ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+# What zipfile raises on a damaged entry: a bad CRC or header (BadZipFile), corrupt compressed data
+# (zlib.error, OSError from bz2, LZMAError), data that ends early (EOFError).
+ZIP_DAMAGE = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError, struct.error)
 
 
 def max_rank() -> int:
@@ -121,10 +147,10 @@ def body_too_large(request) -> bool:
 # --- staging --------------------------------------------------------------------------------------
 
 
-def _copy_capped(src: BinaryIO, dest: Path, budget: int, what: str) -> int:
+def _copy_capped(chunks: Iterable[bytes], dest: Path, budget: int, what: str) -> int:
     written = 0
     with dest.open("xb") as out:
-        while chunk := src.read(1 << 20):
+        for chunk in chunks:
             written += len(chunk)
             if written > budget:
                 raise UploadError(f"{what}: larger than the {max_bytes()} byte upload limit")
@@ -132,15 +158,28 @@ def _copy_capped(src: BinaryIO, dest: Path, budget: int, what: str) -> int:
     return written
 
 
+def _read_chunks(src: BinaryIO) -> Iterator[bytes]:
+    while chunk := src.read(1 << 20):
+        yield chunk
+
+
 def _refuse_pickle(name: str) -> None:
     if name.lower().endswith(PICKLE_SUFFIXES):
         raise UploadError(f"{name}: pickled weights are refused (they can run code); save with safetensors")
 
 
+def _zip_damage(exc: Exception) -> str:
+    if isinstance(exc, EOFError):
+        return "its data ends before the size the archive declares"
+    if isinstance(exc, zlib.error | lzma.LZMAError):
+        return f"its compressed data is corrupt ({exc})"
+    return str(exc) or type(exc).__name__
+
+
 def _extract_zip(archive: BinaryIO, staging: Path) -> None:
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (*ZIP_DAMAGE, NotImplementedError) as exc:
         raise UploadError(f"archive: not a valid zip file ({exc})") from None
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
@@ -156,6 +195,13 @@ def _extract_zip(archive: BinaryIO, staging: Path) -> None:
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise UploadError(f"archive: entry {name!r} is a link; links are refused")
             _refuse_pickle(name)
+            if info.flag_bits & 0x1:
+                raise UploadError(f"archive: entry {name!r} is encrypted; zip the adapter without a password")
+            if info.compress_type not in ZIP_METHODS:
+                raise UploadError(
+                    f"archive: entry {name!r} uses compression method {info.compress_type}; "
+                    f"use one of {', '.join(ZIP_METHODS.values())}"
+                )
             total += info.file_size
             if total > max_bytes():
                 raise UploadError(f"archive: unpacks to more than the {max_bytes()} byte upload limit")
@@ -167,8 +213,19 @@ def _extract_zip(archive: BinaryIO, staging: Path) -> None:
                     raise UploadError(f"archive: two files named {base}")
                 wanted[base] = info
         for base, info in wanted.items():
-            with zf.open(info) as src:  # the declared size is checked again while inflating
-                _copy_capped(src, staging / base, min(info.file_size, max_bytes()), f"archive: {info.filename}")
+            budget = min(info.file_size, max_bytes())
+            _copy_capped(_entry_chunks(zf, info), staging / base, budget, f"archive: entry {info.filename!r}")
+
+
+def _entry_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
+    """An entry's bytes; damage found while reading (only reading: not a full disk) is refused naming the entry."""
+    try:
+        with zf.open(info) as src:  # zipfile stops at the declared size and checks the CRC at the end
+            yield from _read_chunks(src)
+    except ZIP_DAMAGE as exc:
+        raise UploadError(
+            f"archive: entry {info.filename!r} is damaged: {_zip_damage(exc)}; zip the adapter again"
+        ) from None
 
 
 # --- safetensors header ----------------------------------------------------------------------------
@@ -229,6 +286,7 @@ def read_safetensors_header(path: Path) -> dict[str, dict]:
 class BaseModelShape:
     model_id: str
     linears: dict[str, tuple[int, int]]  # module name -> (in_features, out_features)
+    model: Any = field(default=None, compare=False, repr=False)  # on the meta device; copy it before changing it
 
 
 @functools.lru_cache(maxsize=4)
@@ -247,7 +305,7 @@ def _base_shape(path: str, mtime: float) -> BaseModelShape:
     if marker.is_file():
         meta = json.loads(marker.read_text(encoding="utf-8"))
     model_id = str(meta.get("model_id") or meta.get("name") or root.resolve().name)  # as inference.service names it
-    return BaseModelShape(model_id=model_id, linears=linears)
+    return BaseModelShape(model_id=model_id, linears=linears, model=model)
 
 
 def base_model_shape() -> BaseModelShape:
@@ -273,6 +331,153 @@ class Checked:
     base_model_id: str
 
 
+def _whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_config_values(config: dict) -> int:
+    """The values PEFT and the engine both read, typed as PEFT types them; returns ``r``."""
+    rank = config.get("r", PEFT_DEFAULT_R)
+    if not _whole_number(rank):
+        raise UploadError(f"{CONFIG_FILE}: r {rank!r} is not a whole number")
+    if not 1 <= rank <= max_rank():
+        raise UploadError(f"{CONFIG_FILE}: rank r={rank} is outside 1..{max_rank()}")
+    alpha = config.get("lora_alpha", PEFT_DEFAULT_ALPHA)
+    if not _real_number(alpha) or alpha <= 0:
+        raise UploadError(f"{CONFIG_FILE}: lora_alpha {alpha!r} is not a positive number")
+    targets = config.get("target_modules")
+    if not (isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+        raise UploadError(
+            f"{CONFIG_FILE}: target_modules {targets!r} must name the modules to adapt "
+            "(a list of module names or name suffixes, or one regular expression)"
+        )
+    for key, ok, what in (
+        ("rank_pattern", lambda v: _whole_number(v) and 1 <= v <= max_rank(), f"a rank in 1..{max_rank()}"),
+        ("alpha_pattern", lambda v: _real_number(v) and v > 0, "a positive number"),
+    ):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict):
+            raise UploadError(f"{CONFIG_FILE}: {key} must map module name patterns to values")
+        for pattern, value in patterns.items():
+            if not ok(value):
+                raise UploadError(f"{CONFIG_FILE}: {key}[{pattern!r}] is {value!r}, not {what}")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise UploadError(
+                    f"{CONFIG_FILE}: {key} pattern {pattern!r} is not a regular expression ({exc})"
+                ) from None
+    if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except re.error as exc:
+            raise UploadError(
+                f"{CONFIG_FILE}: target_modules {targets!r} is not a regular expression ({exc})"
+            ) from None
+    return rank
+
+
+def _names(modules, limit: int = 6) -> str:
+    modules = sorted(modules)
+    shown = ", ".join(modules[:limit])
+    return shown + (f" and {len(modules) - limit} more" if len(modules) > limit else "")
+
+
+def _short(exc: Exception) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _selection(config: dict) -> str:
+    """The config's words for which modules get LoRA, as the modder wrote them."""
+    said = [f"target_modules {config.get('target_modules')!r}"]
+    for key in ("exclude_modules", "layers_to_transform", "layers_pattern"):
+        if config.get(key) not in (None, [], ""):
+            said.append(f"{key} {config[key]!r}")
+    return ", ".join(said)
+
+
+def _check_peft_agrees(staging: Path, config: dict, header: dict[str, dict], base: BaseModelShape) -> None:
+    """PEFT, reading the config as training and the gate do, must build exactly the adapter the engine serves.
+
+    PEFT gives LoRA to the modules its config selects and loads only the tensors named for those; the
+    engine serves whatever tensors the file holds. Both are asked here, on a copy of the meta-device
+    base model (no weights), and every difference is refused naming both files.
+    """
+    import torch
+    from peft import LoraConfig, PeftConfig, get_peft_model, get_peft_model_state_dict
+    from peft.tuners.lora import LoraLayer
+
+    both = f"{CONFIG_FILE} and {WEIGHTS_FILE} disagree"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            peft_config = PeftConfig.from_pretrained(str(staging))
+    except Exception as exc:  # KeyError (an unknown peft_type), TypeError, ValueError from its own checks...
+        raise UploadError(f"{CONFIG_FILE}: PEFT cannot read it ({_short(exc)})") from None
+    if not isinstance(peft_config, LoraConfig):
+        raise UploadError(f"{CONFIG_FILE}: PEFT reads it as a {type(peft_config).__name__}; set peft_type to LORA")
+    if peft_config.task_type not in (None, "CAUSAL_LM"):
+        raise UploadError(f"{CONFIG_FILE}: task_type {peft_config.task_type!r}; a persona adapter is CAUSAL_LM")
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = get_peft_model(copy.deepcopy(base.model), peft_config, low_cpu_mem_usage=True)
+            expected = {key: list(t.shape) for key, t in get_peft_model_state_dict(model).items()}
+    except Exception as exc:  # nothing matched, a module PEFT cannot adapt, a value of the wrong type...
+        raise UploadError(f"{CONFIG_FILE}: PEFT cannot apply it to the base model ({_short(exc)})") from None
+
+    def modules(keys) -> set[str]:
+        return {m["module"] for m in map(LORA_KEY_RE.match, keys) if m}
+
+    peft_modules, file_modules = modules(expected), modules(header)
+    if extra := sorted(set(expected) - {k for k in expected if LORA_KEY_RE.match(k)}):
+        raise UploadError(f"{both}: PEFT would also save {_names(extra)}, which the engine does not serve")
+    if missing := peft_modules - file_modules:
+        raise UploadError(
+            f"{both}: {_selection(config)} makes PEFT add LoRA to {_names(missing)}, "
+            f"and {WEIGHTS_FILE} has no weights for them (PEFT would train or judge an adapter the engine never serves)"
+        )
+    if ignored := file_modules - peft_modules:
+        raise UploadError(
+            f"{both}: {WEIGHTS_FILE} has weights for {_names(ignored)}, which {_selection(config)} "
+            "does not select (PEFT would drop them; the engine would serve them)"
+        )
+    for key in sorted(set(header) - set(expected)):
+        module = LORA_KEY_RE.match(key)
+        wanted = f"base_model.model.{module['module']}.lora_{module['part']}.weight"
+        raise UploadError(
+            f"{WEIGHTS_FILE}: tensor {key!r} is not named as PEFT saves it ({wanted!r}); PEFT would not load it"
+        )
+    for key, shape in sorted(expected.items()):
+        if header[key]["shape"] != shape:
+            module = LORA_KEY_RE.match(key)["module"]
+            peft_rank = shape[0] if key.endswith("lora_A.weight") else shape[-1]
+            raise UploadError(
+                f"{both}: {CONFIG_FILE} gives {module} rank {peft_rank} (r or rank_pattern), "
+                f"{WEIGHTS_FILE} has {key.rsplit('.', 2)[-2]} of shape {header[key]['shape']}"
+            )
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoraLayer) or "default" not in layer.scaling:
+            continue
+        module = name.removeprefix("base_model.model.")
+        rank = layer.r["default"]
+        if module_rank(config, module) != rank:
+            raise UploadError(
+                f"{CONFIG_FILE}: PEFT gives {module} rank {rank} and the engine {module_rank(config, module)}; "
+                "make rank_pattern name it once"
+            )
+        if not math.isclose(layer.scaling["default"], module_scale(config, module, rank), rel_tol=1e-6):
+            raise UploadError(
+                f"{CONFIG_FILE}: PEFT scales {module} by {layer.scaling['default']:g} and the engine by "
+                f"{module_scale(config, module, rank):g}; check lora_alpha and alpha_pattern"
+            )
+
+
 def validate_adapter_dir(staging: Path) -> Checked:
     try:
         config = read_adapter_config(staging)
@@ -287,18 +492,15 @@ def validate_adapter_dir(staging: Path) -> Checked:
         raise UploadError(
             f"{CONFIG_FILE}: base_model_name_or_path {named!r} is not this server's base model {base.model_id!r}"
         )
-    try:
-        rank = int(config.get("r", 8))
-    except (TypeError, ValueError):
-        raise UploadError(f"{CONFIG_FILE}: r {config.get('r')!r} is not a number") from None
-    if not 1 <= rank <= max_rank():
-        raise UploadError(f"{CONFIG_FILE}: rank r={rank} is outside 1..{max_rank()}")
+    _check_config_values(config)
     header = read_safetensors_header(weights)
     parts: dict[str, dict[str, list[int]]] = {}
     for key, entry in header.items():
         match = LORA_KEY_RE.match(key)
         if match is None:
             raise UploadError(f"{WEIGHTS_FILE}: unexpected tensor {key!r} (only lora_A/lora_B weights are accepted)")
+        if match["part"] in parts.get(match["module"], {}):
+            raise UploadError(f"{WEIGHTS_FILE}: two lora_{match['part']} tensors for {match['module']!r}")
         parts.setdefault(match["module"], {})[match["part"]] = entry["shape"]
     ranks = []
     for module, pair in sorted(parts.items()):
@@ -317,6 +519,7 @@ def validate_adapter_dir(staging: Path) -> Checked:
         if not 1 <= r <= max_rank():
             raise UploadError(f"{WEIGHTS_FILE}: {module!r} has rank {r}, outside 1..{max_rank()}")
         ranks.append(r)
+    _check_peft_agrees(staging, config, header, base)
     targets = sorted({m.rsplit(".", 1)[-1] for m in parts})
     return Checked(rank=max(ranks), target_modules=targets, base_model_id=base.model_id)
 
@@ -360,8 +563,8 @@ def adapter_upload(*, user, persona_slug: str, files: dict, model_card: str = ""
         if archive is not None:
             _extract_zip(archive, staging)
         else:
-            _copy_capped(config, staging / CONFIG_FILE, max_bytes(), "config")
-            _copy_capped(weights, staging / WEIGHTS_FILE, max_bytes(), "weights")
+            _copy_capped(_read_chunks(config), staging / CONFIG_FILE, max_bytes(), "config")
+            _copy_capped(_read_chunks(weights), staging / WEIGHTS_FILE, max_bytes(), "weights")
         checked = validate_adapter_dir(staging)
         (staging / "README.md").unlink(missing_ok=True)
         sha = file_sha256(staging / WEIGHTS_FILE)

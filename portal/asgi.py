@@ -1,4 +1,8 @@
-"""ASGI entry point: HTTP (pages, API, admin) and the WebSocket routes."""
+"""ASGI entry point: HTTP (pages, API, admin) and the WebSocket routes.
+
+HTTP bodies are bounded before anything buffers them (``portal.limits``): ``BodyLimit`` around the
+Django application, and the same checks inside Daphne, which reads a body before it starts us.
+"""
 
 import os
 
@@ -9,11 +13,14 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from portal.limits import BodyLimit, install_daphne_guard  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
+
+install_daphne_guard()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": BodyLimit(django_asgi_app),
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

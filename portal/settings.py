@@ -183,11 +183,15 @@ USE_I18N = True
 USE_TZ = True
 
 REST_FRAMEWORK = {
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "portal.api.schema.VoyagerAutoSchema",
+    # Token first: DRF answers a missing login 401 with the first class's WWW-Authenticate (Session has none,
+    # and would make it 403). A session still authenticates when no token is sent.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
+    # One error shape for every API error: {"error": {"code", "message", "fields"}} (portal.api.errors).
+    "EXCEPTION_HANDLER": "portal.api.errors.exception_handler",
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
     "PAGE_SIZE": 50,
@@ -205,6 +209,17 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Luanti Voyager API",
     "VERSION": "1",
+    "DESCRIPTION": (
+        "Authenticate with `Authorization: Token <key>` (POST /api/token/) or a portal session (with its CSRF "
+        "token). A request without valid credentials where they are needed is answered 401 with "
+        "`WWW-Authenticate: Token`.\n\n"
+        'Every error has one shape: `{"error": {"code": "not_found", "message": "...", "fields": {}}}`. '
+        "`code` is stable (invalid, not_authenticated, authentication_failed, permission_denied, not_found, "
+        "method_not_allowed, unsupported_media_type, parse_error, throttled, too_large, rejected, unavailable, "
+        "internal), `message` is for people, and `fields` maps each bad input field to its problems.\n\n"
+        "Request bodies are capped before they are read: VOYAGER_MAX_UPLOAD_BYTES (64 MiB by default) on adapter "
+        "uploads, VOYAGER_MAX_REQUEST_BYTES (2.5 MiB) elsewhere; over it, 413 too_large."
+    ),
     # Served from our own static files (drf-spectacular-sidecar): no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -231,8 +246,11 @@ VOYAGER_ASK_TIMEOUT = env_float("VOYAGER_ASK_TIMEOUT", 30.0, minimum=0.1)
 VOYAGER_MEMORY_TURNS = env_int("VOYAGER_MEMORY_TURNS", 4, minimum=0, maximum=32)
 # A severe policy hit (a blocked term, personal data) freezes the NPC this long, unless its rule says otherwise.
 VOYAGER_POLICY_FREEZE_SECONDS = env_float("VOYAGER_POLICY_FREEZE_SECONDS", 5.0, minimum=0.0)
+# The whole request body of an adapter upload (portal.limits refuses more before it is buffered) ...
 VOYAGER_MAX_UPLOAD_BYTES = env_int("VOYAGER_MAX_UPLOAD_BYTES", 64 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# ... and of a request to any other URL (forms, JSON, the mod's HTTP binding).
+VOYAGER_MAX_REQUEST_BYTES = env_int("VOYAGER_MAX_REQUEST_BYTES", DATA_UPLOAD_MAX_MEMORY_SIZE, minimum=1024)
 # Nightly RLHF (training_tasks). A trained adapter goes live at once only with auto-promote;
 # otherwise it waits, approved by the gate, for a moderator.
 VOYAGER_AUTO_PROMOTE = env_bool("VOYAGER_AUTO_PROMOTE", False)

@@ -3,6 +3,8 @@ from django.urls import include, path
 
 from portal import views
 
+handler404 = "portal.api.errors.not_found_view"
+
 admin.site.site_header = "Luanti Voyager administration"
 admin.site.site_title = "Luanti Voyager"
 

@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from agents_app import services as agents_services
-from agents_app.models import Persona
+from agents_app.models import AdapterVersion, Persona
 from agents_app.roles import role_names
 from agents_app.services import InvalidFields, ServiceError
 from portal import access, adapters, selectors, services
@@ -388,14 +388,25 @@ def _adapter_upload(request, slug: str, limiter):
         except adapters.UploadError as exc:
             error = str(exc)
         else:
-            messages.success(
-                request,
-                f"v{adapter.version} is uploaded and being validated (a short test generation); "
-                "once it passes, a moderator will review it. This page shows how it went.",
-            )
+            _say_how_the_upload_went(request, adapter)
             return redirect("adapter-detail", slug=slug, version=adapter.version)
     context = {"persona": persona, "error": error, "limit": adapters.max_bytes()}
     return render(request, "portal/adapter_upload.html", context, status=400 if error else 200)
+
+
+def _say_how_the_upload_went(request, adapter) -> None:
+    """The flash after an upload: the version's status now (an eager smoke generation may have decided it)."""
+    v, statuses = f"v{adapter.version}", AdapterVersion.Status
+    if adapter.status == statuses.REJECTED:
+        messages.error(request, f"{v} is uploaded but was rejected: {adapter.validation_error}")
+    elif adapter.status == statuses.VALIDATED:
+        messages.success(request, f"{v} is uploaded and passed validation; a moderator will review it.")
+    else:
+        messages.success(
+            request,
+            f"{v} is uploaded and being validated (a short test generation); "
+            "once it passes, a moderator will review it. This page shows how it went.",
+        )
 
 
 @login_required

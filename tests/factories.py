@@ -78,6 +78,7 @@ def config_json(**overrides) -> bytes:
         "r": 4,
         "lora_alpha": 8,
         "target_modules": ["q_proj"],
+        "layers_to_transform": [0],  # the weights below adapt layer 0's q_proj, and only it
         "base_model_name_or_path": "tiny-test",
         **overrides,
     }

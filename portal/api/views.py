@@ -3,6 +3,7 @@ change what is decided in ``portal.access`` (one place per object type)."""
 
 from __future__ import annotations
 
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.generics import GenericAPIView
@@ -14,26 +15,18 @@ from rest_framework.views import APIView
 
 from agents_app import services as agents_services
 from agents_app.models import AdapterVersion, PairwiseVote, Persona, Rating, TrainingRun
-from agents_app.services import PERSONA_EDITABLE, InvalidFields, ServiceError
+from agents_app.services import PERSONA_EDITABLE, ServiceError
 from portal import access, adapters, selectors, services
-
-
-def raise_api(exc: ServiceError):
-    if isinstance(exc, InvalidFields):
-        raise exceptions.ValidationError(exc.fields) from exc  # field by field, as DRF's own errors
-    cls = {"not_found": exceptions.NotFound, "forbidden": exceptions.PermissionDenied}.get(
-        exc.code, exceptions.ValidationError
-    )
-    raise cls(str(exc)) from exc
+from portal.api.errors import Error, TooLarge, api_error, error_payload
 
 
 class ServiceErrorMixin:
+    """A service's ServiceError becomes its API error before DRF handles it, so that a "log in" from a
+    service is a 401 with WWW-Authenticate like DRF's own; ``portal.api.errors`` gives every error its shape."""
+
     def handle_exception(self, exc):
         if isinstance(exc, ServiceError):
-            try:
-                raise_api(exc)
-            except exceptions.APIException as api_exc:
-                return super().handle_exception(api_exc)
+            exc = api_error(exc, self.request)
         return super().handle_exception(exc)
 
 
@@ -237,19 +230,20 @@ class AdapterUploadInput(serializers.Serializer):
     model_card = serializers.CharField(required=False, allow_blank=True, max_length=adapters.MAX_CARD_CHARS)
 
 
-class TooLarge(exceptions.APIException):
-    status_code = 413
-    default_code = "too_large"
-
-
 class AdapterUploadApi(ServiceErrorMixin, GenericAPIView):
     """Upload a new version of your persona's adapter (modders): structure checked at once, then a smoke
-    generation in the worker moves it from uploaded to validated (or rejected)."""
+    generation moves it from uploaded to validated (or rejected).
+
+    201: the version is stored; its status is `uploaded` (the smoke generation runs in a worker: poll the
+    version) or `validated` (it already passed). 422 `rejected`: the version is stored but its smoke generation
+    has already failed; the message gives the reason and `Location` the version. 400 names the file or field
+    at fault and stores nothing; 413 when the body is over VOYAGER_MAX_UPLOAD_BYTES."""
 
     permission_classes = [IsAuthenticated]
     parser_classes = [MultiPartParser]
     serializer_class = AdapterVersionOutput
     throttle_scope = "votes"
+    extra_error_statuses = (422, 503)
 
     def initial(self, request, *args, **kwargs):
         # Before authentication: SessionAuthentication's CSRF check reads the body.
@@ -259,7 +253,10 @@ class AdapterUploadApi(ServiceErrorMixin, GenericAPIView):
         request._request.upload_handlers.insert(0, self.limiter)
         super().initial(request, *args, **kwargs)
 
-    @extend_schema(request={"multipart/form-data": AdapterUploadInput}, responses={201: AdapterVersionOutput})
+    @extend_schema(
+        request={"multipart/form-data": AdapterUploadInput},
+        responses={201: AdapterVersionOutput, 422: Error},
+    )
     def post(self, request, slug):
         data = AdapterUploadInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -272,7 +269,18 @@ class AdapterUploadApi(ServiceErrorMixin, GenericAPIView):
             files={k: d[k] for k in ("config", "weights", "archive") if d.get(k)},
             model_card=d.get("model_card", ""),
         )
-        return Response(AdapterVersionOutput(adapter).data, status=status.HTTP_201_CREATED)
+        location = reverse("api-adapter", args=[adapter.persona.slug, adapter.version])
+        if adapter.status == AdapterVersion.Status.REJECTED:  # an eager smoke generation has already failed
+            # Stored (the version number is taken, the row says why), so nothing is rolled back: an answer, not a raise.
+            message = f"v{adapter.version} is rejected: {adapter.validation_error}"
+            return Response(
+                error_payload("rejected", message),
+                status=status.HTTP_422_UNPROCESSABLE_ENTITY,
+                headers={"Location": location},
+            )
+        return Response(
+            AdapterVersionOutput(adapter).data, status=status.HTTP_201_CREATED, headers={"Location": location}
+        )
 
 
 # --- exchanges ------------------------------------------------------------------------------------

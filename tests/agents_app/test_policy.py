@@ -275,7 +275,7 @@ def test_the_check_needs_a_game_servers_token(game_server, persona, token, alice
 def test_the_check_validates_its_input(game_server, persona):
     client = APIClient()
     bad = check(client, game_server.raw_token, persona="miner", action={"name": "not a name"})
-    assert bad.status_code == 400 and "action" in bad.json()
+    assert bad.status_code == 400 and "action.name" in bad.json()["error"]["fields"]  # the API's one error shape
     unknown = check(client, game_server.raw_token, persona="nobody", action={"name": "jump"})
     assert unknown.status_code == 404
 
@@ -285,8 +285,12 @@ def test_the_check_answers_a_persona_the_server_may_not_use_as_one_that_does_not
     refused = check(client, bob_server.raw_token, persona="secret", action={"name": "jump"})
     unknown = check(client, bob_server.raw_token, persona="nobody", action={"name": "jump"})
     assert refused.status_code == unknown.status_code == 404
-    assert refused.json() == {"detail": "persona: no persona named 'secret'"}
-    assert unknown.json() == {"detail": "persona: no persona named 'nobody'"}
+    assert refused.json() == {
+        "error": {"code": "not_found", "message": "persona: no persona named 'secret'", "fields": {}}
+    }
+    assert unknown.json() == {
+        "error": {"code": "not_found", "message": "persona: no persona named 'nobody'", "fields": {}}
+    }
     from agents_app.services import persona_share_add
 
     persona_share_add(persona=private_persona, server_id=bob_server.pk)

@@ -49,7 +49,7 @@ def test_session_auth_needs_the_csrf_token(charlie, npc):
     client = APIClient(enforce_csrf_checks=True)
     client.login(username="charlie", password="charlie-password-1")
     response = client.post("/api/ratings/", {"exchange": str(make_exchange(npc).pk), "score": 1}, format="json")
-    assert response.status_code == 403 and "CSRF" in response.json()["detail"]
+    assert response.status_code == 403 and "CSRF" in response.json()["error"]["message"]
 
 
 def test_personas_are_listed_without_the_private_ones_of_others(alice, charlie, persona, private_persona):
@@ -68,9 +68,9 @@ def test_modders_create_personas_and_change_only_their_own(alice, bob, charlie, 
     assert api(bob).patch("/api/personas/miner/", {"name": "Stolen"}, format="json").status_code == 403
     assert api(alice).patch("/api/personas/miner/", {"name": "Miner Max"}, format="json").json()["name"] == "Miner Max"
     response = api(alice).patch("/api/personas/miner/", {"temperature": 9}, format="json")
-    assert response.status_code == 400 and "temperature" in response.json()
+    assert response.status_code == 400 and "temperature" in response.json()["error"]["fields"]
     response = api(bob).post("/api/personas/", {**body, "slug": "Bad Slug"}, format="json")
-    assert response.status_code == 400 and "slug" in response.json()
+    assert response.status_code == 400 and "slug" in response.json()["error"]["fields"]
 
 
 def test_the_api_checks_personas_as_the_portal_pages_do(alice, bob, persona):
@@ -78,12 +78,12 @@ def test_the_api_checks_personas_as_the_portal_pages_do(alice, bob, persona):
     # slug the pages' own route takes, are refused here too, field by field; nothing is stored.
     body = {"slug": "baker", "name": "Baker Bea", "allowed_actions": ["9lives"]}
     response = api(bob).post("/api/personas/", body, format="json")
-    assert response.status_code == 400 and "allowed_actions" in response.json()
+    assert response.status_code == 400 and "allowed_actions" in response.json()["error"]["fields"]
     response = api(bob).post("/api/personas/", {**body, "slug": "new", "allowed_actions": ["say"]}, format="json")
-    assert response.status_code == 400 and "slug" in response.json()
+    assert response.status_code == 400 and "slug" in response.json()["error"]["fields"]
     assert not Persona.objects.filter(slug__in=["baker", "new"]).exists()
     response = api(alice).patch("/api/personas/miner/", {"allowed_actions": ["jump", "9lives"]}, format="json")
-    assert response.status_code == 400 and "allowed_actions" in response.json()
+    assert response.status_code == 400 and "allowed_actions" in response.json()["error"]["fields"]
     persona.refresh_from_db()
     assert "9lives" not in persona.allowed_actions
 
@@ -108,8 +108,9 @@ def test_exchanges_hide_player_names_without_consent_and_private_personas(alice,
     mine = api(alice).get("/api/exchanges/?mine=true").json()["results"]
     assert [r["player"] for r in mine] == ["steve (you)"]
     response = api(charlie).get("/api/exchanges/?limit=1000")
-    assert response.status_code == 400 and "limit" in response.json()
-    assert api().get("/api/exchanges/?mine=true").status_code == 403
+    assert response.status_code == 400 and "limit" in response.json()["error"]["fields"]
+    response = api().get("/api/exchanges/?mine=true")  # "log in" is a 401, with the scheme to log in with
+    assert response.status_code == 401 and response["WWW-Authenticate"] == "Token"
 
 
 def test_ratings_are_created_changed_and_seen_only_by_their_rater(alice, charlie, npc):
@@ -141,7 +142,8 @@ def test_ratings_are_created_changed_and_seen_only_by_their_rater(alice, charlie
 def test_a_bad_rating_names_the_field(charlie, npc, body, field):
     body = {"exchange": str(make_exchange(npc).pk), **body}
     response = api(charlie).post("/api/ratings/", body, format="json")
-    assert response.status_code == 400 and field in response.json()
+    fields = response.json()["error"]["fields"]  # nested errors by their path: tags.0
+    assert response.status_code == 400 and field in {name.split(".")[0] for name in fields}
 
 
 def test_rating_a_private_or_missing_exchange_is_a_404(charlie, private_npc):
@@ -149,10 +151,7 @@ def test_rating_a_private_or_missing_exchange_is_a_404(charlie, private_npc):
     assert (
         api(charlie).post("/api/ratings/", {"exchange": str(exchange.pk), "score": 1}, format="json").status_code == 404
     )
-    assert api().post("/api/ratings/", {"exchange": str(exchange.pk), "score": 1}, format="json").status_code in (
-        401,
-        403,
-    )
+    assert api().post("/api/ratings/", {"exchange": str(exchange.pk), "score": 1}, format="json").status_code == 401
 
 
 def test_pairwise_votes_are_recorded_and_listed_for_their_voter(alice, charlie, npc):
@@ -266,12 +265,12 @@ def test_the_owner_shares_a_persona_with_a_game_server_and_stops(alice, bob_serv
 
 def test_only_the_owner_may_share_a_persona(alice, bob, charlie, bob_server, persona, private_persona):
     body = {"server": bob_server.pk}
-    assert api().post("/api/personas/secret/shares/", body, format="json").status_code in (401, 403)
+    assert api().post("/api/personas/secret/shares/", body, format="json").status_code == 401
     # A private persona of someone else does not exist for them; a public one is not theirs to share.
     assert api(bob).post("/api/personas/secret/shares/", body, format="json").status_code == 404
     assert api(bob).get("/api/personas/secret/shares/").status_code == 404
     refused = api(bob).post("/api/personas/miner/shares/", body, format="json")
-    assert refused.status_code == 403 and "only its owner" in refused.json()["detail"]
+    assert refused.status_code == 403 and "only its owner" in refused.json()["error"]["message"]
     assert api(charlie).delete(f"/api/personas/secret/shares/{bob_server.pk}/").status_code == 404
     assert not private_persona.shares.exists() and not persona.shares.exists()
 
@@ -283,15 +282,111 @@ def test_a_persona_is_shared_only_with_an_existing_server_of_someone_else(
 
     client = api(alice)
     missing = client.post("/api/personas/secret/shares/", {"server": 99999}, format="json")
-    assert missing.status_code == 400 and missing.json() == {
+    assert missing.status_code == 400 and missing.json()["error"]["fields"] == {
         "server": ["there is no game server 99999; ask its owner for its id"]
     }
     own = client.post("/api/personas/secret/shares/", {"server": game_server.pk}, format="json")
-    assert own.status_code == 400 and "your own servers use your personas already" in own.json()["server"][0]
+    assert (
+        own.status_code == 400
+        and "your own servers use your personas already" in own.json()["error"]["fields"]["server"][0]
+    )
     bad = client.post("/api/personas/secret/shares/", {"server": "bob"}, format="json")
-    assert bad.status_code == 400 and "server" in bad.json()
+    assert bad.status_code == 400 and "server" in bad.json()["error"]["fields"]
     game_server_revoke(server=bob_server)  # no conversations: deleted
     gone = client.post("/api/personas/secret/shares/", {"server": bob_server.pk}, format="json")
-    assert gone.status_code == 400 and "no game server" in gone.json()["server"][0]
+    assert gone.status_code == 400 and "no game server" in gone.json()["error"]["fields"]["server"][0]
     assert client.delete(f"/api/personas/secret/shares/{bob_server.pk}/").status_code == 404
     assert not private_persona.shares.exists()
+
+
+# --- one error shape -----------------------------------------------------------------------------------
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    body = response.json()
+    assert response.status_code == status, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "fields"}, body
+    assert body["error"]["code"] == code and body["error"]["message"], body
+    return body["error"]
+
+
+def test_every_api_error_has_the_one_shape(alice, bob, charlie, persona, npc, private_persona):
+    response = api(bob).post("/api/personas/", {"slug": "Bad Slug", "name": "x"}, format="json")
+    error = assert_error(response, 400, "invalid")
+    assert "slug" in error["fields"] and "slug: " in error["message"]
+    error = assert_error(api(charlie).post("/api/ratings/", {"score": 3}, format="json"), 400, "invalid")
+    assert set(error["fields"]) == {"exchange", "score"}
+    body = {"slug": "x", "name": "x", "traits": ["ok", "y" * 81]}
+    error = assert_error(api(bob).post("/api/personas/", body, format="json"), 400, "invalid")
+    assert "traits.1" in error["fields"]  # nested errors, by their path
+    assert_error(api(charlie).post("/api/personas/", {"slug": "x"}, format="json"), 403, "permission_denied")
+    assert_error(api(bob).patch("/api/personas/miner/", {"name": "Stolen"}, format="json"), 403, "permission_denied")
+    assert_error(api(charlie).get("/api/personas/secret/"), 404, "not_found")
+    assert_error(api(charlie).get("/api/ratings/999/"), 404, "not_found")
+    assert_error(api().get("/api/no-such-endpoint/"), 404, "not_found")
+    assert_error(api(charlie).delete("/api/personas/miner/"), 405, "method_not_allowed")
+    response = api(charlie).generic("POST", "/api/ratings/", "{nope", content_type="application/json")
+    assert_error(response, 400, "parse_error")
+    assert_error(api().get("/api/ratings/"), 401, "not_authenticated")
+    bad_token = APIClient()
+    bad_token.credentials(HTTP_AUTHORIZATION="Token nope")
+    response = bad_token.get("/api/personas/")
+    assert_error(response, 401, "authentication_failed")
+    assert response["WWW-Authenticate"] == "Token"
+
+
+def test_an_anonymous_write_is_a_401_that_says_how_to_authenticate(npc):
+    response = api().post("/api/ratings/", {"exchange": str(make_exchange(npc).pk), "score": 1}, format="json")
+    assert_error(response, 401, "not_authenticated")
+    assert response["WWW-Authenticate"] == "Token"
+    response = api().post("/api/personas/miner/adapter-versions/", {}, format="multipart")
+    assert_error(response, 401, "not_authenticated")
+
+
+def test_a_throttled_call_has_the_shape_and_says_when_to_come_back(charlie):
+    from rest_framework.throttling import SimpleRateThrottle
+
+    original = SimpleRateThrottle.THROTTLE_RATES
+    SimpleRateThrottle.THROTTLE_RATES = {**original, "anon": "1/min"}
+    try:
+        api().get("/api/personas/")
+        response = api().get("/api/personas/")
+    finally:
+        SimpleRateThrottle.THROTTLE_RATES = original
+    assert_error(response, 429, "throttled")
+    assert int(response["Retry-After"]) > 0
+
+
+def test_a_service_that_cannot_check_an_upload_now_is_a_503(alice, persona, settings, tmp_path):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.factories import config_json, weights
+
+    settings.VOYAGER_BASE_MODEL = str(tmp_path / "no-model")
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    files = {
+        "config": SimpleUploadedFile("adapter_config.json", config_json()),
+        "weights": SimpleUploadedFile("adapter_model.safetensors", weights()),
+    }
+    response = api(alice).post("/api/personas/miner/adapter-versions/", files, format="multipart")
+    assert_error(response, 503, "unavailable")
+
+
+def test_the_schema_documents_the_error_shape_on_every_operation():
+    schema = api().get("/api/schema/?format=json").json()
+    error = schema["components"]["schemas"]["Error"]
+    assert error["properties"]["error"]["$ref"] == "#/components/schemas/ErrorBody"
+    assert set(schema["components"]["schemas"]["ErrorBody"]["properties"]) == {"code", "message", "fields"}
+    assert "one shape" in schema["info"]["description"]
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "400" in responses, (method, path)
+            if method in ("post", "patch", "put", "delete"):
+                assert {"401", "403", "413"} <= set(responses), (method, path, sorted(responses))
+            for status, response in responses.items():
+                if status >= "400":
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref == "#/components/schemas/Error", (method, path, status)
+    upload = schema["paths"]["/api/personas/{slug}/adapter-versions/"]["post"]["responses"]
+    assert {"201", "413", "422", "503"} <= set(upload)

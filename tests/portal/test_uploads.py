@@ -21,6 +21,7 @@ from tests.factories import HIDDEN, Q, config_json, nan_weights, weights
 from tests.portal.clients import client_for, csrf_post
 
 pytestmark = pytest.mark.django_db
+CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 @pytest.fixture(autouse=True)
@@ -34,12 +35,13 @@ def eager_celery():
     app.conf.task_always_eager = saved
 
 
-def upload(user, data=None, **files):
+def upload(user, data=None, follow=False, **files):
     files = files or {
         "config": SimpleUploadedFile("adapter_config.json", config_json()),
         "weights": SimpleUploadedFile("adapter_model.safetensors", weights()),
     }
-    return csrf_post(client_for(user), "/personas/miner/upload/", {"model_card": "# Hi", **(data or {}), **files})
+    body = {"model_card": "# Hi", **(data or {}), **files}
+    return csrf_post(client_for(user), "/personas/miner/upload/", body, follow=follow)
 
 
 def zipped(entries: dict[str, bytes], compression=zipfile.ZIP_STORED) -> SimpleUploadedFile:
@@ -368,6 +370,46 @@ def test_the_upload_says_the_version_is_being_validated(alice, persona, base_mod
     assert "v1 is uploaded and being validated" in body and 'id="validating"' in body
 
 
+@pytest.mark.django_db(transaction=True)  # commits for real: the eager smoke generation runs inside the upload
+def test_an_upload_rejected_at_once_says_so_on_the_page_and_in_the_api(alice, persona, base_model, settings):
+    from rest_framework.test import APIClient
+
+    def bad():
+        return {
+            "config": SimpleUploadedFile("adapter_config.json", config_json()),
+            "weights": SimpleUploadedFile("adapter_model.safetensors", nan_weights()),
+        }
+
+    response = upload(alice, **bad(), follow=True)
+    body = html.unescape(response.content.decode())
+    assert "v1 is uploaded but was rejected: The smoke generation failed" in body
+    assert "being validated" not in body and 'id="validating"' not in body and 'id="validation-error"' in body
+
+    client = APIClient()
+    client.force_authenticate(alice)
+    response = client.post(f"/api/personas/{persona.slug}/adapter-versions/", bad(), format="multipart")
+    assert response.status_code == 422, response.content[:500]
+    error = response.json()["error"]
+    assert error["code"] == "rejected" and error["message"].startswith("v2 is rejected: The smoke generation failed")
+    assert "non-finite values" in error["message"]
+    assert response["Location"] == "/api/adapter-versions/miner/2/"
+    assert client.get(response["Location"]).json()["status"] == "rejected"
+    assert files_left(settings) == []
+
+
+def test_the_api_says_where_an_accepted_upload_is(alice, persona, base_model):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(alice)
+    files = {
+        "config": SimpleUploadedFile("adapter_config.json", config_json()),
+        "weights": SimpleUploadedFile("adapter_model.safetensors", weights()),
+    }
+    response = client.post(f"/api/personas/{persona.slug}/adapter-versions/", files, format="multipart")
+    assert response.status_code == 201 and response["Location"] == "/api/adapter-versions/miner/1/"
+
+
 @pytest.mark.parametrize(
     "bad, reason",
     [(nan_weights, "non-finite values in 'model.layers.0.self_attn.q_proj'"), (huge_weights, "NaN or infinite")],
@@ -450,3 +492,239 @@ def test_the_smoke_generation_wants_a_few_tokens_out(tiny_model, tmp_path):
     assert smoke_generate(tiny_model, adapter).tokens >= 2
     with pytest.raises(SmokeFailed, match=r"said 1 token\(s\).*at least 2"):
         smoke_generate(tiny_model, adapter, max_tokens=1, min_tokens=2)
+
+
+# --- the config and the weights must agree: what PEFT builds is what the engine serves --------------
+
+K = "base_model.model.model.layers.0.self_attn.k_proj"
+KV = 32  # the tiny model's k_proj/v_proj width: 2 key-value heads of 16
+
+
+def q_weights(rank=4, name=Q, infix=""):
+    return {
+        f"{name}.lora_A{infix}.weight": torch.randn(rank, HIDDEN),
+        f"{name}.lora_B{infix}.weight": torch.zeros(HIDDEN, rank),
+    }
+
+
+@pytest.mark.parametrize(
+    "config, tensors, message",
+    [
+        (  # PEFT would add a v_proj LoRA (trained, judged by the gate) that the file has no weights for
+            {"target_modules": ["q_proj", "v_proj"]},
+            q_weights(),
+            "makes PEFT add LoRA to model.layers.0.self_attn.v_proj",
+        ),
+        (  # a suffix matches every layer's q_proj; the file adapts layer 0 only
+            {"target_modules": ["q_proj"], "layers_to_transform": None},
+            q_weights(),
+            "makes PEFT add LoRA to model.layers.1.self_attn.q_proj",
+        ),
+        (  # a regular expression is matched against whole module names
+            {"target_modules": r".*\.q_proj", "layers_to_transform": None},
+            q_weights(),
+            "makes PEFT add LoRA to model.layers.1.self_attn.q_proj",
+        ),
+        (  # weights PEFT would drop and the engine would serve
+            {"target_modules": r"model\.layers\.0\.self_attn\.q_proj", "layers_to_transform": None},
+            {
+                **q_weights(),
+                f"{K}.lora_A.weight": torch.randn(4, HIDDEN),
+                f"{K}.lora_B.weight": torch.zeros(KV, 4),
+            },
+            "has weights for model.layers.0.self_attn.k_proj, which target_modules",
+        ),
+        (
+            {
+                "target_modules": ["q_proj"],
+                "exclude_modules": ["model.layers.0.self_attn.q_proj"],
+                "layers_to_transform": None,
+            },
+            q_weights(),
+            "makes PEFT add LoRA to model.layers.1.self_attn.q_proj",
+        ),
+        ({"r": 8}, q_weights(4), f"gives model.layers.0.self_attn.q_proj rank 8 (r or rank_pattern), {WEIGHTS}"),
+        ({"rank_pattern": {"q_proj": 2}}, q_weights(4), "gives model.layers.0.self_attn.q_proj rank 2"),
+        (  # the engine reads names without PEFT's prefix, PEFT does not load them
+            {},
+            q_weights(name="model.layers.0.self_attn.q_proj"),
+            "is not named as PEFT saves it",
+        ),
+        ({}, q_weights(infix=".default"), "is not named as PEFT saves it"),
+        ({"r": "4"}, q_weights(), "r '4' is not a whole number"),
+        ({"r": 4.0}, q_weights(), "r 4.0 is not a whole number"),
+        ({"lora_alpha": "8"}, q_weights(), "lora_alpha '8' is not a positive number"),
+        ({"rank_pattern": {"q_proj": 0}}, q_weights(), "rank_pattern['q_proj'] is 0"),
+        ({"target_modules": None}, q_weights(), "target_modules None must name the modules"),
+        ({"target_modules": "q_proj("}, q_weights(), "is not a regular expression"),
+        ({"target_modules": ["o_proj"]}, q_weights(), "makes PEFT add LoRA to model.layers.0.self_attn.o_proj"),
+        ({"modules_to_save": ["lm_head"]}, q_weights(), "modules_to_save ['lm_head'] is not supported"),
+        ({"layer_replication": [[0, 2]]}, q_weights(), "layer_replication adapters are not supported"),
+        ({"task_type": "SEQ_CLS"}, q_weights(), "a persona adapter is CAUSAL_LM"),
+        ({"peft_type": "lora"}, q_weights(), "PEFT cannot read it"),
+    ],
+)
+def test_a_config_that_disagrees_with_its_weights_is_refused_naming_both(
+    alice, persona, base_model, settings, config, tensors, message
+):
+    overrides = {"target_modules": ["q_proj"], "layers_to_transform": [0], **config}
+    files = {
+        "config": SimpleUploadedFile(CONFIG, config_json(**overrides)),
+        "weights": SimpleUploadedFile(WEIGHTS, weights(tensors)),
+    }
+    response = upload(alice, **files)
+    body = html.unescape(response.content.decode())
+    assert response.status_code == 400, body[:800]
+    assert message in body, body[body.find('id="upload-error"') :][:800]
+    if "disagree" in body:
+        assert f"{CONFIG} and {WEIGHTS} disagree" in body
+    assert not AdapterVersion.objects.exists()
+    assert files_left(settings) == []
+
+
+def test_an_adapter_saved_by_peft_itself_is_accepted_as_peft_saved_it(alice, persona, base_model, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    from inference.lora import load_adapter
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_model),
+        LoraConfig(
+            r=4,
+            lora_alpha=16,
+            target_modules=["q_proj", "v_proj"],
+            rank_pattern={"v_proj": 2},
+            init_lora_weights=False,  # B not zero: the comparison below means something
+            task_type="CAUSAL_LM",
+        ),
+    )
+    model.save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / CONFIG).read_text())
+    config["base_model_name_or_path"] = "tiny-test"  # PEFT writes the path it loaded from
+    files = {
+        "config": SimpleUploadedFile(CONFIG, json.dumps(config).encode()),
+        "weights": SimpleUploadedFile(WEIGHTS, (tmp_path / "saved" / WEIGHTS).read_bytes()),
+    }
+    response = upload(alice, **files)
+    assert response.status_code == 302, html.unescape(response.content.decode())[:800]
+    stored = AdapterVersion.objects.get()
+    assert stored.target_modules == ["q_proj", "v_proj"] and stored.rank == 4
+    # What the engine serves is what PEFT loads: four modules, each with PEFT's rank and scale.
+    engine = load_adapter(stored.absolute_path, AutoModelForCausalLM.from_pretrained(base_model))
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), str(stored.absolute_path))
+    lora_layers = {
+        name.removeprefix("base_model.model."): module
+        for name, module in peft_model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+    assert set(engine.modules) == set(lora_layers) and len(lora_layers) == 4
+    for name, (a, b) in engine.modules.items():
+        layer = lora_layers[name]
+        assert a.shape[1] == layer.r["default"]
+        expected_b = layer.lora_B["default"].weight.t() * layer.scaling["default"]
+        assert torch.allclose(b, expected_b)
+
+
+def test_the_engine_reads_a_missing_lora_alpha_as_peft_does(tmp_path, tiny_model):
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from inference.lora import load_adapter
+
+    root = tmp_path / "adapter"
+    root.mkdir()
+    config = json.loads(config_json(base_model_name_or_path=str(tiny_model)))
+    del config["lora_alpha"]
+    (root / CONFIG).write_text(json.dumps(config))
+    b = torch.randn(HIDDEN, 4)
+    (root / WEIGHTS).write_bytes(weights({f"{Q}.lora_A.weight": torch.randn(4, HIDDEN), f"{Q}.lora_B.weight": b}))
+    engine = load_adapter(root, AutoModelForCausalLM.from_pretrained(tiny_model))
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(root))
+    scaling = peft_model.base_model.model.model.layers[0].self_attn.q_proj.scaling["default"]
+    assert scaling == LoraConfig().lora_alpha / 4
+    _, engine_b = engine.modules["model.layers.0.self_attn.q_proj"]
+    assert torch.allclose(engine_b, b.t() * scaling)
+
+
+# --- damaged zips: a 400 naming the entry, never a 500 -----------------------------------------------
+
+
+def _member_data_offset(raw: bytes, name: str) -> int:
+    info = zipfile.ZipFile(io.BytesIO(raw)).getinfo(name)
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _central_entry(raw: bytes, name: str) -> int:
+    end = raw.rindex(b"PK\x05\x06")  # the end record says where the central directory starts
+    (at,) = struct.unpack("<I", raw[end + 16 : end + 20])
+    while True:
+        name_len, extra_len, comment_len = struct.unpack("<HHH", raw[at + 28 : at + 34])
+        if raw[at + 46 : at + 46 + name_len].decode() == name:
+            return at
+        at += 46 + name_len + extra_len + comment_len
+
+
+def damaged_zip(kind: str) -> tuple[bytes, str]:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(
+            CONFIG, config_json(), compress_type=zipfile.ZIP_DEFLATED if kind == "corrupt" else zipfile.ZIP_STORED
+        )
+        zf.writestr(WEIGHTS, weights())
+    raw = bytearray(buf.getvalue())
+    if kind == "crc":  # one byte of the config changed after its CRC was taken
+        raw[_member_data_offset(bytes(raw), CONFIG) + 2] ^= 0x20
+        return bytes(raw), CONFIG
+    if kind == "corrupt":  # the deflate stream starts with a block type that does not exist
+        raw[_member_data_offset(bytes(raw), CONFIG)] = 0xFF
+        return bytes(raw), CONFIG
+    entry = _central_entry(bytes(raw), WEIGHTS)
+    compressed, size = struct.unpack("<II", raw[entry + 20 : entry + 28])
+    if kind == "short":  # the directory says fewer bytes than there are
+        raw[entry + 24 : entry + 28] = struct.pack("<I", size - 16)
+        raw[entry + 20 : entry + 24] = struct.pack("<I", compressed - 16)
+    else:  # "long": the directory says more bytes than the archive holds
+        raw[entry + 20 : entry + 28] = struct.pack("<II", compressed + 4096, size + 4096)
+    return bytes(raw), WEIGHTS
+
+
+@pytest.mark.parametrize("kind", ["crc", "corrupt", "short", "long"])
+def test_a_zip_with_a_damaged_entry_is_refused_naming_the_entry(alice, persona, base_model, settings, kind):
+    raw, member = damaged_zip(kind)
+    response = upload(alice, archive=SimpleUploadedFile("adapter.zip", raw))
+    body = html.unescape(response.content.decode())
+    assert response.status_code == 400, body[:800]
+    assert f"archive: entry {member!r} is damaged" in body
+    assert not AdapterVersion.objects.exists() and files_left(settings) == []
+
+
+def test_the_api_refuses_a_damaged_zip_in_its_error_shape(alice, persona, base_model, settings):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(alice)
+    raw, member = damaged_zip("crc")
+    response = client.post(
+        f"/api/personas/{persona.slug}/adapter-versions/",
+        {"archive": SimpleUploadedFile("adapter.zip", raw)},
+        format="multipart",
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and f"archive: entry {member!r} is damaged" in error["message"]
+    assert files_left(settings) == []
+
+
+def test_an_encrypted_zip_entry_is_refused_by_name(alice, persona, base_model):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(CONFIG, config_json())
+        zf.writestr(WEIGHTS, weights())
+    raw = bytearray(buf.getvalue())
+    entry = _central_entry(bytes(raw), WEIGHTS)
+    raw[entry + 8] |= 0x1  # the "encrypted" flag, in the directory zipfile reads
+    response = upload(alice, archive=SimpleUploadedFile("adapter.zip", bytes(raw)))
+    assert response.status_code == 400 and f"entry {WEIGHTS!r} is encrypted" in html.unescape(response.content.decode())
