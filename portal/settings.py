@@ -176,6 +176,11 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "profile"
 LOGOUT_REDIRECT_URL = "home"
+# Failed logins (the login page, the admin's, the API's token endpoint) per account and per client
+# address, within a window that starts at the first failure (portal.login_throttle).
+VOYAGER_LOGIN_MAX_FAILURES = env_int("VOYAGER_LOGIN_MAX_FAILURES", 10, minimum=1)
+VOYAGER_LOGIN_MAX_FAILURES_PER_ADDRESS = env_int("VOYAGER_LOGIN_MAX_FAILURES_PER_ADDRESS", 30, minimum=1)
+VOYAGER_LOGIN_WINDOW = env_int("VOYAGER_LOGIN_WINDOW", 900, minimum=1)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -1,6 +1,5 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
 
 from portal.api import views
 
@@ -8,7 +7,7 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
-    path("token/", obtain_auth_token, name="api-token"),
+    path("token/", views.TokenApi.as_view(), name="api-token"),
     path("personas/", views.PersonaListApi.as_view(), name="api-personas"),
     path("personas/<slug:slug>/", views.PersonaDetailApi.as_view(), name="api-persona"),
     path("personas/<slug:slug>/adapter-versions/", views.AdapterUploadApi.as_view(), name="api-adapter-upload"),

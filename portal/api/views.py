@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, serializers, status
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.generics import GenericAPIView
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import MultiPartParser
@@ -16,6 +17,7 @@ from agents_app import services as agents_services
 from agents_app.models import AdapterVersion, PairwiseVote, Persona, Rating, TrainingRun
 from agents_app.services import PERSONA_EDITABLE, InvalidFields, ServiceError
 from portal import access, adapters, selectors, services
+from portal.login_throttle import LoginAttempt, LoginThrottled, client_address
 
 
 def raise_api(exc: ServiceError):
@@ -43,6 +45,38 @@ SCORE_CHOICES = Rating._meta.get_field("score").choices  # one enum in the schem
 class Newest(CursorPagination):
     ordering = "-created_at"
     page_size = 50
+
+
+# --- tokens ---------------------------------------------------------------------------------------
+
+
+class TooManyFailedLogins(exceptions.Throttled):
+    def __init__(self, exc: LoginThrottled):
+        super().__init__(detail=str(exc))  # the message says how long; Retry-After says it in seconds
+        self.wait = exc.retry_after
+
+
+class TokenApi(ObtainAuthToken):
+    """Your API token for your username and password. Failed tries count as on the login page: past the
+    limit, 429 with Retry-After."""
+
+    def post(self, request, *args, **kwargs):
+        data = request.data if hasattr(request.data, "get") else {}
+        username, password = data.get("username"), data.get("password")
+        if not (isinstance(username, str) and username and password):
+            return super().post(request, *args, **kwargs)  # a malformed request (400), not a guess
+        attempt = LoginAttempt(username=username, address=client_address(request))
+        try:
+            attempt.check()
+        except LoginThrottled as exc:
+            raise TooManyFailedLogins(exc) from None
+        try:
+            response = super().post(request, *args, **kwargs)
+        except exceptions.ValidationError:
+            attempt.failed()
+            raise
+        attempt.succeeded()
+        return response
 
 
 # --- personas -------------------------------------------------------------------------------------
