@@ -272,7 +272,7 @@ class ExchangeOutput(serializers.Serializer):
     adapter_version = serializers.IntegerField(source="exchange.adapter_version.version", allow_null=True)
     source = serializers.CharField(source="exchange.source")
     player = serializers.CharField(source="shown_player", help_text="the name only with its owner's consent")
-    player_text = serializers.CharField(source="exchange.player_text")
+    player_text = serializers.CharField(help_text="the player's words, personal data hidden as in NPC replies")
     context = serializers.JSONField(source="exchange.context")
     reply_text = serializers.CharField(source="exchange.reply_text")
     actions = serializers.JSONField(source="exchange.actions")
