@@ -175,8 +175,23 @@ class RuleSet:
 
         from agents_app.models import PolicyRule
 
-        rules = cls.defaults()
         rows = PolicyRule.objects.filter(Q(persona__isnull=True) | Q(persona_id=getattr(persona, "pk", None)))
+        return cls.from_rows(rows)
+
+    @classmethod
+    def read_many(cls, persona_ids) -> dict[Any, RuleSet]:
+        """``read`` for several personas in one query (a page of exchanges): persona id → its rules."""
+        from django.db.models import Q
+
+        from agents_app.models import PolicyRule
+
+        ids = set(persona_ids)
+        rows = list(PolicyRule.objects.filter(Q(persona__isnull=True) | Q(persona_id__in=ids)))
+        return {pk: cls.from_rows(r for r in rows if r.persona_id in (None, pk)) for pk in ids}
+
+    @classmethod
+    def from_rows(cls, rows) -> RuleSet:
+        rules = cls.defaults()
         # Global rows first, so a persona's row wins.
         for row in sorted(rows, key=lambda r: r.persona_id is not None):
             if row.rule not in rules.enabled:
@@ -337,28 +352,42 @@ def _check_text(text: str, rules: RuleSet) -> tuple[str, list[Hit]]:
         if found:
             hits.append(rules.hit(BLOCKED_TERM, f"blocked terms: {', '.join(found)}"))
     if on[PERSONAL_DATA]:
-        replacement = params[PERSONAL_DATA].get("replacement", "[hidden]")
-        min_digits = int(_number(params[PERSONAL_DATA].get("min_digits")) or 0)
-        kinds = []
-        for kind, regex in params[PERSONAL_DATA].get("patterns", {}).items():
-            found = 0
-
-            def redact(match, kind=kind):
-                nonlocal found
-                if kind == "phone" and sum(c.isdigit() for c in match.group(0)) < min_digits:
-                    return match.group(0)
-                found += 1
-                return replacement
-
-            try:
-                text = re.sub(regex, redact, text)
-            except re.error:
-                continue  # a bad pattern typed in the admin must not stop every reply
-            if found:
-                kinds.append(kind)
+        text, kinds = _redact_personal_data(text, params[PERSONAL_DATA])
         if kinds:
             hits.append(rules.hit(PERSONAL_DATA, f"personal data: {', '.join(kinds)}"))
     return text, hits
+
+
+def _redact_personal_data(text: str, params: dict[str, Any]) -> tuple[str, list[str]]:
+    """The text with every personal-data match replaced, and the kinds that matched."""
+    replacement = params.get("replacement", "[hidden]")
+    min_digits = int(_number(params.get("min_digits")) or 0)
+    kinds = []
+    for kind, regex in params.get("patterns", {}).items():
+        found = 0
+
+        def redact(match, kind=kind):
+            nonlocal found
+            if kind == "phone" and sum(c.isdigit() for c in match.group(0)) < min_digits:
+                return match.group(0)
+            found += 1
+            return replacement
+
+        try:
+            text = re.sub(regex, redact, text)
+        except re.error:
+            continue  # a bad pattern typed in the admin must not stop every reply
+        if found:
+            kinds.append(kind)
+    return text, kinds
+
+
+def redact_personal_data(text: str, rules: RuleSet) -> str:
+    """Personal data in words shown to others (a player's own lines, on the portal and the API), hidden
+    by the same ``personal_data`` rule as an NPC's replies. The stored text stays whole, for moderators."""
+    if not text or not rules.enabled[PERSONAL_DATA]:
+        return text
+    return _redact_personal_data(text, rules.params[PERSONAL_DATA])[0]
 
 
 def check_reply(

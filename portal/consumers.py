@@ -1,6 +1,8 @@
 """The browser playground at /ws/playground/: talk to any persona through the same worker path as the game.
 
-Session-authenticated (AuthMiddlewareStack) behind AllowedHostsOriginValidator. Frames, one JSON object each:
+Session-authenticated (AuthMiddlewareStack) behind ``portal.origins.BrowserOriginValidator``: a handshake
+from a page of another origin (scheme, host and port), or with no Origin, is refused with 4403.
+Frames, one JSON object each:
 
 browser → portal: ``ask`` {id, persona, text, version?}, ``cancel`` {id}, ``ping``
 portal → browser: ``delta`` {id, text}, ``reply`` {id, exchange, text, actions, blocked},

@@ -1,8 +1,10 @@
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import get_user_model
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 
 from agents_app.models import PairwiseVote
+from portal.login_throttle import LoginAttempt, LoginThrottled, client_address
 from portal.selectors import REASON_TAGS
 
 
@@ -18,6 +20,38 @@ class SignupForm(UserCreationForm):
         if get_user_model().objects.filter(email__iexact=email).exists():
             raise forms.ValidationError("An account with this email already exists; reset its password instead.")
         return email
+
+
+class ThrottledLoginMixin:
+    """A login form that counts failures (``portal.login_throttle``) and refuses, with a message, past the limit."""
+
+    throttled: LoginThrottled | None = None
+
+    def clean(self):
+        username, password = self.cleaned_data.get("username"), self.cleaned_data.get("password")
+        if username is None or not password:
+            return super().clean()
+        attempt = LoginAttempt(username=username, address=client_address(self.request))
+        try:
+            attempt.check()
+        except LoginThrottled as exc:
+            self.throttled = exc
+            raise forms.ValidationError(str(exc), code="throttled") from None
+        try:
+            cleaned = super().clean()
+        except forms.ValidationError:
+            attempt.failed()
+            raise
+        attempt.succeeded()
+        return cleaned
+
+
+class LoginForm(ThrottledLoginMixin, AuthenticationForm):
+    pass
+
+
+class AdminLoginForm(ThrottledLoginMixin, AdminAuthenticationForm):
+    pass
 
 
 class PlayerLinkForm(forms.Form):

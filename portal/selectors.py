@@ -13,6 +13,7 @@ from django.db.models import Count, Exists, OuterRef, Q, Sum
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from agents_app import policy
 from agents_app.models import (
     AdapterVersion,
     Exchange,
@@ -66,6 +67,7 @@ def mine_q(user, names: list[str]) -> Q:
 class FeedItem:
     exchange: Exchange
     shown_player: str
+    player_text: str = ""  # the player's words as others see them: personal data hidden (the policy's rule)
     up: int = 0
     down: int = 0
     my_score: int | None = None
@@ -143,11 +145,13 @@ def rating_counts(exchange_ids: list) -> dict:
 
 
 def feed_items(exchanges: list[Exchange], viewer) -> list[FeedItem]:
-    """Decorate a page of exchanges with counts, the viewer's rating and shown names: 3 queries at most."""
+    """Decorate a page of exchanges with counts, the viewer's rating, shown names and the players' words with
+    personal data hidden: 4 queries at most."""
     if not exchanges:
         return []
     ids = [e.pk for e in exchanges]
     counts = rating_counts(ids)
+    rules = policy.RuleSet.read_many({e.persona_id for e in exchanges})
     mine = {}
     if viewer.is_authenticated:
         mine = {
@@ -165,6 +169,7 @@ def feed_items(exchanges: list[Exchange], viewer) -> list[FeedItem]:
             FeedItem(
                 exchange=e,
                 shown_player=shown[e.player_name],
+                player_text=policy.redact_personal_data(e.player_text, rules[e.persona_id]),
                 up=up,
                 down=down,
                 my_score=mine_rating.score if mine_rating else None,

@@ -85,6 +85,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "agents_app.observability.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "portal.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -92,6 +93,18 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# Every page's Content-Security-Policy (portal.csp): scripts and styles only from the site's own files, no
+# plugins, no framing, forms posting only here. 'self' covers the playground's WebSocket too.
+SECURE_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "frame-ancestors": ["'none'"],
+    "form-action": ["'self'"],
+}
 
 ROOT_URLCONF = "portal.urls"
 ASGI_APPLICATION = "portal.asgi.application"
@@ -176,6 +189,11 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "profile"
 LOGOUT_REDIRECT_URL = "home"
+# Failed logins (the login page, the admin's, the API's token endpoint) per account and per client
+# address, within a window that starts at the first failure (portal.login_throttle).
+VOYAGER_LOGIN_MAX_FAILURES = env_int("VOYAGER_LOGIN_MAX_FAILURES", 10, minimum=1)
+VOYAGER_LOGIN_MAX_FAILURES_PER_ADDRESS = env_int("VOYAGER_LOGIN_MAX_FAILURES_PER_ADDRESS", 30, minimum=1)
+VOYAGER_LOGIN_WINDOW = env_int("VOYAGER_LOGIN_WINDOW", 900, minimum=1)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

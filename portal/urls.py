@@ -2,15 +2,18 @@ from django.contrib import admin
 from django.urls import include, path
 
 from portal import views
+from portal.forms import AdminLoginForm
 
 handler404 = "portal.api.errors.not_found_view"
 
 admin.site.site_header = "Luanti Voyager administration"
 admin.site.site_title = "Luanti Voyager"
+admin.site.login_form = AdminLoginForm  # failed logins count here as on the portal's own login page
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/login/", views.login_page, name="login"),  # before auth.urls: its login, throttled
     path("accounts/", include("django.contrib.auth.urls")),
     path("profile/", views.profile, name="profile"),
     path("profile/links/<int:link_id>/visibility/", views.link_visibility, name="link-visibility"),

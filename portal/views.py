@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
 from django.http import FileResponse, Http404, JsonResponse
@@ -24,6 +25,7 @@ from portal import access, adapters, selectors, services
 from portal.forms import (
     FeedFilterForm,
     GameServerForm,
+    LoginForm,
     PairwiseVoteForm,
     PersonaCreateForm,
     PersonaForm,
@@ -89,6 +91,22 @@ def home(request):
 
 
 # --- accounts -------------------------------------------------------------------------------------
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login page, with failed logins counted: past the limit it answers 429 and says how long."""
+
+    authentication_form = LoginForm
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.throttled is not None:
+            response.status_code = 429
+            response["Retry-After"] = str(form.throttled.retry_after)
+        return response
+
+
+login_page = LoginView.as_view()
 
 
 @require_http_methods(["GET", "POST"])

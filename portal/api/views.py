@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, serializers, status
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.generics import GenericAPIView
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import MultiPartParser
@@ -18,6 +19,7 @@ from agents_app.models import AdapterVersion, PairwiseVote, Persona, Rating, Tra
 from agents_app.services import PERSONA_EDITABLE, ServiceError
 from portal import access, adapters, selectors, services
 from portal.api.errors import Error, TooLarge, api_error, error_payload
+from portal.login_throttle import LoginAttempt, LoginThrottled, client_address
 
 
 class ServiceErrorMixin:
@@ -36,6 +38,38 @@ SCORE_CHOICES = Rating._meta.get_field("score").choices  # one enum in the schem
 class Newest(CursorPagination):
     ordering = "-created_at"
     page_size = 50
+
+
+# --- tokens ---------------------------------------------------------------------------------------
+
+
+class TooManyFailedLogins(exceptions.Throttled):
+    def __init__(self, exc: LoginThrottled):
+        super().__init__(detail=str(exc))  # the message says how long; Retry-After says it in seconds
+        self.wait = exc.retry_after
+
+
+class TokenApi(ObtainAuthToken):
+    """Your API token for your username and password. Failed tries count as on the login page: past the
+    limit, 429 with Retry-After."""
+
+    def post(self, request, *args, **kwargs):
+        data = request.data if hasattr(request.data, "get") else {}
+        username, password = data.get("username"), data.get("password")
+        if not (isinstance(username, str) and username and password):
+            return super().post(request, *args, **kwargs)  # a malformed request (400), not a guess
+        attempt = LoginAttempt(username=username, address=client_address(request))
+        try:
+            attempt.check()
+        except LoginThrottled as exc:
+            raise TooManyFailedLogins(exc) from None
+        try:
+            response = super().post(request, *args, **kwargs)
+        except exceptions.ValidationError:
+            attempt.failed()
+            raise
+        attempt.succeeded()
+        return response
 
 
 # --- personas -------------------------------------------------------------------------------------
@@ -292,7 +326,7 @@ class ExchangeOutput(serializers.Serializer):
     adapter_version = serializers.IntegerField(source="exchange.adapter_version.version", allow_null=True)
     source = serializers.CharField(source="exchange.source")
     player = serializers.CharField(source="shown_player", help_text="the name only with its owner's consent")
-    player_text = serializers.CharField(source="exchange.player_text")
+    player_text = serializers.CharField(help_text="the player's words, personal data hidden as in NPC replies")
     context = serializers.JSONField(source="exchange.context")
     reply_text = serializers.CharField(source="exchange.reply_text")
     actions = serializers.JSONField(source="exchange.actions")

@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 
 from agents_app.models import Exchange, PolicyFlag
 from agents_app.moderation import moderator_grant
-from tests.browser import ARTIFACTS, needs_browser, open_chromium
+from tests.browser import ARTIFACTS, csp_violations, needs_browser, open_chromium
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -28,8 +28,10 @@ def browser(tmp_path):
     driver = open_chromium(tmp_path / "profile")
     try:
         yield driver
+        violations = csp_violations(driver)
     finally:
         driver.quit()
+    assert violations == [], "an admin page broke the Content-Security-Policy"
 
 
 def test_a_moderator_confirms_a_flag_and_freezes_the_npc_in_the_admin(live_server, browser, npc):

@@ -1,6 +1,7 @@
 """The portal in a real browser: headless Debian Chromium through Selenium and Debian's chromedriver.
 
-Screenshots go to test-artifacts/ so a failing run can be looked at.
+Screenshots go to test-artifacts/ so a failing run can be looked at. No page a test visits may break the
+Content-Security-Policy: the browser reports each violation, and a test that saw one fails.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import pytest
 from django.utils import timezone
 
 from agents_app.models import AdapterVersion, Exchange
-from tests.browser import ARTIFACTS, needs_browser, open_chromium
-from tests.factories import config_json, weights
+from tests.browser import ARTIFACTS, csp_violations, needs_browser, open_chromium
+from tests.factories import adapter, config_json, make_exchange, weights
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
@@ -22,7 +23,11 @@ def browser(tmp_path):
     driver = open_chromium(tmp_path / "profile", window="1200,900")
     driver.implicitly_wait(0)
     yield driver
-    driver.quit()
+    try:
+        violations = csp_violations(driver)
+    finally:
+        driver.quit()
+    assert violations == [], "a page broke the Content-Security-Policy"
 
 
 def wait_for(driver, condition, timeout=10):
@@ -232,3 +237,107 @@ def test_the_playground_streams_a_reply_over_the_browser_websocket(browser, daph
     assert "hello <b>Bram</b> from the browser" in card.find_element(By.CSS_SELECTOR, ".reply-text").text
     card.find_element(By.CSS_SELECTOR, "button[data-score='1']").click()
     wait_for(browser, lambda d: card.find_element(By.CSS_SELECTOR, ".up").text == "1")
+
+
+# --- the Content-Security-Policy ------------------------------------------------------------------
+
+
+def visit_all(driver, base_url, paths, ready=None) -> dict[str, list[str]]:
+    """Each page in turn, loaded and (for those named in ``ready``) drawn: the violations each one caused."""
+    from selenium.webdriver.common.by import By
+
+    seen = {}
+    for path in paths:
+        driver.get(f"{base_url}{path}")
+        if ready and path in ready:
+            wait_for(driver, lambda d, css=ready[path]: d.find_elements(By.CSS_SELECTOR, css), timeout=20)
+        seen[path] = csp_violations(driver)
+    return seen
+
+
+@needs_browser
+def test_an_inline_script_is_refused_by_the_content_security_policy_and_reported(browser, live_server):
+    browser.get(f"{live_server.url}/")
+    browser.execute_script(
+        "const s = document.createElement('script'); s.textContent = 'window.__inline = 1'; document.body.append(s);"
+    )
+    assert browser.execute_script("return window.__inline === undefined;")
+    violations = csp_violations(browser)
+    assert violations and all("script-src" in v for v in violations)
+
+
+@needs_browser
+def test_no_page_of_the_portal_breaks_the_content_security_policy(browser, live_server, alice, npc, persona):
+    from agents_app.services import rating_upsert
+
+    rating_upsert(exchange=make_exchange(npc, text="where is iron?"), score=1, user=alice)
+    make_exchange(npc, text="where is the iron?", reply="Ask the smith.")
+    adapter(persona, 1, status="approved", card="# Miner v1\n\nSee [the wiki](https://example.org/wiki).")
+    anonymous = [
+        "/",
+        "/replies/",
+        "/personas/",
+        "/personas/miner/",
+        "/personas/miner/v1/",
+        "/compare/",
+        "/leaderboard/",
+        "/accounts/login/",
+        "/accounts/signup/",
+        "/accounts/password_reset/",
+        "/api/personas/",
+        "/api/docs/",
+    ]
+    seen = visit_all(browser, live_server.url, anonymous, ready={"/api/docs/": ".swagger-ui .opblock"})
+    # ReDoc draws its page too; what it tries to fetch from a CDN (Redocly's logo) is refused, nothing else.
+    redoc = visit_all(browser, live_server.url, ["/api/redoc/"], ready={"/api/redoc/": "[data-section-id]"})
+    refused = [v for v in redoc["/api/redoc/"] if "cdn.redoc.ly" not in v]
+    assert refused == [] and redoc["/api/redoc/"]
+    log_in(browser, live_server, "alice", "alice-password-1")
+    signed_in = [
+        "/profile/",
+        "/profile/servers/",
+        "/replies/?mine=1",
+        "/compare/",
+        "/personas/new/",
+        "/personas/miner/edit/",
+        "/personas/miner/upload/",
+        "/playground/",
+        "/accounts/password_change/",
+    ]
+    seen |= {f"{path} (alice)": found for path, found in visit_all(browser, live_server.url, signed_in).items()}
+    assert {path: found for path, found in seen.items() if found} == {}
+
+
+@needs_browser
+def test_no_admin_page_breaks_the_content_security_policy(browser, live_server, django_user_model, npc):
+    from django_celery_beat.models import CrontabSchedule
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+
+    django_user_model.objects.create_superuser("root", "root@example.org", "root-password-1")
+    exchange = make_exchange(npc)
+    crontab = CrontabSchedule.objects.create(minute="30", hour="3")
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys("root")
+    browser.find_element(By.NAME, "password").send_keys("root-password-1")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait_for(browser, lambda d: d.find_elements(By.ID, "site-name") and "/login/" not in d.current_url)
+    seen = visit_all(
+        browser,
+        live_server.url,
+        [
+            "/admin/",
+            "/admin/agents_app/exchange/",
+            f"/admin/agents_app/exchange/{exchange.pk}/change/",
+            "/admin/agents_app/policyflag/",
+            "/admin/agents_app/persona/add/",
+            "/admin/auth/user/add/",
+            "/admin/django_celery_beat/periodictask/add/",
+        ],
+    )
+    # django-celery-beat's crontab help, moved out of its inline script, still says the schedule in words.
+    Select(browser.find_element(By.ID, "id_crontab")).select_by_value(str(crontab.pk))
+    help_text = browser.find_element(By.CSS_SELECTOR, ".field-crontab .help")
+    wait_for(browser, lambda d: "Translation:" in help_text.text)
+    assert "03:30" in help_text.text or "3:30" in help_text.text
+    assert {path: found for path, found in seen.items() if found} == {}

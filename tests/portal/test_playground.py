@@ -16,9 +16,12 @@ from portal.asgi import application
 from portal.selectors import feed_page
 from tests.factories import adapter
 from tests.gateway_client import ScriptedBackend, running_worker
+from tests.gateway_client import connect as connect_game_server
 from tests.processes import worker_process
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+ORIGIN_REFUSED = 4403  # the playground's close code for a page of another origin
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +37,10 @@ def session_cookie(user) -> str:
     return client.cookies["sessionid"].value
 
 
-async def connect(user=None, origin=b"http://localhost"):
-    headers = []
+async def connect(user=None, origin=b"http://localhost", host=b"localhost", extra=()):
+    """A handshake as a browser on http://localhost sends it: Host, Origin and the session cookie."""
+    headers = [(b"host", host)] if host is not None else []
+    headers.extend(extra)
     if user is not None:
         headers.append((b"cookie", f"sessionid={await session_cookie(user)}".encode()))
     if origin is not None:
@@ -63,10 +68,94 @@ async def test_an_anonymous_socket_is_refused_with_4401():
     assert (connected, code) == (False, 4401)
 
 
-@pytest.mark.parametrize("origin", [b"https://evil.example", None])
-async def test_a_foreign_or_missing_origin_is_refused(charlie, origin):
-    _, connected, _ = await connect(charlie, origin=origin)
-    assert connected is False
+@pytest.mark.parametrize(
+    "origin",
+    [
+        pytest.param(b"http://localhost:8001", id="another-port"),
+        pytest.param(b"https://localhost", id="another-scheme"),
+        pytest.param(b"http://evil.example", id="another-host"),
+        pytest.param(b"http://localhost.evil.example", id="a-host-that-starts-like-ours"),
+        pytest.param(b"null", id="an-opaque-origin"),
+        pytest.param(None, id="no-origin"),
+    ],
+)
+async def test_a_page_of_another_origin_cannot_open_the_playground_socket(charlie, origin):
+    _, connected, code = await connect(charlie, origin=origin)
+    assert (connected, code) == (False, ORIGIN_REFUSED)
+
+
+@pytest.mark.parametrize(
+    "host, origin",
+    [
+        (b"localhost", b"http://localhost"),
+        (b"localhost:8000", b"http://localhost:8000"),
+        (b"LocalHost:80", b"http://localhost"),  # the default port, written or not, is the same port
+        (b"[::1]:8000", b"http://[::1]:8000"),
+    ],
+)
+async def test_a_page_of_the_sites_own_origin_opens_the_playground_socket(charlie, host, origin):
+    communicator, connected, _ = await connect(charlie, origin=origin, host=host)
+    assert connected
+    await communicator.disconnect()
+
+
+async def test_a_host_the_site_does_not_serve_is_no_origin_of_its_own(charlie):
+    # DNS rebinding: evil.example resolves to this server, and the page's Origin equals the Host it sends.
+    _, connected, code = await connect(charlie, origin=b"http://evil.example", host=b"evil.example")
+    assert (connected, code) == (False, ORIGIN_REFUSED)
+
+
+async def test_behind_a_tls_proxy_only_the_https_page_is_the_sites_own(charlie):
+    proto = [(b"x-forwarded-proto", b"https")]
+    with override_settings(SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https")):
+        communicator, connected, _ = await connect(charlie, origin=b"https://localhost", extra=proto)
+        assert connected
+        await communicator.disconnect()
+        _, connected, code = await connect(charlie, origin=b"http://localhost", extra=proto)
+        assert (connected, code) == (False, ORIGIN_REFUSED)
+        _, connected, code = await connect(charlie, origin=b"https://localhost")  # the proxy said http
+        assert (connected, code) == (False, ORIGIN_REFUSED)
+
+
+async def test_csrf_trusted_origins_may_open_it_on_their_own_scheme_and_port_only(charlie):
+    trusted = ["https://portal.example.org", "https://*.voyager.example"]
+    with override_settings(CSRF_TRUSTED_ORIGINS=trusted):
+        for origin in (b"https://portal.example.org", b"https://portal.example.org:443", b"https://eu.voyager.example"):
+            communicator, connected, _ = await connect(charlie, origin=origin)
+            assert connected, origin
+            await communicator.disconnect()
+        for origin in (
+            b"https://portal.example.org:8443",
+            b"http://portal.example.org",
+            b"https://voyager.example.evil",
+        ):
+            _, connected, code = await connect(charlie, origin=origin)
+            assert (connected, code) == (False, ORIGIN_REFUSED), origin
+
+
+async def test_the_game_socket_takes_a_token_and_no_origin(game_server):
+    communicator, connected, _ = await connect_game_server(game_server.raw_token)
+    assert connected
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    "value, origin",
+    [
+        ("http://localhost", ("http", "localhost", 80)),
+        ("HTTPS://Portal.Example.ORG:443", ("https", "portal.example.org", 443)),
+        ("http://[::1]:8000", ("http", "::1", 8000)),
+        ("null", None),
+        ("ws://localhost", None),
+        ("http://localhost:99999", None),
+        ("http://user:pass@localhost", None),
+        ("", None),
+    ],
+)
+def test_an_origin_is_its_scheme_host_and_port(value, origin):
+    from portal.origins import parse_origin
+
+    assert parse_origin(value) == origin
 
 
 async def test_an_ask_streams_through_the_worker_and_is_stored_as_a_rateable_playground_exchange(charlie, persona):
