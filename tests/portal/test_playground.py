@@ -50,6 +50,14 @@ async def connect(user=None, origin=b"http://localhost", host=b"localhost", extr
     return communicator, connected, code
 
 
+async def handshake(user=None, **kwargs):
+    """(connected, close code) of one handshake; a socket that opened is closed again at once."""
+    communicator, connected, code = await connect(user, **kwargs)
+    if connected:
+        await communicator.disconnect()
+    return connected, code
+
+
 async def send(communicator, frame):
     await communicator.send_to(text_data=json.dumps(frame))
 
@@ -80,8 +88,7 @@ async def test_an_anonymous_socket_is_refused_with_4401():
     ],
 )
 async def test_a_page_of_another_origin_cannot_open_the_playground_socket(charlie, origin):
-    _, connected, code = await connect(charlie, origin=origin)
-    assert (connected, code) == (False, ORIGIN_REFUSED)
+    assert await handshake(charlie, origin=origin) == (False, ORIGIN_REFUSED)
 
 
 @pytest.mark.parametrize(
@@ -94,43 +101,36 @@ async def test_a_page_of_another_origin_cannot_open_the_playground_socket(charli
     ],
 )
 async def test_a_page_of_the_sites_own_origin_opens_the_playground_socket(charlie, host, origin):
-    communicator, connected, _ = await connect(charlie, origin=origin, host=host)
+    connected, _ = await handshake(charlie, origin=origin, host=host)
     assert connected
-    await communicator.disconnect()
 
 
 async def test_a_host_the_site_does_not_serve_is_no_origin_of_its_own(charlie):
     # DNS rebinding: evil.example resolves to this server, and the page's Origin equals the Host it sends.
-    _, connected, code = await connect(charlie, origin=b"http://evil.example", host=b"evil.example")
-    assert (connected, code) == (False, ORIGIN_REFUSED)
+    assert await handshake(charlie, origin=b"http://evil.example", host=b"evil.example") == (False, ORIGIN_REFUSED)
 
 
 async def test_behind_a_tls_proxy_only_the_https_page_is_the_sites_own(charlie):
     proto = [(b"x-forwarded-proto", b"https")]
     with override_settings(SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https")):
-        communicator, connected, _ = await connect(charlie, origin=b"https://localhost", extra=proto)
-        assert connected
-        await communicator.disconnect()
-        _, connected, code = await connect(charlie, origin=b"http://localhost", extra=proto)
-        assert (connected, code) == (False, ORIGIN_REFUSED)
-        _, connected, code = await connect(charlie, origin=b"https://localhost")  # the proxy said http
-        assert (connected, code) == (False, ORIGIN_REFUSED)
+        assert (await handshake(charlie, origin=b"https://localhost", extra=proto))[0]
+        assert await handshake(charlie, origin=b"http://localhost", extra=proto) == (False, ORIGIN_REFUSED)
+        # Without the proxy's word the request came in on http.
+        assert await handshake(charlie, origin=b"https://localhost") == (False, ORIGIN_REFUSED)
 
 
 async def test_csrf_trusted_origins_may_open_it_on_their_own_scheme_and_port_only(charlie):
     trusted = ["https://portal.example.org", "https://*.voyager.example"]
     with override_settings(CSRF_TRUSTED_ORIGINS=trusted):
         for origin in (b"https://portal.example.org", b"https://portal.example.org:443", b"https://eu.voyager.example"):
-            communicator, connected, _ = await connect(charlie, origin=origin)
+            connected, _ = await handshake(charlie, origin=origin)
             assert connected, origin
-            await communicator.disconnect()
         for origin in (
             b"https://portal.example.org:8443",
             b"http://portal.example.org",
             b"https://voyager.example.evil",
         ):
-            _, connected, code = await connect(charlie, origin=origin)
-            assert (connected, code) == (False, ORIGIN_REFUSED), origin
+            assert await handshake(charlie, origin=origin) == (False, ORIGIN_REFUSED), origin
 
 
 async def test_the_game_socket_takes_a_token_and_no_origin(game_server):
