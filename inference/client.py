@@ -29,6 +29,9 @@ log = logging.getLogger("voyager.worker_client")
 
 # How often an ask in flight is checked against its deadline and its worker's heartbeat.
 WATCH_INTERVAL = 0.25
+# How long an ask stays lost before it is answered unavailable: a draining worker forgets its
+# heartbeat right after sending its last messages, which may still be on their way to us.
+LOST_GRACE = 1.0
 # A worker's error codes that a client of ours understands as they are; any other becomes "internal".
 PASSED_ON = frozenset({"invalid", "overloaded", "unavailable", "timeout", "internal"})
 
@@ -67,6 +70,7 @@ class WorkerAsk:
     worker_channel: str | None = None
     first_delta: float | None = None
     workers_at_send: frozenset[str] = frozenset()
+    lost_since: float | None = None
     done: bool = False
 
 
@@ -207,11 +211,17 @@ class WorkerClient:
                 await self.cancel(ask.key)
                 await self.on_error(ask, "timeout", "no reply within the deadline")
                 continue
-            if self._lost(ask, alive):
-                alive = set(await live_workers(fresh=True))
-                if self._lost(ask, alive) and not ask.done:
-                    await self.cancel(ask.key)
-                    await self.on_error(ask, "unavailable", "the inference worker stopped answering")
+            if not self._lost(ask, alive):
+                ask.lost_since = None
+                continue
+            alive = set(await live_workers(fresh=True))
+            if not self._lost(ask, alive):
+                ask.lost_since = None
+            elif ask.lost_since is None:
+                ask.lost_since = now
+            elif now - ask.lost_since >= LOST_GRACE and not ask.done:
+                await self.cancel(ask.key)
+                await self.on_error(ask, "unavailable", "the inference worker stopped answering")
 
 
 class WorkerAskingMixin:

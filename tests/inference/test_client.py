@@ -123,8 +123,27 @@ async def test_an_ask_whose_worker_stops_beating_is_answered_unavailable(setup):
         }
     )
     await heartbeats().forget(worker_id)
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(worker_client.LOST_GRACE + 1.0)
     assert recorder.events == [("error", "a1", "unavailable", "the inference worker stopped answering")]
+
+
+async def test_a_reply_sent_just_before_its_worker_forgot_itself_still_arrives(setup):
+    # A draining worker sends its last result and then forgets its heartbeat; the result may
+    # reach us a moment after the watch has seen the worker gone.
+    _, c, recorder, worker_id = setup
+    ask = await c.send("a1", {"text": "hi"}, timeout=30)
+    await c.handle(
+        {
+            "type": "inference.accepted",
+            "request_id": ask.request_id,
+            "worker_id": worker_id,
+            "worker_channel": "worker!x",
+        }
+    )
+    await heartbeats().forget(worker_id)
+    await asyncio.sleep(worker_client.LOST_GRACE / 2 + worker_client.WATCH_INTERVAL)
+    await c.handle({"type": "inference.result", "request_id": ask.request_id, "text": "hello"})
+    assert [event[0] for event in recorder.events] == ["result"]
 
 
 async def test_with_no_living_worker_nothing_is_sent(setup):
