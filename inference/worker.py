@@ -30,6 +30,7 @@ anyone → group ``WORKERS_GROUP``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -143,8 +144,11 @@ class InferenceWorker:
             log.info("worker %s draining %d running requests", self.worker_id, len(self.routes))
             await self._loop.run_in_executor(None, lambda: self.backend.stop(drain=True))
             give_up = time.monotonic() + self.drain_timeout
-            while (self.routes or not self._outbox.empty()) and time.monotonic() < give_up:
+            while self.routes and time.monotonic() < give_up:
                 await asyncio.sleep(0.02)
+            # A finished request leaves the routes before its result is sent: wait for the sender too.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox.join(), max(0.1, give_up - time.monotonic()))
             for rid, reply in list(self.routes.items()):
                 await self._send(reply, _error(rid, "unavailable", "the worker shut down before finishing"))
         finally:
@@ -241,36 +245,43 @@ class InferenceWorker:
             events = [await self._outbox.get()]
             while not self._outbox.empty():
                 events.append(self._outbox.get_nowait())
-            for event in _coalesce(events):
-                rid = event["request_id"]
-                reply = self.routes.get(rid)
-                if reply is None:
-                    continue
-                if event["type"] == "inference.accepted":
-                    await self._send(reply, event)
-                    continue
-                held = self._held.pop(rid, "")
-                if event["type"] == "inference.delta":
-                    event["text"] = held + event["text"]
-                    if not await self._send(reply, event):
-                        # The gateway is behind: keep the text and send it with the next delta,
-                        # rather than stall every other stream on this one.
-                        self._held[rid] = event["text"]
-                    continue
-                self.routes.pop(rid, None)
-                self.served += 1
-                # Who answered, for the stored exchange (and the gateway's watch, if nothing came before).
-                event["worker_id"], event["worker_channel"] = self.worker_id, self.worker_channel
-                self.completion_tokens += int(event.get("completion_tokens") or 0)
-                if held:
-                    await self._send(reply, {"type": "inference.delta", "request_id": rid, "text": held}, retries=20)
-                await self._send(reply, event, retries=20)
-                log.info(
-                    "finished: %s (%s tokens)",
-                    event.get("finish_reason") or event.get("code"),
-                    event.get("completion_tokens", 0),
-                    extra={"request_id": rid},
-                )
+            try:
+                await self._send_events(events)
+            finally:
+                for _ in events:
+                    self._outbox.task_done()
+
+    async def _send_events(self, events: list[dict[str, Any]]) -> None:
+        for event in _coalesce(events):
+            rid = event["request_id"]
+            reply = self.routes.get(rid)
+            if reply is None:
+                continue
+            if event["type"] == "inference.accepted":
+                await self._send(reply, event)
+                continue
+            held = self._held.pop(rid, "")
+            if event["type"] == "inference.delta":
+                event["text"] = held + event["text"]
+                if not await self._send(reply, event):
+                    # The gateway is behind: keep the text and send it with the next delta,
+                    # rather than stall every other stream on this one.
+                    self._held[rid] = event["text"]
+                continue
+            self.routes.pop(rid, None)
+            self.served += 1
+            # Who answered, for the stored exchange (and the gateway's watch, if nothing came before).
+            event["worker_id"], event["worker_channel"] = self.worker_id, self.worker_channel
+            self.completion_tokens += int(event.get("completion_tokens") or 0)
+            if held:
+                await self._send(reply, {"type": "inference.delta", "request_id": rid, "text": held}, retries=20)
+            await self._send(reply, event, retries=20)
+            log.info(
+                "finished: %s (%s tokens)",
+                event.get("finish_reason") or event.get("code"),
+                event.get("completion_tokens", 0),
+                extra={"request_id": rid},
+            )
 
     async def _send(self, channel: str, message: dict[str, Any], retries: int = 0) -> bool:
         from channels.exceptions import ChannelFull
