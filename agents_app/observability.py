@@ -23,7 +23,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
     from agents_app.models import Persona
@@ -172,16 +172,32 @@ class PlatformCollector:
         served = GaugeMetricFamily(
             "voyager_worker_requests_served", "Requests each worker has answered since it started.", labels=["worker"]
         )
+        cache_hits = CounterMetricFamily(
+            "voyager_prompt_cache_hits",
+            "Prompts whose leading tokens each worker's prompt cache already held.",
+            labels=["worker"],
+        )
+        cache_saved = CounterMetricFamily(
+            "voyager_prompt_cache_tokens_saved",
+            "Prompt tokens each worker did not prefill again, thanks to its prompt cache.",
+            labels=["worker"],
+        )
+        cache_bytes = GaugeMetricFamily(
+            "voyager_prompt_cache_bytes", "Memory each worker's prompt cache holds.", labels=["worker"]
+        )
         for worker, stats in sorted((workers or {}).items()):
             depth.add_metric([worker], float(stats.get("queue_depth", 0)))
             running.add_metric([worker], float(stats.get("running", 0)))
             tps.add_metric([worker], float(stats.get("tokens_per_second", 0.0)))
             served.add_metric([worker], float(stats.get("served", 0)))
+            cache_hits.add_metric([worker], float(stats.get("prompt_cache_hits", 0)))
+            cache_saved.add_metric([worker], float(stats.get("prompt_cache_tokens_saved", 0)))
+            cache_bytes.add_metric([worker], float(stats.get("prompt_cache_bytes", 0)))
         total_depth = GaugeMetricFamily(
             "voyager_inference_queue_depth_total", "Requests waiting in every worker's queue together."
         )
         total_depth.add_metric([], float(sum(s.get("queue_depth", 0) for s in (workers or {}).values())))
-        yield from (depth, running, tps, served, total_depth)
+        yield from (depth, running, tps, served, cache_hits, cache_saved, cache_bytes, total_depth)
         yield from self._database()
 
     def _database(self):

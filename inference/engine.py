@@ -35,6 +35,7 @@ from .batched_lora import LoraBank
 from .loading import LoadedModel
 from .lora import AdapterError, load_adapter
 from .prompt import PersonaSpec, Prompt, PromptTooLong, Turn, build_prompt
+from .prompt_cache import AdapterKey, PromptCache
 from .reply import ReplyShaper
 from .runner import DecoderRunner
 from .token_guard import ForgedControlToken
@@ -124,6 +125,8 @@ class EngineConfig:
     # Prompt tokens prefilled per step: bounds how long running requests stall for newcomers.
     max_prefill_tokens: int = 4096
     max_memory_turns: int = 6
+    # Memory for the KV of recent prompts (0: off): a follow-up turn prefills only what is new.
+    prompt_cache_mb: int = 256
 
 
 @dataclass(eq=False)
@@ -220,6 +223,7 @@ class Engine:
         n = self.config.max_batch_size
         self._row_slots = torch.zeros(n, dtype=torch.long)
         self._routing_dirty = True
+        self.prompt_cache = PromptCache(self.config.prompt_cache_mb * 2**20)
 
     # ---- public API (any thread) ----
 
@@ -283,7 +287,12 @@ class Engine:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"waiting": len(self._waiting), "running": len(self._running), "queue_limit": self.config.max_queue}
+            return {
+                "waiting": len(self._waiting),
+                "running": len(self._running),
+                "queue_limit": self.config.max_queue,
+                **self.prompt_cache.stats(),
+            }
 
     # ---- engine thread ----
 
@@ -444,12 +453,29 @@ class Engine:
             self._row_slots[start + offset] = job.slot
             self._running.append(job)
         self._routing_dirty = True
-        logits = self.runner.prefill(start, prompts, [j.slot for j in jobs])
+        cached = []
+        for offset, job in enumerate(jobs):
+            hit = self.prompt_cache.lookup(self._cache_key(job), prompts[offset])
+            if hit is not None:
+                self.runner.load_prefix(start + offset, hit.keys, hit.values)
+            cached.append(hit.length if hit else 0)
+        logits = self.runner.prefill(start, prompts, [j.slot for j in jobs], cached)
+        for offset, job in enumerate(jobs):
+            row = start + offset
+            self.prompt_cache.store(
+                self._cache_key(job), prompts[offset], lambda a, z, row=row: self.runner.read_kv(row, a, z)
+            )
         tokens = self._sample(jobs, logits)
         now = time.perf_counter()
         for job, token in zip(jobs, tokens):
             job.first_token_at = now
             self._accept(job, token)
+
+    @staticmethod
+    def _cache_key(job: _Job) -> AdapterKey:
+        """Whose KV a prompt's is: the adapter version it was computed with (a version never changes)."""
+        ref = job.request.adapter
+        return (ref.id, ref.version) if ref is not None and job.slot else None
 
     def _decode(self) -> None:
         n = len(self._running)

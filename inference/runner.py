@@ -186,19 +186,27 @@ class DecoderRunner:
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(_rms_norm(self.norm, h))
 
-    def prefill(self, row_start: int, prompts: list[list[int]], slots: list[int] | None = None) -> torch.Tensor:
+    def prefill(
+        self,
+        row_start: int,
+        prompts: list[list[int]],
+        slots: list[int] | None = None,
+        cached: list[int] | None = None,
+    ) -> torch.Tensor:
         """Run prompts into cache rows ``row_start..``; return last-position logits (m, vocab).
 
-        ``slots`` gives each prompt's LoRA slot (0: none).
+        ``slots`` gives each prompt's LoRA slot (0: none). ``cached[j]`` leading tokens of prompt
+        j already have their KV in its row (``load_prefix``): only the rest is run.
         """
         m = len(prompts)
-        lens = [len(p) for p in prompts]
+        done = cached or [0] * m
+        lens = [len(p) - c for p, c in zip(prompts, done)]
         starts = [0]
         for n in lens:
             starts.append(starts[-1] + n)
         total = starts[-1]
-        ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long).unsqueeze(0)
-        positions = torch.cat([self._arange[:n] for n in lens])
+        ids = torch.tensor([t for p, c in zip(prompts, done) for t in p[c:]], dtype=torch.long).unsqueeze(0)
+        positions = torch.cat([self._arange[c : c + n] for c, n in zip(done, lens)])
         cos = self._cos.index_select(0, positions).view(1, 1, total, -1)
         sin = self._sin.index_select(0, positions).view(1, 1, total, -1)
         self._route_packed(slots, starts)
@@ -207,16 +215,42 @@ class DecoderRunner:
             q, k, v = self._qkv(i, layer, h, cos, sin)
             out = torch.empty(1, total, self.num_heads, self.head_dim, dtype=h.dtype)
             for j in range(m):
-                a, z = starts[j], starts[j + 1]
+                a, z, c = starts[j], starts[j + 1], done[j]
                 row = row_start + j
-                self.k_cache[i][row, :, : lens[j]] = k[0, :, a:z]
-                self.v_cache[i][row, :, : lens[j]] = v[0, :, a:z]
+                self.k_cache[i][row, :, c : c + lens[j]] = k[0, :, a:z]
+                self.v_cache[i][row, :, c : c + lens[j]] = v[0, :, a:z]
+                if c == 0:
+                    keys, values, visible = k[:, :, a:z], v[:, :, a:z], None
+                else:  # the new tokens see the cached prefix and, causally, each other
+                    end = c + lens[j]
+                    keys, values = self.k_cache[i][row : row + 1, :, :end], self.v_cache[i][row : row + 1, :, :end]
+                    visible = self._arange[:end].unsqueeze(0) <= self._arange[c:end].unsqueeze(1)
                 o = F.scaled_dot_product_attention(
-                    q[:, :, a:z], k[:, :, a:z], v[:, :, a:z], is_causal=True, scale=self.scaling, enable_gqa=self.gqa
+                    q[:, :, a:z],
+                    keys,
+                    values,
+                    attn_mask=visible,
+                    is_causal=visible is None,
+                    scale=self.scaling,
+                    enable_gqa=self.gqa,
                 )
                 out[0, a:z] = o[0].transpose(0, 1)
             h = self._finish_block(i, layer, h, out.view(1, total, -1))
         return self._logits(h[0, torch.tensor(starts[1:]) - 1])
+
+    def load_prefix(self, row: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Put a cached prefix's KV (layers, kv_heads, length, head_dim) at the start of ``row``."""
+        length = keys.shape[2]
+        for layer, (kc, vc) in enumerate(zip(self.k_cache, self.v_cache)):
+            kc[row, :, :length] = keys[layer]
+            vc[row, :, :length] = values[layer]
+
+    def read_kv(self, row: int, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of ``row``'s KV at positions ``start..end``, as (layers, kv_heads, end - start, head_dim)."""
+        return (
+            torch.stack([kc[row, :, start:end] for kc in self.k_cache]),
+            torch.stack([vc[row, :, start:end] for vc in self.v_cache]),
+        )
 
     def _route_packed(self, slots: list[int] | None, starts: list[int]) -> None:
         state = self.lora_state

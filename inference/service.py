@@ -90,6 +90,7 @@ class EngineBackend:
             max_queue=settings.VOYAGER_INFERENCE_QUEUE,
             adapter_slots=settings.VOYAGER_ADAPTER_CACHE,
             max_memory_turns=settings.VOYAGER_MEMORY_TURNS,
+            prompt_cache_mb=settings.VOYAGER_PROMPT_CACHE_MB,
         )
         log.info("loaded base model %s (%s)", loaded.info.path, loaded.info.architecture)
         return cls(Engine(loaded, config).start(), base_model_id(loaded))

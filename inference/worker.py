@@ -185,6 +185,9 @@ class InferenceWorker:
             "completion_tokens": self.completion_tokens,
             "tokens_per_second": round(rate, 3),
             "backend": getattr(self.backend, "base_model_id", ""),
+            "prompt_cache_hits": engine_stats.get("prompt_cache_hits", 0),
+            "prompt_cache_tokens_saved": engine_stats.get("prompt_cache_tokens_saved", 0),
+            "prompt_cache_bytes": engine_stats.get("prompt_cache_bytes", 0),
         }
 
     async def _receive_until_stopped(self) -> None:

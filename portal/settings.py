@@ -262,6 +262,7 @@ VOYAGER_INFERENCE_QUEUE = env_int("VOYAGER_INFERENCE_QUEUE", 256, minimum=1)
 VOYAGER_ADAPTER_CACHE = env_int("VOYAGER_ADAPTER_CACHE", 16, minimum=1)
 VOYAGER_ASK_TIMEOUT = env_float("VOYAGER_ASK_TIMEOUT", 30.0, minimum=0.1)
 VOYAGER_MEMORY_TURNS = env_int("VOYAGER_MEMORY_TURNS", 4, minimum=0, maximum=32)
+VOYAGER_PROMPT_CACHE_MB = env_int("VOYAGER_PROMPT_CACHE_MB", 256, minimum=0)
 # A severe policy hit (a blocked term, personal data) freezes the NPC this long, unless its rule says otherwise.
 VOYAGER_POLICY_FREEZE_SECONDS = env_float("VOYAGER_POLICY_FREEZE_SECONDS", 5.0, minimum=0.0)
 # The whole request body of an adapter upload (portal.limits refuses more before it is buffered) ...

