@@ -1,13 +1,13 @@
 """Benchmark: how good are the NPCs a game server gets, model by model, over the live gateway?
 
-    .venv/bin/python benchmarks/npc_quality.py [--setups starter,zero_shot,adapted] [--adapter DIR]
+    .venv/bin/python benchmarks/npc_quality.py [--setups starter,zero_shot,adapted,adapted_float32] [--adapter DIR]
         [--model-dir DIR] [--starter-model DIR] [--concurrency 16] [--rounds N] [--quick] [--keep]
 
 A smoke run, in seconds: a tiny model (``build_starter_model(DIR, size="tiny")``) with
 ``--setups starter --starter-model DIR --quick --concurrency 2``; ``--model-dir DIR --adapter
 ADAPTER`` runs the other two setups on it too.
 
-Three setups, side by side, in one run:
+Four setups, side by side, in one run:
 
 - ``starter``: the starter model (``inference.starter.build_starter_model(size="starter")``,
   built into ``var/models/starter`` when missing: a few minutes, once);
@@ -16,7 +16,9 @@ Three setups, side by side, in one run:
   when missing), no adapter;
 - ``adapted``: the same base model with the persona's domain adapter as its active version
   (``training_tasks.domain.ensure_world_adapter``, or ``--adapter DIR``), installed the way a
-  domain adapter is (``training_tasks.promotion.domain_adapter_install``: source "training", active).
+  domain adapter is (``training_tasks.promotion.domain_adapter_install``: source "training", active);
+- ``adapted_float32``: ``adapted`` with the engine's base weights in float32 (``VOYAGER_WEIGHTS``;
+  ``adapted`` runs the default). ``quality_delta`` is the largest change of a rate between the two.
 
 Each setup gets its own temporary var dir and SQLite database, the embedded topology (no
 REDIS_URL: the in-memory channel layer, the engine inside the web process) and
@@ -105,7 +107,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.gateway import Processes, WebSocket, free_port, listening, percentile  # noqa: E402
 
-SETUPS = ("starter", "zero_shot", "adapted")
+SETUPS = ("starter", "zero_shot", "adapted", "adapted_float32")
+# adapted_float32 is adapted with the engine's weights in float32 (VOYAGER_WEIGHTS): the rates'
+# largest change between the two is quality_delta, what the faster default weights cost.
+RATES = ("well_formed", "loop", "identity", "action_accuracy", "false_actions")
 DEFAULT_STARTER = ROOT / "var" / "models" / "starter"
 DEFAULT_BASE = ROOT / "var" / "models" / "smollm2-135m-instruct"
 ASK_TIMEOUT = 90.0  # seconds per ask, past the gateway's own 30 s deadline
@@ -444,6 +449,8 @@ def run_setup(name: str, model: Path, adapter: Path | None, workdir: Path, args,
     started = time.monotonic()
     workdir.mkdir(parents=True)
     env = setup_env(workdir, model)
+    if name == "adapted_float32":
+        env["VOYAGER_WEIGHTS"] = "float32"
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         persona = pool.submit(prepare_database, env, str(adapter) if adapter else None).result()
     procs = Processes(workdir)
@@ -475,7 +482,7 @@ def resolve_models(args, setups: list[str]) -> dict[str, tuple[Path, Path | None
             say(f"building the starter model into {starter} (a few minutes, once)")
             build_starter_model(starter, size="starter", log=say)
         models["starter"] = (starter, None)
-    if "zero_shot" in setups or "adapted" in setups:
+    if "zero_shot" in setups or any(s.startswith("adapted") for s in setups):
         base = Path(args.model_dir)
         if not (base / "config.json").is_file():
             try:
@@ -485,7 +492,7 @@ def resolve_models(args, setups: list[str]) -> dict[str, tuple[Path, Path | None
             ensure_default_model(base, log=say)
         if "zero_shot" in setups:
             models["zero_shot"] = (base, None)
-        if "adapted" in setups:
+        if any(s.startswith("adapted") for s in setups):
             if args.adapter:
                 adapter = Path(args.adapter)
             else:
@@ -494,7 +501,7 @@ def resolve_models(args, setups: list[str]) -> dict[str, tuple[Path, Path | None
                 except ImportError as exc:
                     raise SystemExit(f"{exc}: pass --adapter DIR") from exc
                 adapter = Path(ensure_world_adapter(base, log=say))
-            models["adapted"] = (base, adapter)
+            models["adapted"] = models["adapted_float32"] = (base, adapter)
     return models
 
 
@@ -819,6 +826,11 @@ def main() -> None:
     if "adapted" in results:
         out["adapted_targets"] = adapted_targets(results)
         print_targets(results, out["adapted_targets"])
+    if "adapted" in results and "adapted_float32" in results:
+        a, b = results["adapted"], results["adapted_float32"]
+        deltas = {k: abs(a[k] - b[k]) for k in RATES if a.get(k) is not None and b.get(k) is not None}
+        out["quality_delta"] = round(max(deltas.values()), 3)
+        print(f"\nadapted (default weights) against adapted_float32: largest rate change {out['quality_delta']:.3f}")
     out.update(
         concurrency=args.concurrency,
         lines=len(singles),

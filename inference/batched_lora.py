@@ -54,9 +54,11 @@ class BatchedLoraLinear(nn.Module):
         super().__init__()
         self.base = base
         self.state = state
-        dtype, device = base.weight.dtype, base.weight.device
-        self.A = torch.zeros(num_slots + 1, base.in_features, rank, dtype=dtype, device=device)
-        self.B = torch.zeros(num_slots + 1, rank, base.out_features, dtype=dtype, device=device)
+        # LoRA weights stay in full precision whatever the base weights are: they are small, and a
+        # persona's adapter should act as it was trained.
+        device = base.weight.device
+        self.A = torch.zeros(num_slots + 1, base.in_features, rank, dtype=torch.float32, device=device)
+        self.B = torch.zeros(num_slots + 1, rank, base.out_features, dtype=torch.float32, device=device)
         self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -95,11 +97,11 @@ class BatchedLoraLinear(nn.Module):
             if cached is None or cached[0] != state.version:
                 cached = (state.version, self.A.index_select(0, state.slots), self.B.index_select(0, state.slots))
                 self._gathered = cached
-            out.add_(torch.bmm(torch.bmm(x, cached[1]), cached[2]))
+            out.add_(torch.bmm(torch.bmm(x.float(), cached[1]), cached[2]).to(out.dtype))
         elif state.ranges is not None:
             # Packed (1, tokens, in): each span goes through its slot's A and B (views, no gather).
             for slot, start, end in state.ranges:
-                out[0, start:end].add_((x[0, start:end] @ self.A[slot]) @ self.B[slot])
+                out[0, start:end].add_(((x[0, start:end].float() @ self.A[slot]) @ self.B[slot]).to(out.dtype))
 
 
 class LoraBank:

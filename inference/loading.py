@@ -17,6 +17,29 @@ import torch
 from .prompt import END, STOP_TOKENS
 from .starter import MARKER_FILE
 
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def bf16_is_fast() -> bool:
+    """bf16 pays on CUDA and on CPUs with bf16 matrix units; elsewhere it is emulated and slower."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def weight_dtype(name: str) -> torch.dtype:
+    """The base model's weights for a setting's value: ``auto`` is bfloat16 where that is fast."""
+    if name == "auto":
+        return torch.bfloat16 if bf16_is_fast() else torch.float32
+    try:
+        return WEIGHT_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"weights must be auto, {' or '.join(WEIGHT_DTYPES)}, not {name!r}") from None
+
 
 class ModelLoadError(Exception):
     """The directory is not a servable causal language model; the message says why."""

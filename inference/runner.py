@@ -61,7 +61,7 @@ def _fuse(linears: list[nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None]:
         offset += b.out_features
     if all(b.bias is None for b in bases):
         return weight, None
-    bias = torch.cat([b.bias if b.bias is not None else torch.zeros(b.out_features) for b in bases])
+    bias = torch.cat([b.bias if b.bias is not None else weight.new_zeros(b.out_features) for b in bases])
     offset = 0
     for b in bases:
         if b.bias is not None:

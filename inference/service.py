@@ -9,7 +9,7 @@ from typing import Any
 from inference.backends import Backend, EchoBackend
 from inference.backends import Overloaded as WorkerOverloaded
 from inference.engine import AdapterRef, Delta, Engine, EngineConfig, EngineStopped, Error, Overloaded, Request, Result
-from inference.loading import LoadedModel, load_base_model
+from inference.loading import LoadedModel, load_base_model, weight_dtype
 from inference.prompt import PersonaSpec, Sampling, Turn
 
 log = logging.getLogger("voyager.worker")
@@ -85,14 +85,16 @@ class EngineBackend:
     def from_settings(cls) -> EngineBackend:
         from django.conf import settings
 
-        loaded = load_base_model(settings.VOYAGER_BASE_MODEL)
+        loaded = load_base_model(settings.VOYAGER_BASE_MODEL, dtype=weight_dtype(settings.VOYAGER_WEIGHTS))
         config = EngineConfig(
             max_queue=settings.VOYAGER_INFERENCE_QUEUE,
             adapter_slots=settings.VOYAGER_ADAPTER_CACHE,
             max_memory_turns=settings.VOYAGER_MEMORY_TURNS,
             prompt_cache_mb=settings.VOYAGER_PROMPT_CACHE_MB,
         )
-        log.info("loaded base model %s (%s)", loaded.info.path, loaded.info.architecture)
+        log.info(
+            "loaded base model %s (%s, %s weights)", loaded.info.path, loaded.info.architecture, loaded.model.dtype
+        )
         return cls(Engine(loaded, config).start(), base_model_id(loaded))
 
     def submit(self, request: dict[str, Any], emit) -> None:

@@ -263,6 +263,10 @@ VOYAGER_ADAPTER_CACHE = env_int("VOYAGER_ADAPTER_CACHE", 16, minimum=1)
 VOYAGER_ASK_TIMEOUT = env_float("VOYAGER_ASK_TIMEOUT", 30.0, minimum=0.1)
 VOYAGER_MEMORY_TURNS = env_int("VOYAGER_MEMORY_TURNS", 4, minimum=0, maximum=32)
 VOYAGER_PROMPT_CACHE_MB = env_int("VOYAGER_PROMPT_CACHE_MB", 256, minimum=0)
+# The base model's weights in the engine: auto is bfloat16 on CPUs with bf16 units (LoRA stays float32).
+VOYAGER_WEIGHTS = env_str("VOYAGER_WEIGHTS", "auto")
+if VOYAGER_WEIGHTS not in {"auto", "float32", "bfloat16"}:
+    raise ImproperlyConfigured(f"VOYAGER_WEIGHTS={VOYAGER_WEIGHTS!r} must be 'auto', 'float32' or 'bfloat16'")
 # A severe policy hit (a blocked term, personal data) freezes the NPC this long, unless its rule says otherwise.
 VOYAGER_POLICY_FREEZE_SECONDS = env_float("VOYAGER_POLICY_FREEZE_SECONDS", 5.0, minimum=0.0)
 # The whole request body of an adapter upload (portal.limits refuses more before it is buffered) ...

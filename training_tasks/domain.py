@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.corpus import corpus_digest, generate_dialogues
+from inference.loading import bf16_is_fast
 from inference.prompt import build_prompt
 from inference.starter import _replace_dir as replace_dir
 
@@ -107,7 +108,7 @@ def train_world_adapter(
         max_copies_per_reply=0,
         lr_schedule="cosine",
         warmup_steps=5,
-        bf16=config.bf16 and _bf16_is_fast(),
+        bf16=config.bf16 and bf16_is_fast(),
         padding_free=True,
         progress_bar=progress_bar,
     )
@@ -159,16 +160,3 @@ def ensure_world_adapter(
     if (out / MARKER).is_file() and (out / "adapter_model.safetensors").is_file():
         return out
     return train_world_adapter(base_model_dir, out, config=config, progress_bar=progress_bar, log=log)
-
-
-def _bf16_is_fast() -> bool:
-    """bf16 autocast pays on CUDA and on CPUs with bf16 matrix units; elsewhere it is emulated and slower."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags

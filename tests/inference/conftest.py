@@ -196,8 +196,8 @@ def gguf_factory(tiny_model_dir: Path, tmp_path: Path):
 def make_engine(tiny_model_dir: Path):
     engines: list[Engine] = []
 
-    def make(model_dir: Path | None = None, **config) -> Engine:
-        engine = Engine(load_base_model(model_dir or tiny_model_dir), EngineConfig(**config)).start()
+    def make(model_dir: Path | None = None, weights: torch.dtype = torch.float32, **config) -> Engine:
+        engine = Engine(load_base_model(model_dir or tiny_model_dir, dtype=weights), EngineConfig(**config)).start()
         engines.append(engine)
         return engine
 
