@@ -1,12 +1,13 @@
 """Benchmark: NPC conversations of several turns, with the prompt cache and without.
 
     .venv/bin/python benchmarks/multiturn.py [--model DIR] [--npcs 16] [--turns 4] [--adapters 4]
-                                             [--new-tokens 24] [--still]
+                                             [--new-tokens 24] [--moving]
 
 The real default model by default. Each NPC talks with its own player; personas (each with its
 own random LoRA adapter) are shared by several NPCs. Every turn all NPCs are asked at once, each
-prompt carrying the NPC's earlier turns as memory, and the players walk between turns (the
-context changes; ``--still`` keeps it fixed). Measured in one run, cache on and off: time to
+prompt carrying the NPC's earlier turns as memory. The context is what the NPC sees: it stands
+while it talks, so the context stays (``--moving``: the NPCs walk between turns, as one that
+follows its player does, and the context changes every turn). Measured in one run, cache on and off: time to
 first token per turn and the whole turn's time. Greedy; every reply is exactly --new-tokens
 tokens. The last line is one JSON object.
 """
@@ -36,7 +37,7 @@ from inference.prompt import Sampling, Turn  # noqa: E402
 DEFAULT_MODEL = Path.home() / ".cache" / "luanti-voyager" / "models" / "smollm2-135m-instruct"
 
 
-def conversations(npcs: int, turns: int, personas: int, still: bool, seed: int = 5) -> list[dict]:
+def conversations(npcs: int, turns: int, personas: int, moving: bool, seed: int = 5) -> list[dict]:
     """Per NPC: its persona index, player, and for each turn the player's line and the context."""
     rng = random.Random(seed)
     lines = [d.text for d in generate_dialogues(npcs * turns, seed=seed)]
@@ -45,9 +46,9 @@ def conversations(npcs: int, turns: int, personas: int, still: bool, seed: int =
         pos = [rng.randint(-200, 200), rng.randint(0, 30), rng.randint(-200, 200)]
         steps = []
         for t in range(turns):
-            if not still and t:
+            if moving and t:
                 pos = [pos[0] + rng.randint(-6, 6), pos[1], pos[2] + rng.randint(-6, 6)]
-            nearby = ["steve", "a cow"] if still or t % 2 == 0 else ["a cow", "a sheep"]
+            nearby = ["player:steve", "default:dirt"] if not moving or t % 2 == 0 else ["mobs:cow", "default:tree"]
             steps.append(
                 {"text": lines[n * turns + t], "context": {"pos": list(pos), "time_of_day": 0.4, "nearby": nearby}}
             )
@@ -136,25 +137,30 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--adapters", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=24)
-    parser.add_argument("--still", action="store_true", help="the players do not move between turns")
+    parser.add_argument("--moving", action="store_true", help="the NPCs walk between turns (the context changes)")
     args = parser.parse_args()
     if args.turns < 2:
         parser.error("--turns must be at least 2")
 
     loaded = load_base_model(args.model)
-    plan = conversations(args.npcs, args.turns, args.adapters, args.still)
+    plan = conversations(args.npcs, args.turns, args.adapters, args.moving)
     with tempfile.TemporaryDirectory(prefix="voyager-bench-") as tmp:
         refs = make_adapters(Path(args.model), Path(tmp), args.adapters, rank=8)
         print(
             f"model {loaded.info.architecture} {loaded.info.num_parameters / 1e6:.1f}M params, torch threads "
             f"{torch.get_num_threads()}; {args.npcs} NPCs x {args.turns} turns x {args.new_tokens} tokens over "
-            f"{len(refs)} adapters; players {'still' if args.still else 'moving'}"
+            f"{len(refs)} adapters; NPCs {'moving' if args.moving else 'standing'}"
         )
         figures, outputs, saved = {}, {}, 0
         for name, mb in (("cache off", 0), ("cache on", 256)):
-            engine = Engine(loaded, EngineConfig(max_batch_size=args.npcs, max_queue=4 * args.npcs, prompt_cache_mb=mb))
+            # A model of its own: an engine wraps its model's projections for LoRA.
+            engine = Engine(
+                load_base_model(args.model),
+                EngineConfig(max_batch_size=args.npcs, max_queue=4 * args.npcs, prompt_cache_mb=mb),
+            )
             engine.start()
             run(engine, plan[:2], refs, 4, tag=f"warm{mb}")  # loads the adapters, warms the allocator
+            engine.prompt_cache.clear()  # every NPC's first turn starts cold
             warm_saved = engine.stats()["prompt_cache_tokens_saved"]
             result = run(engine, plan, refs, args.new_tokens, tag=f"m{mb}")
             saved = engine.stats()["prompt_cache_tokens_saved"] - warm_saved
@@ -176,7 +182,7 @@ def main() -> None:
                 "prompt_tokens_saved": saved,
                 "prompt_tokens": prompt_tokens,
                 "identical": identical,
-                "players": "still" if args.still else "moving",
+                "npcs_moving": args.moving,
                 "model": Path(args.model).name,
                 "npcs": args.npcs,
                 "turns": args.turns,

@@ -529,6 +529,7 @@ class Engine:
                 row += 1
                 continue
             self._routing_dirty = True
+            self._keep_conversation(job, row)
             last = len(self._running) - 1
             if row != last:
                 moved = self._running[last]
@@ -537,6 +538,12 @@ class Engine:
                 self._running[row] = moved
             self._running.pop()
             self._complete(job)
+
+    def _keep_conversation(self, job: _Job, row: int) -> None:
+        """Keep the prompt and the reply's KV: the NPC's next prompt carries this turn as memory."""
+        if job.finish in ("stop", "length") and job.prompt is not None and job.stream is not None:
+            tokens = [*job.prompt.input_ids, *job.stream.tokens][: job.length]
+            self.prompt_cache.store(self._cache_key(job), tokens, lambda a, z: self.runner.read_kv(row, a, z))
 
     def _complete(self, job: _Job) -> None:
         self.slots.release(job.slot)

@@ -116,6 +116,11 @@ class PromptCache:
             if victim.parent is not None:
                 victim.parent.children -= 1
 
+    def clear(self) -> None:
+        """Forget every block (the engine thread owns the cache: only while nothing runs)."""
+        self._blocks.clear()
+        self.bytes = 0
+
     def stats(self) -> dict[str, int]:
         return {
             "prompt_cache_lookups": self.lookups,
