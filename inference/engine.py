@@ -4,12 +4,15 @@ Threading model: callers ``submit`` from any thread; one background thread
 owns the model, the KV cache and the adapter slots and runs the step loop:
 
 1. apply cancellations;
-2. admit waiting requests while batch rows, adapter slots and the prefill
-   budget allow: build the prompt, pin (or load) the adapter slot, prefill
-   them together and sample their first token;
-3. one decode step for every running request, each at its own position with
+2. admit waiting requests while batch rows, staging rows and adapter slots
+   allow: build the prompt, pin (or load) the adapter slot, take what the
+   prompt cache holds of it;
+3. prefill the next chunk (``max_prefill_tokens``) of the newcomers' prompts,
+   oldest first; one whose prompt is in moves into the decoding rows with its
+   first token;
+4. one decode step for every running request, each at its own position with
    its own adapter;
-4. stream deltas; finished requests leave at once (their cache row is
+5. stream deltas; finished requests leave at once (their cache row is
    refilled by the last running row, so running rows stay packed).
 
 ``on_event`` callbacks run on the engine thread and must be quick (hand off
@@ -19,6 +22,7 @@ to a queue or an event loop). This module does not import Django.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import random
@@ -122,8 +126,11 @@ class EngineConfig:
     adapter_slots: int = 8
     max_seq_len: int = 512
     max_tokens_limit: int = 256
-    # Prompt tokens prefilled per step: bounds how long running requests stall for newcomers.
-    max_prefill_tokens: int = 4096
+    # Prompt tokens prefilled per step: newcomers' prompts go in chunks between the decode steps
+    # of the replies already streaming, which stall at most one chunk's time for a burst.
+    max_prefill_tokens: int = 512
+    # Newcomers being prefilled at once, each in a staging row of the KV cache until its prompt is in.
+    max_prefilling: int = 8
     max_memory_turns: int = 6
     # Memory for the KV of recent prompts (0: off): a follow-up turn prefills only what is new.
     prompt_cache_mb: int = 256
@@ -139,6 +146,8 @@ class _Job:
     slot: int = 0
     stream: ReplyShaper | None = None
     length: int = 0  # tokens in the KV cache
+    prefilled: int = 0  # prompt tokens in its staging row so far
+    staging_row: int = -1
     pending: int = -1  # sampled token not yet in the cache
     first_token_at: float | None = None
     finish: FinishReason | None = None
@@ -192,8 +201,9 @@ class _AdapterSlots:
 class Engine:
     def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
-        if self.config.adapter_slots < 1 or self.config.max_batch_size < 1 or self.config.max_queue < 1:
-            raise ValueError("adapter_slots, max_batch_size and max_queue must be at least 1")
+        numbers = ("adapter_slots", "max_batch_size", "max_queue", "max_prefill_tokens", "max_prefilling")
+        if any(getattr(self.config, name) < 1 for name in numbers):
+            raise ValueError(f"{', '.join(numbers)} must be at least 1")
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self._backend = getattr(self.tokenizer, "backend_tokenizer", None) or getattr(
@@ -207,7 +217,9 @@ class Engine:
             [any(ch.isalnum() for ch in self._decode_text([i])) for i in range(vocab)], dtype=torch.bool
         )
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
-        self.runner = DecoderRunner(loaded.model, self.config.max_batch_size, self.config.max_seq_len)
+        n = self.config.max_batch_size
+        # Rows 0..n-1 decode; the rows after them stage newcomers' prompts.
+        self.runner = DecoderRunner(loaded.model, n + self.config.max_prefilling, self.config.max_seq_len)
         self.max_len = self.runner.max_len
         self.bank = LoraBank(loaded.model, self.config.adapter_slots)
         self.runner.lora_state = self.bank.state
@@ -215,12 +227,13 @@ class Engine:
         self._lock = threading.Condition()
         self._waiting: collections.deque[_Job] = collections.deque()
         self._running: list[_Job] = []  # index == KV cache row
+        self._prefilling: list[_Job] = []  # oldest first
+        self._staging_rows = list(range(n + self.config.max_prefilling - 1, n - 1, -1))
         self._known: set[str] = set()
         self._cancels: set[str] = set()
         self._preloads: list[AdapterRef] = []
         self._closing = False
         self._thread: threading.Thread | None = None
-        n = self.config.max_batch_size
         self._row_slots = torch.zeros(n, dtype=torch.long)
         self._routing_dirty = True
         self.prompt_cache = PromptCache(self.config.prompt_cache_mb * 2**20)
@@ -290,6 +303,7 @@ class Engine:
             return {
                 "waiting": len(self._waiting),
                 "running": len(self._running),
+                "prefilling": len(self._prefilling),
                 "queue_limit": self.config.max_queue,
                 **self.prompt_cache.stats(),
             }
@@ -301,9 +315,9 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._lock:
-                    while not (self._waiting or self._running or self._cancels or self._preloads or self._closing):
+                    while not (self._busy() or self._cancels or self._preloads or self._closing):
                         self._lock.wait()
-                    if self._closing and not self._waiting and not self._running:
+                    if self._closing and not self._busy():
                         self._known.clear()
                         return
                     cancels, self._cancels = self._cancels, set()
@@ -315,6 +329,9 @@ class Engine:
                 except Exception as exc:  # keep serving: fail what was in flight, reset the batch
                     log.exception("engine step failed")
                     self._fail_running(f"{type(exc).__name__}: {exc}")
+
+    def _busy(self) -> bool:
+        return bool(self._waiting or self._running or self._prefilling)
 
     def _preload(self, ref: AdapterRef) -> None:
         try:
@@ -330,11 +347,9 @@ class Engine:
     def _step(self, cancels: set[str]) -> None:
         if cancels:
             self._apply_cancels(cancels)
-        admitted = self._admit()
-        if admitted:
-            # Same-adapter prompts side by side: the packed prefill runs each adapter once per span.
-            admitted.sort(key=lambda job: job.slot)
-            self._prefill(admitted)
+        self._admit()
+        if self._prefilling:
+            self._prefill_chunk()
             self._retire()  # those that stopped on their first token
         if self._running:
             # Newcomers decode right away too: their first token is their pending input.
@@ -357,13 +372,15 @@ class Engine:
         for job in self._running:
             if job.request.request_id in cancels:
                 job.finish = "cancelled"
+        for job in [j for j in self._prefilling if j.request.request_id in cancels]:
+            self._unstage(job)
+            job.finish = "cancelled"
+            self._complete(job)
 
-    def _admit(self) -> list[_Job]:
-        """Move waiting jobs into free rows: prompt, adapter slot, prefill budget."""
-        admitted: list[_Job] = []
-        budget = self.config.max_prefill_tokens
+    def _admit(self) -> None:
+        """Move waiting jobs into free staging rows: prompt, adapter slot, what the prompt cache holds."""
         deferred: list[_Job] = []
-        while len(self._running) + len(admitted) < self.config.max_batch_size:
+        while self._staging_rows and len(self._running) + len(self._prefilling) < self.config.max_batch_size:
             with self._lock:
                 if not self._waiting:
                     break
@@ -371,9 +388,6 @@ class Engine:
             if job.prompt is None and not self._prepare(job):
                 continue
             assert job.prompt is not None
-            if admitted and len(job.prompt.input_ids) > budget:
-                deferred.append(job)
-                break
             if job.request.adapter is not None and not job.slot:
                 try:
                     slot = self.slots.acquire(job.request.adapter)
@@ -388,12 +402,20 @@ class Engine:
                     deferred.append(job)
                     continue
                 job.slot = slot
-            budget -= len(job.prompt.input_ids)
-            admitted.append(job)
+            job.staging_row = self._staging_rows.pop()
+            hit = self.prompt_cache.lookup(self._cache_key(job), job.prompt.input_ids)
+            if hit is not None:
+                self.runner.load_prefix(job.staging_row, hit.keys, hit.values)
+            job.prefilled = hit.length if hit else 0
+            self._prefilling.append(job)
         if deferred:
             with self._lock:
                 self._waiting.extendleft(reversed(deferred))
-        return admitted
+
+    def _unstage(self, job: _Job) -> None:
+        self._prefilling.remove(job)
+        self._staging_rows.append(job.staging_row)
+        job.staging_row = -1
 
     def _prepare(self, job: _Job) -> bool:
         req = job.request
@@ -444,28 +466,45 @@ class Engine:
             return self._backend.decode(ids, skip_special_tokens=True)
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _prefill(self, jobs: list[_Job]) -> None:
-        start = len(self._running)
-        prompts = [j.prompt.input_ids for j in jobs]  # type: ignore[union-attr]
-        # Rows are taken before the forward so a failure there is reported for these jobs too.
-        for offset, job in enumerate(jobs):
-            job.length = len(prompts[offset])
-            self._row_slots[start + offset] = job.slot
+    def _prefill_chunk(self) -> None:
+        """Prefill the next ``max_prefill_tokens`` prompt tokens of the newcomers, oldest first; those
+        whose prompt is in join the decoding rows with their first token."""
+        budget = self.config.max_prefill_tokens
+        chunk: list[tuple[_Job, int]] = []  # (job, prompt tokens it will have in after this chunk)
+        for job in self._prefilling:
+            if budget <= 0:
+                break
+            take = min(len(job.prompt.input_ids) - job.prefilled, budget)  # type: ignore[union-attr]
+            chunk.append((job, job.prefilled + take))
+            budget -= take
+        # Same-adapter prompts side by side: the packed prefill runs each adapter once per span.
+        chunk.sort(key=lambda item: item[0].slot)
+        logits = self.runner.prefill(
+            [job.staging_row for job, _ in chunk],
+            [job.prompt.input_ids[:end] for job, end in chunk],  # type: ignore[union-attr]
+            [job.slot for job, _ in chunk],
+            [job.prefilled for job, _ in chunk],
+        )
+        done = []
+        for i, (job, end) in enumerate(chunk):
+            job.prefilled = end
+            if end == len(job.prompt.input_ids):  # type: ignore[union-attr]
+                done.append(i)
+        jobs = [chunk[i][0] for i in done]
+        for job in jobs:
+            prompt = job.prompt.input_ids  # type: ignore[union-attr]
+            staged = job.staging_row
+            self.prompt_cache.store(self._cache_key(job), prompt, functools.partial(self.runner.read_kv, staged))
+            row = len(self._running)
+            self.runner.move_row(staged, row, len(prompt))
+            self._unstage(job)
+            job.length = len(prompt)
+            self._row_slots[row] = job.slot
             self._running.append(job)
-        self._routing_dirty = True
-        cached = []
-        for offset, job in enumerate(jobs):
-            hit = self.prompt_cache.lookup(self._cache_key(job), prompts[offset])
-            if hit is not None:
-                self.runner.load_prefix(start + offset, hit.keys, hit.values)
-            cached.append(hit.length if hit else 0)
-        logits = self.runner.prefill(start, prompts, [j.slot for j in jobs], cached)
-        for offset, job in enumerate(jobs):
-            row = start + offset
-            self.prompt_cache.store(
-                self._cache_key(job), prompts[offset], lambda a, z, row=row: self.runner.read_kv(row, a, z)
-            )
-        tokens = self._sample(jobs, logits)
+            self._routing_dirty = True
+        if not jobs:
+            return
+        tokens = self._sample(jobs, logits[done])
         now = time.perf_counter()
         for job, token in zip(jobs, tokens):
             job.first_token_at = now
@@ -543,7 +582,7 @@ class Engine:
         """Keep the prompt and the reply's KV: the NPC's next prompt carries this turn as memory."""
         if job.finish in ("stop", "length") and job.prompt is not None and job.stream is not None:
             tokens = [*job.prompt.input_ids, *job.stream.tokens][: job.length]
-            self.prompt_cache.store(self._cache_key(job), tokens, lambda a, z: self.runner.read_kv(row, a, z))
+            self.prompt_cache.store(self._cache_key(job), tokens, functools.partial(self.runner.read_kv, row))
 
     def _complete(self, job: _Job) -> None:
         self.slots.release(job.slot)
@@ -584,6 +623,10 @@ class Engine:
         self._emit(job, Error(job.request.request_id, code, message))
 
     def _fail_running(self, message: str) -> None:
+        for job in list(self._prefilling):
+            self._unstage(job)
+            self.slots.release(job.slot)
+            self._finish_error(job, "internal", message)
         jobs, self._running = self._running, []
         self._routing_dirty = True
         for job in jobs:

@@ -22,6 +22,7 @@ Supported: Llama, Mistral, Qwen2 and Qwen3 (the same block structure).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,17 +189,19 @@ class DecoderRunner:
 
     def prefill(
         self,
-        row_start: int,
+        rows: int | Sequence[int],
         prompts: list[list[int]],
         slots: list[int] | None = None,
         cached: list[int] | None = None,
     ) -> torch.Tensor:
-        """Run prompts into cache rows ``row_start..``; return last-position logits (m, vocab).
+        """Run prompts into cache rows ``rows`` (or ``rows..`` from a first row); return last-position
+        logits (m, vocab).
 
         ``slots`` gives each prompt's LoRA slot (0: none). ``cached[j]`` leading tokens of prompt
-        j already have their KV in its row (``load_prefix``): only the rest is run.
+        j already have their KV in its row (``load_prefix``, or an earlier chunk): only the rest is run.
         """
         m = len(prompts)
+        rows = range(rows, rows + m) if isinstance(rows, int) else rows
         done = cached or [0] * m
         lens = [len(p) - c for p, c in zip(prompts, done)]
         starts = [0]
@@ -216,7 +219,7 @@ class DecoderRunner:
             out = torch.empty(1, total, self.num_heads, self.head_dim, dtype=h.dtype)
             for j in range(m):
                 a, z, c = starts[j], starts[j + 1], done[j]
-                row = row_start + j
+                row = rows[j]
                 self.k_cache[i][row, :, c : c + lens[j]] = k[0, :, a:z]
                 self.v_cache[i][row, :, c : c + lens[j]] = v[0, :, a:z]
                 if c == 0:

@@ -347,3 +347,48 @@ def test_a_penalised_word_loses_to_a_fresh_one_and_punctuation_is_free():
     _penalize_repeats(logits, [0, 2, 3, 0], 1.5, penalizable)
     assert torch.allclose(logits, torch.tensor([2.0 / 1.5, 1.9, -1.5, 3.0]))
     assert int(logits[:3].argmax()) == 1
+
+
+def test_a_burst_of_newcomers_is_prefilled_in_chunks_between_the_decode_steps(make_engine):
+    engine = make_engine(max_prefill_tokens=8, prompt_cache_mb=0)
+    collector = Collector()
+    # Holding the engine's lock keeps its thread waiting: the test takes the steps itself.
+    with engine._lock, torch.inference_mode():
+        engine.submit(request("streaming", max_tokens=200, ignore_eos=True), collector)
+        while not engine._running:
+            engine._step(set())
+        for i in range(4):
+            engine.submit(request(f"new{i}", TEXTS[i + 1], max_tokens=100, ignore_eos=True), collector)
+        streaming = engine._running[0]
+        before, steps = len(streaming.stream.tokens), 0
+        while len(engine._running) < 5:
+            engine._step(set())
+            steps += 1
+            assert len(streaming.stream.tokens) == before + steps  # never stalled: a token every step
+        prompt_tokens = sum(len(job.prompt.input_ids) for job in engine._running[1:])
+        assert prompt_tokens > 8 * 4  # the burst took several chunks...
+        assert steps == -(-prompt_tokens // 8)  # ...of 8 tokens each, end to end
+
+
+@pytest.mark.parametrize("chunk", [3, 17])
+def test_chunked_prefill_gives_the_tokens_of_one_prefill(make_engine, adapter_factory, chunk):
+    refs = adapter_specs(adapter_factory)[:3]
+    memory = [Turn("alice", "hi", "Hm. alice.")]
+    results = {}
+    for size in (chunk, 4096):
+        engine = make_engine(adapter_slots=4, max_prefill_tokens=size, prompt_cache_mb=0)
+        collector = Collector()
+        for i, text in enumerate(TEXTS[:6]):
+            engine.submit(
+                request(
+                    f"{size}-{i}",
+                    text,
+                    adapter=refs[i % 3] if i % 2 else None,
+                    memory=memory,
+                    max_tokens=10,
+                    ignore_eos=True,
+                ),
+                collector,
+            )
+        results[size] = [r.token_ids for _, r in sorted(collector.wait([f"{size}-{i}" for i in range(6)]).items())]
+    assert results[chunk] == results[4096]
