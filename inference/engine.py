@@ -130,7 +130,7 @@ class EngineConfig:
     # of the replies already streaming, which stall at most one chunk's time for a burst.
     max_prefill_tokens: int = 512
     # Newcomers being prefilled at once, each in a staging row of the KV cache until its prompt is in.
-    max_prefilling: int = 8
+    max_prefilling: int = 16
     max_memory_turns: int = 6
     # Memory for the KV of recent prompts (0: off): a follow-up turn prefills only what is new.
     prompt_cache_mb: int = 256
