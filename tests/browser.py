@@ -97,23 +97,36 @@ def log_in(driver, live_server, username, password):
     wait_for(driver, lambda d: "/accounts/login/" not in d.current_url)
 
 
+def emulate_width(driver, width: int, height: int = 844) -> None:
+    """A phone's viewport (headless Chromium's windows are at least 500 px wide): until the driver quits."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600},
+    )
+
+
 def screenshot(driver, name: str) -> Path:
-    """A full-height screenshot of the current page as var/screenshots/NAME.png."""
+    """The whole page (up to 4000 px tall) at the current width, as var/screenshots/NAME.png."""
+    import base64
+
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     width = driver.execute_script("return window.innerWidth")
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": width, "height": min(height, 4000), "deviceScaleFactor": 1, "mobile": width < 600},
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": width, "height": min(height, 4000), "scale": 1},
+        },
     )
-    try:
-        driver.save_screenshot(str(path))
-    finally:
-        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
 
 
 def sideways_overflow(driver) -> int:
     """How many pixels the page is wider than the window (0: nothing to scroll sideways)."""
-    return driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    return driver.execute_script(
+        "const e = document.documentElement; return Math.max(0, e.scrollWidth - e.clientWidth);"
+    )

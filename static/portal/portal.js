@@ -123,7 +123,7 @@
     if (!form || !event.target.matches("input[name=tags], textarea[name=reason]")) return;
     const score = chosenScore(form);
     if (score) send(form, form.action, score);
-    else status(form, "Press 👍 or 👎 to save this with your vote.");
+    else status(form, "Press good or poor to save this with your vote.");
   });
 
   function flash(text, kind) {

@@ -70,7 +70,7 @@ class DaphneServer:
         import sys
 
         done = subprocess.run(
-            [sys.executable, "manage.py", "shell", "-c", code],
+            [sys.executable, "manage.py", "shell", "--no-imports", "-c", code],
             cwd=self._root,
             env=self._env,
             check=True,

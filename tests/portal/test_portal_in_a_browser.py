@@ -15,6 +15,7 @@ from agents_app.models import Exchange, GameServer, PolicyFlag, Rating
 from agents_app.services import game_server_authenticate
 from tests.browser import (
     csp_violations,
+    emulate_width,
     log_in,
     needs_browser,
     open_chromium,
@@ -34,8 +35,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.m
 DESKTOP, PHONE = 1280, 390
 
 
-def _browser(tmp_path, width):
-    driver = open_chromium(tmp_path / f"profile-{width}", window=f"{width},900")
+def _browser(tmp_path, width, name="main"):
+    driver = open_chromium(tmp_path / f"profile-{name}-{width}", window=f"{max(width, 500)},900")
+    if width < 500:
+        emulate_width(driver, width)
     driver.implicitly_wait(0)
     return driver
 
@@ -94,7 +97,7 @@ def test_a_tag_ticked_after_voting_is_saved_and_one_ticked_before_waits_for_a_vo
     other = card_of(browser, unvoted.pk)
     open_reason(other)
     other.find_element(By.CSS_SELECTOR, "input[value='rude']").click()
-    wait_for(browser, lambda d: "Press 👍 or 👎 to save this" in status_of(other))
+    wait_for(browser, lambda d: "Press good or poor to save this" in status_of(other))
     assert not Rating.objects.filter(exchange=unvoted).exists()
     other.find_element(By.CSS_SELECTOR, "button[data-score='-1']").click()
     wait_for(browser, lambda d: status_of(other) == "Saved: thumbs down, 1 tag.")
@@ -319,7 +322,7 @@ def test_a_modder_tries_a_version_not_yet_approved_and_nobody_else_sees_it(brows
     assert "test of an unapproved version" in card_of(browser, exchange["id"]).text
 
     # Someone else: no such version to choose, and the test is not in the feed.
-    other = _browser(tmp_path, DESKTOP)
+    other = _browser(tmp_path, DESKTOP, name="other")
     try:
         sign_up(other, daphne_server, username="pat")
         other.get(f"{daphne_server.url}/playground/")
@@ -338,7 +341,7 @@ def test_a_modder_tries_a_version_not_yet_approved_and_nobody_else_sees_it(brows
 def test_screenshots_of_the_main_pages_at_1280_and_390_px(tmp_path, daphne_server):
     """var/screenshots/{home,feed,persona,playground}-{1280,390}.png, with a rated reply in them."""
     for width in (DESKTOP, PHONE):
-        driver = _browser(tmp_path, width)
+        driver = _browser(tmp_path, width, name="shots")
         driver.base = daphne_server.url
         try:
             sign_up(driver, daphne_server, username=f"shot{width}")
