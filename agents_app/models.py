@@ -428,8 +428,11 @@ def _counts_add(model, keys: dict, changes: dict, *, create: dict | None) -> Non
 def rating_counts_change(*, exchange: Exchange, day, old_score: int | None, new_score: int | None) -> None:
     """Move one rating's vote in the statistics: None → ±1 (new), ±1 → ∓1 (changed), ±1 → None (removed).
 
-    Call inside the transaction that writes the rating.
+    Call inside the transaction that writes the rating. A test of an unapproved version moves nothing:
+    no public figure counts tests.
     """
+    if exchange.is_test:
+        return
     ups = (new_score == 1) - (old_score == 1)
     downs = (new_score == -1) - (old_score == -1)
     first = old_score is None  # only a new vote may start a row
@@ -450,7 +453,9 @@ def rating_counts_change(*, exchange: Exchange, day, old_score: int | None, new_
 @receiver(post_delete, sender=Rating, dispatch_uid="voyager-rating-counts-deleted")
 def rating_counts_deleted(sender, instance: Rating, **kwargs) -> None:
     """A deleted rating (admin, queryset) leaves the statistics in its transaction (post_delete runs in it)."""
-    exchange = Exchange.objects.only("persona_id", "adapter_version_id").filter(pk=instance.exchange_id).first()
+    exchange = (
+        Exchange.objects.only("persona_id", "adapter_version_id", "is_test").filter(pk=instance.exchange_id).first()
+    )
     if exchange is not None:
         rating_counts_change(exchange=exchange, day=rating_day(instance), old_score=instance.score, new_score=None)
 

@@ -114,3 +114,18 @@ def test_the_playground_says_it_needs_javascript(charlie):
     page = client_for(charlie).get("/playground/").content.decode()
     assert "<noscript>" in page and "The playground needs JavaScript" in page
     assert 'id="rate-template"' in page
+
+
+def test_a_rating_of_a_test_exchange_moves_no_public_figure(alice, npc, persona):
+    from agents_app.models import PersonaDayRatings
+    from agents_app.services import rating_stats_rebuild
+    from tests.factories import adapter
+
+    v2 = adapter(persona, 2, status="validated")
+    tried = make_exchange(npc, player=f"web:{alice.pk}", adapter_version=v2, is_test=True)
+    assert rate(alice, tried, score="1").status_code == 201
+    assert not ExchangeRatings.objects.exists() and not PersonaDayRatings.objects.exists()
+    rating_stats_rebuild()
+    assert not ExchangeRatings.objects.exists() and not PersonaDayRatings.objects.exists()
+    assert csrf_json_post(client_for(alice), f"/replies/{tried.pk}/unrate/").status_code == 200
+    assert not PersonaDayRatings.objects.exists()
