@@ -41,6 +41,7 @@ from portal.forms import (
     form_errors,
 )
 from portal.markdown import render_markdown
+from portal.pending_votes import pending_vote_keep
 
 
 def _wants_json(request) -> bool:
@@ -227,13 +228,17 @@ def feed(request):
     return render(request, "portal/feed.html", context)
 
 
-def _log_in_again(request):
-    """A rating from a tab whose session has ended: JSON that says so for fetch(), the login page otherwise."""
+def _log_in_again(request, exchange_id=None):
+    """A rating from a tab whose session has ended: JSON that says so for fetch(); otherwise the vote is kept
+    in the session (given at login, ``portal.pending_votes``) and the login page comes next."""
     back = _safe_next(request, reverse("feed"))
     login_url = f"{reverse('login')}?{urlencode({'next': back})}"
     if _wants_json(request):
         message = "your session has ended: log in again (your vote is kept until then)"
         return JsonResponse({"error": message, "code": "login_required", "login": login_url}, status=401)
+    if exchange_id is not None:
+        pending_vote_keep(request, exchange_id)
+        messages.info(request, "Your session had ended: log in again and your vote is saved.")
     return redirect(login_url)
 
 
@@ -251,7 +256,7 @@ def csrf_failure(request, reason=""):
 @service_errors
 def rate(request, exchange_id):
     if not request.user.is_authenticated:
-        return _log_in_again(request)
+        return _log_in_again(request, exchange_id)
     form = RatingForm(request.POST)
     if not form.is_valid():
         raise ServiceError(form_errors(form))

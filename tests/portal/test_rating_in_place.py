@@ -88,7 +88,7 @@ def test_a_page_older_than_the_last_logout_gets_json_saying_log_in_again(charlie
     assert not Rating.objects.exists()
 
 
-def test_a_visitor_rating_without_javascript_is_sent_to_log_in_and_back(npc):
+def test_a_visitor_rating_without_javascript_is_sent_to_log_in_and_back(npc):  # and the vote kept
     exchange = make_exchange(npc)
     response = csrf_post(client_for(), f"/replies/{exchange.pk}/rate/", {"score": "1", "next": "/replies/"})
     assert response.status_code == 302 and response["Location"] == "/accounts/login/?next=%2Freplies%2F"
@@ -129,3 +129,27 @@ def test_a_rating_of_a_test_exchange_moves_no_public_figure(alice, npc, persona)
     assert not ExchangeRatings.objects.exists() and not PersonaDayRatings.objects.exists()
     assert csrf_json_post(client_for(alice), f"/replies/{tried.pk}/unrate/").status_code == 200
     assert not PersonaDayRatings.objects.exists()
+
+
+def test_without_javascript_a_vote_from_an_ended_session_is_given_at_login(charlie, npc):
+    exchange = make_exchange(npc)
+    client = client_for()
+    data = {"score": "-1", "tags": ["rude"], "reason": "Snapped at me.", "next": "/replies/"}
+    response = csrf_post(client, f"/replies/{exchange.pk}/rate/", data)
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    assert not Rating.objects.exists()
+    response = csrf_post(client, "/accounts/login/", {"username": "charlie", "password": "charlie-password-1"})
+    assert response.status_code == 302
+    rating = Rating.objects.get()
+    assert (rating.user, rating.score, rating.tags, rating.reason) == (charlie, -1, ["rude"], "Snapped at me.")
+    assert "Your vote from before you logged in is saved." in client.get("/replies/").content.decode()
+
+
+def test_a_kept_vote_that_no_longer_holds_is_reported_at_login_not_saved(charlie, npc):
+    exchange = make_exchange(npc)
+    client = client_for()
+    csrf_post(client, f"/replies/{exchange.pk}/rate/", {"score": "7", "next": "/replies/"})
+    csrf_post(client, "/accounts/login/", {"username": "charlie", "password": "charlie-password-1"})
+    assert not Rating.objects.exists()
+    page = client.get("/replies/").content.decode()
+    assert "Your vote from before you logged in was not saved: score: must be 1" in page
