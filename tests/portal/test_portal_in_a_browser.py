@@ -244,6 +244,14 @@ def test_a_moderator_works_the_queue_one_flag_after_another(browser, live_server
     wait_for(browser, lambda d: "Excluded 2 exchange(s) from training" in d.page_source)
     assert Exchange.objects.filter(excluded_from_training=False).count() == 0
 
+    # The other lists a moderator works fit as well.
+    wide = {}
+    for model in ("policyflag/?status=all", "rating/", "adapterversion/", "npc/", "modderrequest/", "persona/"):
+        browser.get(f"{live_server.url}/admin/agents_app/{model}")
+        wait_for(browser, lambda d: d.find_elements(By.ID, "changelist"))
+        wide[model] = sideways_overflow(browser)
+    assert {model: px for model, px in wide.items() if px} == {}
+
 
 # --- the playground (Daphne: HTTP and the WebSocket, the echo worker) --------------------------
 
