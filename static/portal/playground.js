@@ -51,6 +51,17 @@
     });
   }
 
+  // Offer only the chosen persona's versions (each option names its persona in data-persona).
+  function versionsFor() {
+    const slug = form.persona.value;
+    form.version.querySelectorAll("option[data-persona]").forEach(function (o) {
+      o.hidden = o.disabled = o.dataset.persona !== slug;
+    });
+    if (form.version.selectedOptions[0] && form.version.selectedOptions[0].disabled) form.version.value = "";
+  }
+  form.persona.addEventListener("change", versionsFor);
+  versionsFor();
+
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     const data = new FormData(form);
