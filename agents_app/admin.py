@@ -1,16 +1,18 @@
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
 from agents_app import adapters as lifecycle
-from agents_app import moderation, selectors, services
+from agents_app import modder_requests, moderation, selectors, services
 from agents_app.models import (
     AdapterVersion,
     Exchange,
     GameServer,
+    ModderRequest,
     Npc,
     PairwiseVote,
     Persona,
@@ -180,9 +182,11 @@ class ExchangeAdmin(admin.ModelAdmin):
         "short_reply",
         "adapter_version",
         "source",
+        "is_test",
         "excluded_from_training",
     ]
-    list_filter = ["source", "persona", "excluded_from_training", "adapter_version"]
+    list_filter = ["source", "is_test", "excluded_from_training", "persona", "adapter_version"]
+    actions = ["exclude_from_training"]
     search_fields = ["player_name", "player_text", "reply_text", "id"]
     list_select_related = ["persona", "npc", "adapter_version__persona"]
     date_hierarchy = "created_at"
@@ -214,6 +218,15 @@ class ExchangeAdmin(admin.ModelAdmin):
     @admin.display(description="Reply")
     def short_reply(self, obj):
         return obj.reply_text[:60]
+
+    @admin.action(description="Exclude the selected exchanges from training", permissions=["change"])
+    def exclude_from_training(self, request, queryset):
+        changed = moderation.exchanges_exclude_from_training(exchange_ids=queryset.values_list("pk", flat=True))
+        for exchange in changed:
+            self.log_change(request, exchange, "Excluded from training")
+        already = queryset.count() - len(changed)
+        note = f" ({already} already were)" if already > 0 else ""
+        self.message_user(request, f"Excluded {len(changed)} exchange(s) from training{note}.", messages.SUCCESS)
 
     def has_add_permission(self, request):
         return False
@@ -415,6 +428,9 @@ class PolicyFlagAdmin(admin.ModelAdmin):
     ]
     readonly_fields = [f for f in fields if f != "status"]
     change_list_template = "admin/agents_app/policyflag/change_list.html"
+    change_form_template = "admin/agents_app/policyflag/change_form.html"
+    # The change form's buttons for working the queue one flag after another: decide (or skip), then the next.
+    NEXT_DECISIONS = {"_confirm_next": PolicyFlag.Status.CONFIRMED, "_dismiss_next": PolicyFlag.Status.DISMISSED}
 
     def has_add_permission(self, request):
         return False  # flags are raised by the policy, never by hand
@@ -543,6 +559,33 @@ class PolicyFlagAdmin(admin.ModelAdmin):
         if change and "status" in form.changed_data:
             obj.reviewed_by, obj.reviewed_at = request.user, timezone.now()
         super().save_model(request, obj, form, change)
+        decision = next((s for key, s in self.NEXT_DECISIONS.items() if key in request.POST), None)
+        if change and decision is not None:
+            for flag in moderation.flags_review(flags=[obj], user=request.user, status=decision):
+                self.log_change(request, flag, f"{flag.get_status_display()} the flag (queue)")
+
+    # --- the queue, one flag after another ----------------------------------------------------------
+
+    def response_change(self, request, obj):
+        if any(key in request.POST for key in (*self.NEXT_DECISIONS, "_skip_next")):
+            return self._go_to_next(request, after=obj)
+        return super().response_change(request, obj)
+
+    def _go_to_next(self, request, after=None):
+        flag = selectors.next_open_flag(after=after)
+        if flag is None:
+            self.message_user(request, "The queue is empty: no open flag is left.", messages.SUCCESS)
+            return redirect(reverse("admin:agents_app_policyflag_changelist"))
+        return redirect(reverse("admin:agents_app_policyflag_change", args=[flag.pk]))
+
+    def next_view(self, request):
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        return self._go_to_next(request)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "open_flags": PolicyFlag.objects.filter(status="open").count()}
+        return super().change_view(request, object_id, form_url, extra_context=extra_context)
 
     # --- counts per persona and version over time -------------------------------------------------
 
@@ -552,7 +595,8 @@ class PolicyFlagAdmin(admin.ModelAdmin):
                 "summary/",
                 self.admin_site.admin_view(self.summary_view),
                 name="agents_app_policyflag_summary",
-            )
+            ),
+            path("next/", self.admin_site.admin_view(self.next_view), name="agents_app_policyflag_next"),
         ]
         return urls + super().get_urls()
 
@@ -597,3 +641,42 @@ class ProtectedAreaAdmin(admin.ModelAdmin):
     list_display = ["name", "game_server", "enabled", "min_x", "min_y", "min_z", "max_x", "max_y", "max_z"]
     list_filter = ["enabled", "game_server"]
     search_fields = ["name"]
+
+
+@admin.register(ModderRequest)
+class ModderRequestAdmin(admin.ModelAdmin):
+    """Players asking for the modder role from their profile; approving one gives the role."""
+
+    list_display = ["created_at", "user", "short_motivation", "status", "decided_by", "decided_at"]
+    list_filter = ["status"]
+    search_fields = ["user__username", "motivation"]
+    list_select_related = ["user", "decided_by"]
+    fields = ["user", "motivation", "status", "note", "decided_by", "decided_at", "created_at"]
+    readonly_fields = ["user", "motivation", "status", "decided_by", "decided_at", "created_at"]
+    actions = ["approve_requests", "refuse_requests"]
+
+    @admin.display(description="Motivation")
+    def short_motivation(self, obj):
+        return obj.motivation[:80]
+
+    def has_add_permission(self, request):
+        return False  # players ask from their profile
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def _decide(self, request, queryset, approve: bool, verb: str) -> None:
+        changed = modder_requests.modder_requests_decide(
+            requests=list(queryset), moderator=request.user, approve=approve
+        )
+        for req in changed:
+            self.log_change(request, req, f"{verb} the request")
+        self.message_user(request, f"{verb} {len(changed)} request(s).", messages.SUCCESS)
+
+    @admin.action(description="Approve: give them the modder role", permissions=["change"])
+    def approve_requests(self, request, queryset):
+        self._decide(request, queryset, True, "Approved")
+
+    @admin.action(description="Refuse the selected requests", permissions=["change"])
+    def refuse_requests(self, request, queryset):
+        self._decide(request, queryset, False, "Refused")

@@ -31,6 +31,7 @@ class AskPlan:
     request: dict[str, Any] = field(default_factory=dict)
     persona: Persona | None = None
     npc: Npc | None = None
+    is_test: bool = False  # a try of a version not yet approved: its exchange is kept out of the feed and training
 
 
 def adapter_ref(adapter: AdapterVersion | None) -> dict[str, Any] | None:
@@ -231,6 +232,7 @@ def exchange_record(
             actions=verdict.allowed,
             blocked_actions=verdict.blocked,
             adapter_version_id=adapter_id,
+            is_test=plan.is_test,
             base_model_id=result.get("base_model_id", "")[:200],
             finish_reason=result.get("finish_reason", "")[:16],
             worker_id=(result.get("worker_id") or "")[:100],

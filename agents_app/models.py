@@ -258,6 +258,10 @@ class Exchange(models.Model):
     ttft_ms = models.FloatField(null=True, blank=True)
     total_ms = models.FloatField(null=True, blank=True)
     excluded_from_training = models.BooleanField(default=False)
+    is_test = models.BooleanField(
+        default=False,
+        help_text="A try of a version not yet approved (the playground): out of the public feed and of training.",
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -424,8 +428,11 @@ def _counts_add(model, keys: dict, changes: dict, *, create: dict | None) -> Non
 def rating_counts_change(*, exchange: Exchange, day, old_score: int | None, new_score: int | None) -> None:
     """Move one rating's vote in the statistics: None → ±1 (new), ±1 → ∓1 (changed), ±1 → None (removed).
 
-    Call inside the transaction that writes the rating.
+    Call inside the transaction that writes the rating. A test of an unapproved version moves nothing:
+    no public figure counts tests.
     """
+    if exchange.is_test:
+        return
     ups = (new_score == 1) - (old_score == 1)
     downs = (new_score == -1) - (old_score == -1)
     first = old_score is None  # only a new vote may start a row
@@ -446,7 +453,9 @@ def rating_counts_change(*, exchange: Exchange, day, old_score: int | None, new_
 @receiver(post_delete, sender=Rating, dispatch_uid="voyager-rating-counts-deleted")
 def rating_counts_deleted(sender, instance: Rating, **kwargs) -> None:
     """A deleted rating (admin, queryset) leaves the statistics in its transaction (post_delete runs in it)."""
-    exchange = Exchange.objects.only("persona_id", "adapter_version_id").filter(pk=instance.exchange_id).first()
+    exchange = (
+        Exchange.objects.only("persona_id", "adapter_version_id", "is_test").filter(pk=instance.exchange_id).first()
+    )
     if exchange is not None:
         rating_counts_change(exchange=exchange, day=rating_day(instance), old_score=instance.score, new_score=None)
 
@@ -727,3 +736,36 @@ class TrainingRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.persona.slug} {self.night} ({self.status})"
+
+
+class ModderRequest(models.Model):
+    """A player asks for the modder role from the profile; a moderator approves or refuses it in the admin.
+
+    One open request per user at a time; a refused one may be followed by a new request.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        REFUSED = "refused", "Refused"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="modder_requests")
+    motivation = models.TextField(max_length=1000, help_text="What the player means to build, in their words.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    note = models.TextField(blank=True, max_length=1000, help_text="The moderator's answer, shown to the player.")
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user"], condition=Q(status="pending"), name="modder_request_one_pending_per_user"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} asks to be a modder ({self.status})"

@@ -37,6 +37,9 @@ _MODERATOR_PERMS = [
     "change_raterblock",
     "delete_raterblock",
     "view_raterblock",
+    # players asking for the modder role from their profile: agents_app.admin.ModderRequestAdmin
+    "change_modderrequest",
+    "view_modderrequest",
 ]
 ROLE_PERMISSIONS = {PLAYER: _PLAYER_PERMS, MODDER: _MODDER_PERMS, MODERATOR: _MODERATOR_PERMS}
 

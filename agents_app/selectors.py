@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -52,3 +52,13 @@ def flag_counts(*, days: int = 14) -> dict:
         row["per_day"] = [row["per_day"][d] for d in dates]
         row["by_rule"] = sorted(row["by_rule"].items(), key=lambda kv: -kv[1])
     return {"days": dates, "rows": ordered, "period_days": days}
+
+
+def next_open_flag(*, after: PolicyFlag | None = None) -> PolicyFlag | None:
+    """The queue's next open flag, oldest first: the one after ``after`` in that order, wrapping around so a
+    skipped flag comes back once the rest are done; None when no open flag is left."""
+    open_flags = PolicyFlag.objects.filter(status=PolicyFlag.Status.OPEN).order_by("created_at", "pk")
+    if after is None:
+        return open_flags.first()
+    later = Q(created_at__gt=after.created_at) | Q(created_at=after.created_at, pk__gt=after.pk)
+    return open_flags.filter(later).first() or open_flags.exclude(pk=after.pk).first()

@@ -376,8 +376,9 @@ def rating_stats_rebuild() -> tuple[int, int]:
             cursor.execute(f"LOCK TABLE {Rating._meta.db_table} IN SHARE MODE")
     PersonaDayRatings.objects.all().delete()  # on SQLite, this write is what holds other writers off
     ExchangeRatings.objects.all().delete()
+    counted = Rating.objects.filter(exchange__is_test=False)  # tests of unapproved versions are never counted
     days = (
-        Rating.objects.values(
+        counted.values(
             persona_id=F("exchange__persona_id"),
             adapter_version_id=F("exchange__adapter_version_id"),
             day=TruncDate("created_at", tzinfo=timezone.get_default_timezone()),
@@ -387,7 +388,7 @@ def rating_stats_rebuild() -> tuple[int, int]:
     )
     day_rows = PersonaDayRatings.objects.bulk_create((PersonaDayRatings(**row) for row in days), batch_size=5000)
     exchanges = (
-        Rating.objects.values("exchange_id", persona_id=F("exchange__persona_id"))
+        counted.values("exchange_id", persona_id=F("exchange__persona_id"))
         .annotate(net=Sum("score"), total=Count("id"))
         .order_by()
     )

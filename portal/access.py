@@ -56,7 +56,7 @@ def can_create_persona(user) -> bool:
 
 def require_persona_creator(user) -> None:
     if not can_create_persona(user):
-        raise AccessDenied("persona: only modders may create personas (ask a moderator for the modder role)")
+        raise AccessDenied("persona: only modders may create personas (ask for the modder role on your profile)")
 
 
 def can_edit_persona(user, persona: Persona) -> bool:
@@ -73,9 +73,22 @@ def access_persona_for_edit(slug: str, user) -> Persona:
 # --- exchanges ----------------------------------------------------------------------------------
 
 
+PLAYGROUND_PREFIX = "web:"  # playground exchanges' player_name; ':' never appears in a Luanti name
+
+
+def playground_player_name(user) -> str:
+    return f"{PLAYGROUND_PREFIX}{user.pk}"
+
+
 def visible_exchanges(user) -> QuerySet[Exchange]:
-    """The exchanges of the personas the user may see."""
-    return Exchange.objects.filter(visibility.visible_to_user(user, via="persona__"))
+    """The exchanges of the personas the user may see; tests of unapproved versions only to their tester
+    and the moderators."""
+    qs = Exchange.objects.filter(visibility.visible_to_user(user, via="persona__"))
+    if is_moderator(user):
+        return qs
+    if user is not None and user.is_authenticated:
+        return qs.filter(Q(is_test=False) | Q(player_name=playground_player_name(user)))
+    return qs.filter(is_test=False)
 
 
 def access_exchange(exchange_id, user) -> Exchange:

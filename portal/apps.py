@@ -6,4 +6,4 @@ class PortalConfig(AppConfig):
     verbose_name = "Community portal"
 
     def ready(self) -> None:
-        from portal import checks  # noqa: F401  (registers the system checks)
+        from portal import checks, pending_votes  # noqa: F401  (register the system checks, the login hook)

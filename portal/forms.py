@@ -58,10 +58,25 @@ class PlayerLinkForm(forms.Form):
     player_name = forms.CharField(max_length=20, label="Your name in game")
 
 
+class ModderRequestForm(forms.Form):
+    motivation = forms.CharField(
+        max_length=1000,
+        label="What would you like to build?",
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="A persona or two, an adapter you trained: a sentence is enough.",
+    )
+
+
 class RatingForm(forms.Form):
     score = forms.TypedChoiceField(choices=[("1", "👍"), ("-1", "👎")], coerce=int)
     tags = forms.MultipleChoiceField(choices=list(REASON_TAGS.items()), required=False)
     reason = forms.CharField(max_length=500, required=False)
+
+
+class PersonaCatalogForm(forms.Form):
+    q = forms.CharField(required=False, max_length=100, label="Search")
+    tag = forms.CharField(required=False, max_length=80)
+    sort = forms.CharField(required=False, max_length=20)
 
 
 class FeedFilterForm(forms.Form):

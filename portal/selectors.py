@@ -25,9 +25,11 @@ from agents_app.models import (
 )
 from agents_app.services import ServiceError
 from portal import access
+from portal.access import PLAYGROUND_PREFIX, playground_player_name
 
 ANONYMOUS_PLAYER = "a player"
-PLAYGROUND_PREFIX = "web:"  # playground exchanges' player_name; ':' never appears in a Luanti name
+# Versions the playground offers; a validated one is visible only to its owner and the moderators.
+PLAYGROUND_STATUSES = (AdapterVersion.Status.VALIDATED, AdapterVersion.Status.APPROVED, AdapterVersion.Status.ACTIVE)
 
 REASON_TAGS = {
     "off_character": "off-character",
@@ -47,10 +49,6 @@ HEAVY_FIELDS = (
     "persona__system_prompt",
 )
 FEED_MAX_PAGE_SIZE = 100
-
-
-def playground_player_name(user) -> str:
-    return f"{PLAYGROUND_PREFIX}{user.pk}"
 
 
 def linked_player_names(user) -> list[str]:
@@ -83,11 +81,29 @@ class FeedItem:
         return f"/replies/{self.exchange.pk}/rate/"
 
     @property
+    def unrate_url(self) -> str:
+        return f"/replies/{self.exchange.pk}/unrate/"
+
+    @property
     def where(self) -> str:
         e = self.exchange
         version = f"v{e.adapter_version.version}" if e.adapter_version_id else "base model"
         place = e.npc.game_server.name if e.npc.game_server_id else e.get_source_display()
         return f"{version} · {place} · {e.created_at:%Y-%m-%d %H:%M}"
+
+
+def blank_feed_item() -> dict:
+    """The rating controls' context for a reply not stored yet (the playground fills the URLs in)."""
+    return {
+        "rate_url": "",
+        "unrate_url": "",
+        "up": 0,
+        "down": 0,
+        "my_score": None,
+        "my_tags": [],
+        "my_reason": "",
+        "tag_choices": [(key, label, False) for key, label in REASON_TAGS.items()],
+    }
 
 
 @dataclass
@@ -223,13 +239,135 @@ def feed_servers():
 # --- personas -------------------------------------------------------------------------------------
 
 
-def persona_catalog(viewer):
-    return (
+def wilson_interval(ups: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a thumbs-up share: wide for a handful of ratings, narrow for many."""
+    if total <= 0:
+        return 0.0, 1.0
+    p = ups / total
+    centre = p + z * z / (2 * total)
+    margin = z * ((p * (1 - p) + z * z / (4 * total)) / total) ** 0.5
+    scale = 1 + z * z / total
+    return max(0.0, (centre - margin) / scale), min(1.0, (centre + margin) / scale)
+
+
+CATALOG_SORTS = {"rating": "best rated", "activity": "most active (30 days)", "newest": "newest", "name": "name"}
+CATALOG_ACTIVITY_DAYS = 30
+
+
+@dataclass
+class CatalogEntry:
+    persona: object
+    exchange_count: int
+    recent_count: int
+    ups: int
+    total: int
+
+    @property
+    def share(self) -> int | None:
+        return round(100 * self.ups / self.total) if self.total else None
+
+    @property
+    def score(self) -> float:
+        return wilson_interval(self.ups, self.total)[0] if self.total else -1.0
+
+
+def persona_catalog(viewer, *, q: str = "", tag: str = "", sort: str = "rating") -> tuple[list[CatalogEntry], list]:
+    """The personas the viewer may see, searched (name, slug, description), narrowed to one trait tag, sorted.
+
+    Returns (entries, every tag among the visible personas). Two queries: the personas with their exchange
+    counts, and their thumbs from the per-day counts. Tags are matched here, not in SQL: JSON list lookups
+    differ between PostgreSQL and SQLite, and a catalogue is a few hundred rows.
+    """
+    if sort not in CATALOG_SORTS:
+        raise ServiceError(f"sort: must be one of {', '.join(CATALOG_SORTS)}, not {sort[:40]!r}")
+    since = timezone.now() - timedelta(days=CATALOG_ACTIVITY_DAYS)
+    public = Q(exchanges__is_test=False)
+    personas = list(
         access.visible_personas(viewer)
         .select_related("active_adapter")
-        .annotate(exchange_count=Count("exchanges", distinct=True))
-        .order_by("name")
+        .annotate(
+            exchange_count=Count("exchanges", filter=public, distinct=True),
+            recent_count=Count("exchanges", filter=public & Q(exchanges__created_at__gte=since), distinct=True),
+        )
     )
+    all_tags = sorted({t for p in personas for t in (p.traits or []) if isinstance(t, str)}, key=str.lower)
+    q = (q or "").strip().lower()
+    if q:
+        personas = [p for p in personas if q in f"{p.name}\n{p.slug}\n{p.description}".lower()]
+    if tag:
+        personas = [p for p in personas if tag in (p.traits or [])]
+    thumbs = {
+        row["persona_id"]: (row["ups"] or 0, (row["ups"] or 0) + (row["downs"] or 0))
+        for row in PersonaDayRatings.objects.filter(persona__in=[p.pk for p in personas])
+        .values("persona_id")
+        .annotate(ups=Sum("ups"), downs=Sum("downs"))
+    }
+    entries = [CatalogEntry(p, p.exchange_count, p.recent_count, *thumbs.get(p.pk, (0, 0))) for p in personas]
+    order = {
+        "rating": lambda e: (-e.score, e.persona.name.lower()),
+        "activity": lambda e: (-e.recent_count, -e.exchange_count, e.persona.name.lower()),
+        "newest": lambda e: (-e.persona.created_at.timestamp(), e.persona.name.lower()),
+        "name": lambda e: e.persona.name.lower(),
+    }[sort]
+    return sorted(entries, key=order), all_tags
+
+
+@dataclass
+class VersionFigures:
+    """One column of a persona page's side-by-side table: a version (None: the base model) and its figures."""
+
+    label: str
+    adapter: object | None
+    ups: int = 0
+    total: int = 0
+    exchanges: int = 0
+    policy_hits: int = 0
+
+    @property
+    def share(self) -> int | None:
+        return round(100 * self.ups / self.total) if self.total else None
+
+    @property
+    def interval(self) -> tuple[int, int] | None:
+        if not self.total:
+            return None
+        low, high = wilson_interval(self.ups, self.total)
+        return round(100 * low), round(100 * high)
+
+
+def persona_version_figures(persona, viewer) -> list[VersionFigures]:
+    """Each version the viewer may see, newest first, then the base model: thumbs (with a 95% interval),
+    exchanges and policy hits, each from one grouped query (tests of unapproved versions not counted)."""
+    from agents_app.models import PolicyFlag
+
+    versions = list(persona_versions(persona, viewer))
+    columns = {v.pk: VersionFigures(f"v{v.version}", v) for v in versions}
+    columns[None] = VersionFigures("base model", None)
+    for row in (
+        PersonaDayRatings.objects.filter(persona=persona)
+        .values("adapter_version_id")
+        .annotate(ups=Sum("ups"), downs=Sum("downs"))
+    ):
+        if row["adapter_version_id"] in columns:
+            column = columns[row["adapter_version_id"]]
+            column.ups, column.total = row["ups"] or 0, (row["ups"] or 0) + (row["downs"] or 0)
+    for row in (
+        Exchange.objects.filter(persona=persona, is_test=False).values("adapter_version_id").annotate(n=Count("id"))
+    ):
+        if row["adapter_version_id"] in columns:
+            columns[row["adapter_version_id"]].exchanges = row["n"]
+    for row in (
+        PolicyFlag.objects.filter(exchange__persona=persona, exchange__is_test=False)
+        .values("exchange__adapter_version_id")
+        .annotate(n=Count("id"))
+    ):
+        if row["exchange__adapter_version_id"] in columns:
+            columns[row["exchange__adapter_version_id"]].policy_hits = row["n"]
+    base = columns.pop(None)
+    shown = list(columns.values())
+    if base.total or base.exchanges or not shown:
+        shown.append(base)
+    return shown
 
 
 @dataclass
@@ -265,21 +403,38 @@ def trend_svg(series: list[TrendSeries], width: int = 560, height: int = 180) ->
     if not days:
         return {"lines": [], "width": width, "height": height, "days": []}
     pad = 30
-    step = (width - 2 * pad) / max(len(days) - 1, 1)
-    x_of = {d: pad + i * step for i, d in enumerate(days)}
+    right = 90  # room for each line's label and latest share
+    step = (width - pad - right) / max(len(days) - 1, 1)
+    # A single day sits in the middle, so one day of ratings is a labelled point, not a dot on the axis.
+    x_of = {d: pad + i * step for i, d in enumerate(days)} if len(days) > 1 else {days[0]: (width - right + pad) / 2}
     colours = ["#2f5d3a", "#c0392b", "#2874a6", "#b9770e", "#7d3c98", "#566573"]
     lines = []
     for i, s in enumerate(series):
         pts = [(round(x_of[d], 1), round(pad + (1 - share) * (height - 2 * pad), 1), n) for d, share, n in s.points]
+        last_share = s.points[-1][1]
         lines.append(
             {
                 "label": s.version,
                 "colour": colours[i % len(colours)],
                 "points": " ".join(f"{x},{y}" for x, y, _ in pts),
                 "dots": pts,
+                "latest": f"{s.version} {round(100 * last_share)}%",
+                "latest_x": pts[-1][0] + 8,
+                "latest_y": pts[-1][1] + 4,
+                "ratings": sum(n for _, _, n in s.points),
             }
         )
-    return {"lines": lines, "width": width, "height": height, "days": [days[0], days[-1]], "pad": pad}
+    return {
+        "lines": lines,
+        "width": width,
+        "height": height,
+        "days": [days[0], days[-1]],
+        "one_day": len(days) == 1,
+        "pad": pad,
+        "mid_y": height / 2,
+        "bottom": height - pad,
+        "axis_right": width - right,
+    }
 
 
 def persona_extremes(persona, viewer, *, n: int = 3) -> tuple[list[FeedItem], list[FeedItem]]:
@@ -293,7 +448,8 @@ def persona_extremes(persona, viewer, *, n: int = 3) -> tuple[list[FeedItem], li
     best_ids = list(sums.filter(net__gt=0).order_by("-net", "-total", "exchange_id")[:n])
     worst_ids = list(sums.filter(net__lt=0).order_by("net", "-total", "exchange_id")[:n])
     rows = list(
-        Exchange.objects.filter(pk__in=best_ids + worst_ids)
+        access.visible_exchanges(viewer)
+        .filter(pk__in=best_ids + worst_ids)
         .select_related("persona", "npc__game_server", "adapter_version")
         .defer(*HEAVY_FIELDS)
     )
@@ -386,7 +542,7 @@ def compare_pair(viewer, *, persona_slug: str = "", window: int = 200):
     if persona_slug:
         personas = personas.filter(slug=persona_slug)
     recent = list(
-        Exchange.objects.filter(persona__in=personas)
+        Exchange.objects.filter(persona__in=personas, is_test=False)
         .exclude(reply_text="")
         .select_related("persona", "adapter_version", "npc__game_server")
         .order_by("-created_at")[:window]
@@ -422,7 +578,7 @@ def compare_pair(viewer, *, persona_slug: str = "", window: int = 200):
 def adapter_versions_for_playground(viewer):
     return (
         access.visible_adapter_versions(viewer)
-        .filter(status__in=[AdapterVersion.Status.APPROVED, AdapterVersion.Status.ACTIVE])
+        .filter(status__in=PLAYGROUND_STATUSES)
         .select_related("persona")
         .order_by("persona__name", "-version")
     )

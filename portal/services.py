@@ -13,7 +13,7 @@ from agents_app.models import AdapterVersion, Exchange, PairwiseVote, PlayerLink
 from agents_app.roles import PLAYER, ensure_roles
 from agents_app.services import ServiceError, rating_upsert
 from portal import access
-from portal.selectors import REASON_TAGS, playground_player_name
+from portal.selectors import PLAYGROUND_STATUSES, REASON_TAGS, playground_player_name
 
 # Luanti's own rule for player names (src/server.cpp): 1-20 of these characters.
 PLAYER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
@@ -102,6 +102,21 @@ def web_rating_set(*, user, exchange_id, score, tags=(), reason: str = "") -> tu
 
 
 @transaction.atomic
+def web_rating_remove(*, user, exchange_id) -> bool:
+    """Take back one's own rating of a reply (the undo beside the thumbs). False: there was none.
+
+    The persona statistics follow through the rating's post_delete handler, in this transaction.
+    """
+    access.require_rater(user)
+    exchange = access.access_exchange(exchange_id, user)
+    rating = Rating.objects.select_for_update().filter(exchange=exchange, user=user).first()
+    if rating is None:
+        return False
+    rating.delete()
+    return True
+
+
+@transaction.atomic
 def pairwise_vote_record(*, user, left_id, right_id, outcome: str) -> tuple[PairwiseVote, bool]:
     """Record which of two replies is better; voting again on the same pair changes the vote."""
     if not user.is_authenticated or not user.has_perm("agents_app.add_pairwisevote"):
@@ -139,7 +154,9 @@ def playground_prepare(*, user, persona_slug: str, version: int | None = None) -
     A person may talk to the personas they may see (``agents_app.visibility.visible_to_user``:
     public ones, their own, every one for a moderator); a share with a game server gives its owner
     nothing here. Any other persona is answered as one that does not exist. ``version`` picks any
-    approved or active adapter version; none means the persona's active one.
+    approved or active adapter version, or a validated one not yet approved that only its owner and the
+    moderators can see (``access.visible_adapter_versions``): a test, whose exchange stays out of the
+    public feed and out of training. None means the persona's active version.
     """
     if not user.is_authenticated:
         raise access.AccessDenied("log in to use the playground")
@@ -147,14 +164,17 @@ def playground_prepare(*, user, persona_slug: str, version: int | None = None) -
     adapter = None
     if version is not None:
         adapter = access.access_adapter_version(persona.slug, version, user)
-        if adapter.status not in (AdapterVersion.Status.APPROVED, AdapterVersion.Status.ACTIVE):
-            raise ServiceError(f"version: v{version} is {adapter.status}; only approved or active versions can talk")
+        if adapter.status not in PLAYGROUND_STATUSES:
+            raise ServiceError(
+                f"version: v{version} is {adapter.status}; only validated, approved or active versions can talk"
+            )
     plan = gateway.ask_prepare(
         server=None, user=user, npc_world_id=f"playground:{user.pk}:{persona.slug}", persona_slug=persona.slug
     )
     if adapter is not None:
         plan.adapter_version_id = adapter.pk
         plan.request["adapter"] = gateway.adapter_ref(adapter)
+        plan.is_test = adapter.status == AdapterVersion.Status.VALIDATED
     return plan
 
 

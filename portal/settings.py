@@ -187,6 +187,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
+CSRF_FAILURE_VIEW = "portal.views.csrf_failure"  # fetch() gets JSON that says "log in again", not an HTML page
 LOGIN_REDIRECT_URL = "profile"
 LOGOUT_REDIRECT_URL = "home"
 # Failed logins (the login page, the admin's, the API's token endpoint) per account and per client

@@ -12,11 +12,14 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Count
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from agents_app import modder_requests
 from agents_app import services as agents_services
 from agents_app.models import AdapterVersion, Persona
 from agents_app.roles import role_names
@@ -26,7 +29,9 @@ from portal.forms import (
     FeedFilterForm,
     GameServerForm,
     LoginForm,
+    ModderRequestForm,
     PairwiseVoteForm,
+    PersonaCatalogForm,
     PersonaCreateForm,
     PersonaForm,
     PersonaShareForm,
@@ -36,6 +41,7 @@ from portal.forms import (
     form_errors,
 )
 from portal.markdown import render_markdown
+from portal.pending_votes import pending_vote_keep
 
 
 def _wants_json(request) -> bool:
@@ -148,8 +154,27 @@ def profile(request):
         "links": links,
         "roles": role_names(request.user),
         "rating_count": access.own_ratings(request.user).count(),
+        "is_modder": access.can_create_persona(request.user),
+        "modder_request": modder_requests.modder_request_latest(user=request.user),
+        "modder_form": ModderRequestForm(),
     }
     return render(request, "portal/profile.html", context, status=status)
+
+
+@login_required
+@require_POST
+def modder_request(request):
+    form = ModderRequestForm(request.POST)
+    if form.is_valid():
+        try:
+            modder_requests.modder_request_create(user=request.user, motivation=form.cleaned_data["motivation"])
+        except ServiceError as exc:
+            messages.error(request, str(exc).split(": ", 1)[-1].capitalize())
+        else:
+            messages.success(request, "Your request is sent; a moderator will answer it here.")
+    else:
+        messages.error(request, f"Not sent: {form_errors(form)}")
+    return redirect(f"{reverse('profile')}#modder")
 
 
 @login_required
@@ -203,9 +228,35 @@ def feed(request):
     return render(request, "portal/feed.html", context)
 
 
+def _log_in_again(request, exchange_id=None):
+    """A rating from a tab whose session has ended: JSON that says so for fetch(); otherwise the vote is kept
+    in the session (given at login, ``portal.pending_votes``) and the login page comes next."""
+    back = _safe_next(request, reverse("feed"))
+    login_url = f"{reverse('login')}?{urlencode({'next': back})}"
+    if _wants_json(request):
+        message = "your session has ended: log in again (your vote is kept until then)"
+        return JsonResponse({"error": message, "code": "login_required", "login": login_url}, status=401)
+    if exchange_id is not None:
+        pending_vote_keep(request, exchange_id)
+        messages.info(request, "Your session had ended: log in again and your vote is saved.")
+    return redirect(login_url)
+
+
+def csrf_failure(request, reason=""):
+    """A refused CSRF check (a page older than the last login or logout): JSON for fetch(), Django's page otherwise."""
+    if _wants_json(request):
+        back = _safe_next(request, reverse("feed"))
+        login_url = f"{reverse('login')}?{urlencode({'next': back})}"
+        message = "this page is older than your last login or logout: log in again (your vote is kept until then)"
+        return JsonResponse({"error": message, "code": "login_required", "login": login_url}, status=403)
+    return django_csrf_failure(request, reason=reason)
+
+
 @require_POST
 @service_errors
 def rate(request, exchange_id):
+    if not request.user.is_authenticated:
+        return _log_in_again(request, exchange_id)
     form = RatingForm(request.POST)
     if not form.is_valid():
         raise ServiceError(form_errors(form))
@@ -226,13 +277,45 @@ def rate(request, exchange_id):
     return redirect(_safe_next(request, "feed"))
 
 
+@require_POST
+@service_errors
+def unrate(request, exchange_id):
+    """Undo: the viewer's own rating of this reply is taken back."""
+    if not request.user.is_authenticated:
+        return _log_in_again(request)
+    removed = services.web_rating_remove(user=request.user, exchange_id=exchange_id)
+    if _wants_json(request):
+        exchange = access.access_exchange(exchange_id, request.user)
+        up, down = selectors.rating_counts([exchange.pk]).get(exchange.pk, (0, 0))
+        return JsonResponse({"exchange": str(exchange.pk), "score": None, "tags": [], "up": up, "down": down})
+    messages.success(request, "Your rating is taken back." if removed else "You had not rated that reply.")
+    return redirect(_safe_next(request, "feed"))
+
+
+@require_GET
+def rating_guide(request):
+    return render(request, "portal/rating_guide.html")
+
+
 # --- personas -------------------------------------------------------------------------------------
 
 
 @require_GET
+@service_errors
 def persona_list(request):
+    form = PersonaCatalogForm(request.GET)
+    if not form.is_valid():
+        return render(request, "portal/error.html", {"message": form_errors(form)}, status=400)
+    f = form.cleaned_data
+    sort = f["sort"] or "rating"
+    entries, tags = selectors.persona_catalog(request.user, q=f["q"], tag=f["tag"], sort=sort)
     context = {
-        "personas": selectors.persona_catalog(request.user),
+        "entries": entries,
+        "tags": tags,
+        "q": f["q"],
+        "tag": f["tag"],
+        "sort": sort,
+        "sorts": selectors.CATALOG_SORTS,
         "can_create": access.can_create_persona(request.user),
     }
     return render(request, "portal/persona_list.html", context)
@@ -247,6 +330,7 @@ def persona_detail(request, slug: str):
     context = {
         "persona": persona,
         "versions": selectors.persona_versions(persona, request.user),
+        "figures": selectors.persona_version_figures(persona, request.user),
         "chart": selectors.trend_svg(series),
         "best": best,
         "worst": worst,
@@ -487,7 +571,8 @@ def compare(request):
 def playground(request):
     personas = access.visible_personas(request.user).order_by("name")
     versions = selectors.adapter_versions_for_playground(request.user)
-    return render(request, "portal/playground.html", {"personas": personas, "versions": versions})
+    context = {"personas": personas, "versions": versions, "blank_item": selectors.blank_feed_item()}
+    return render(request, "portal/playground.html", context)
 
 
 # --- game servers ---------------------------------------------------------------------------------
@@ -507,10 +592,19 @@ def _game_servers_page(request, *, form, token=None, server=None, status=200):
     return render(request, "portal/game_servers.html", context, status=status)
 
 
+# {server: id, token: str}: shown by the next servers page, then gone from the session
+FRESH_SERVER_KEY = "voyager.fresh_server_key"  # noqa: S105 (a session key's name, not a secret)
+
+
 @never_cache  # a page with a token in it must not be kept by any cache
 @login_required
 @require_http_methods(["GET", "POST"])
 def game_servers(request):
+    if request.method == "GET" and FRESH_SERVER_KEY in request.session:
+        fresh = request.session.pop(FRESH_SERVER_KEY)
+        server = access.own_game_servers(request.user).filter(pk=fresh.get("server")).first()
+        if server is not None:
+            return _game_servers_page(request, form=GameServerForm(), token=fresh.get("token"), server=server)
     form = GameServerForm(_bound_data(request))
     if request.method == "POST" and form.is_valid():
         try:
@@ -524,12 +618,17 @@ def game_servers(request):
 
 @never_cache
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 @service_errors
 def game_server_token(request, server_id: int):
+    """GET asks for confirmation; POST replaces the token and redirects, so a reload replaces nothing."""
     server = access.access_game_server_for_new_token(server_id, request.user)
+    if request.method == "GET":
+        return render(request, "portal/game_server_token_confirm.html", {"server": server})
     token = agents_services.game_server_rotate_token(server=server)
-    return _game_servers_page(request, form=GameServerForm(), token=token, server=server)
+    request.session[FRESH_SERVER_KEY] = {"server": server.pk, "token": token}
+    messages.success(request, f"{server.name} has a new token; the old one no longer works.")
+    return redirect(f"{reverse('game-servers')}#new-token")
 
 
 @login_required

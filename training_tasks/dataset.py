@@ -72,10 +72,11 @@ class DatasetSnapshot:
 
 
 def usable_exchanges(persona: Persona) -> QuerySet[Exchange]:
-    """A persona's exchanges that may train it: not excluded by a moderator, no confirmed policy flag."""
+    """A persona's exchanges that may train it: not excluded by a moderator, not a test of an unapproved
+    version, no confirmed policy flag."""
     confirmed = PolicyFlag.objects.filter(exchange=OuterRef("pk"), status=PolicyFlag.Status.CONFIRMED)
     return (
-        Exchange.objects.filter(persona=persona, excluded_from_training=False)
+        Exchange.objects.filter(persona=persona, excluded_from_training=False, is_test=False)
         .exclude(prompt="")
         .exclude(raw_text="")
         .exclude(Exists(confirmed))

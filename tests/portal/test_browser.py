@@ -6,13 +6,11 @@ Content-Security-Policy: the browser reports each violation, and a test that saw
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from django.utils import timezone
 
 from agents_app.models import AdapterVersion, Exchange
-from tests.browser import ARTIFACTS, csp_violations, needs_browser, open_chromium
+from tests.browser import ARTIFACTS, csp_violations, log_in, needs_browser, open_chromium, sign_up, wait_for
 from tests.factories import adapter, config_json, make_exchange, weights
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
@@ -28,24 +26,6 @@ def browser(tmp_path):
     finally:
         driver.quit()
     assert violations == [], "a page broke the Content-Security-Policy"
-
-
-def wait_for(driver, condition, timeout=10):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout).until(lambda d: condition(d))
-
-
-def sign_up(driver, live_server, username="dora"):
-    from selenium.webdriver.common.by import By
-
-    driver.get(f"{live_server.url}/accounts/signup/")
-    driver.find_element(By.NAME, "username").send_keys(username)
-    driver.find_element(By.NAME, "email").send_keys(f"{username}@example.org")
-    driver.find_element(By.NAME, "password1").send_keys("a-long-pass-9")
-    driver.find_element(By.NAME, "password2").send_keys("a-long-pass-9")
-    driver.find_element(By.CSS_SELECTOR, "main form button").click()
-    wait_for(driver, lambda d: d.current_url.endswith("/profile/"))
 
 
 @needs_browser
@@ -82,6 +62,7 @@ def test_rating_a_reply_changes_the_count_without_reloading(browser, live_server
     assert "chosen" in card.find_element(By.CSS_SELECTOR, "button[data-score='1']").get_attribute("class")
     browser.save_screenshot(str(ARTIFACTS / "rated-up.png"))
     # Changing the rating moves the count, still in place.
+    card.find_element(By.CSS_SELECTOR, "details.why summary").click()
     card.find_element(By.CSS_SELECTOR, "input[value='rude']").click()
     card.find_element(By.CSS_SELECTOR, "button[data-score='-1']").click()
     wait_for(browser, lambda d: card.find_element(By.CSS_SELECTOR, ".down").text == "1")
@@ -113,16 +94,6 @@ def test_a_reply_with_a_script_tag_renders_as_text(browser, live_server, npc):
     assert browser.execute_script("return window.__pwned === undefined;")
     assert not card.find_elements(By.TAG_NAME, "b")
     browser.save_screenshot(str(ARTIFACTS / "script-as-text.png"))
-
-
-def log_in(driver, live_server, username, password):
-    from selenium.webdriver.common.by import By
-
-    driver.get(f"{live_server.url}/accounts/login/")
-    driver.find_element(By.NAME, "username").send_keys(username)
-    driver.find_element(By.NAME, "password").send_keys(password)
-    driver.find_element(By.CSS_SELECTOR, "main form button").click()
-    wait_for(driver, lambda d: "/accounts/login/" not in d.current_url)
 
 
 @pytest.fixture
@@ -167,63 +138,12 @@ def test_a_modder_uploads_an_adapter_and_sees_the_version_validated(browser, liv
     assert AdapterVersion.objects.get(persona=persona, version=1).status == "validated"
 
 
-@pytest.fixture
-def daphne_server(tmp_path):
-    """The real thing: `manage.py runserver` (Daphne, HTTP and WebSocket) on its own SQLite database,
-    the embedded echo worker answering. Independent of the test database."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    root = Path(__file__).resolve().parents[2]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
-        "VOYAGER_VAR_DIR": str(tmp_path / "var"),
-        "VOYAGER_INFERENCE_BACKEND": "echo",
-        "VOYAGER_EMBEDDED_WORKER": "1",
-        "DEBUG": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=root, env=env, check=True)
-    subprocess.run([sys.executable, "manage.py", "bootstrap"], cwd=root, env=env, check=True, capture_output=True)
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("the server did not start: " + (tmp_path / "server.log").read_text())
-        yield f"http://localhost:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
-        log.close()
-
-
 @needs_browser
 def test_the_playground_streams_a_reply_over_the_browser_websocket(browser, daphne_server):
-    from types import SimpleNamespace
-
     from selenium.webdriver.common.by import By
 
-    sign_up(browser, SimpleNamespace(url=daphne_server), username="pat")
-    browser.get(f"{daphne_server}/playground/")
+    sign_up(browser, daphne_server, username="pat")
+    browser.get(f"{daphne_server.url}/playground/")
     box = browser.find_element(By.NAME, "text")
     box.send_keys("hello <b>Bram</b> from the browser")
     browser.find_element(By.CSS_SELECTOR, "#playground button").click()
@@ -232,7 +152,7 @@ def test_the_playground_streams_a_reply_over_the_browser_websocket(browser, daph
     assert not chat.find_elements(By.TAG_NAME, "b")
     browser.save_screenshot(str(ARTIFACTS / "playground.png"))
     # The playground reply is stored and shows up under "mine", rateable.
-    browser.get(f"{daphne_server}/replies/?mine=1")
+    browser.get(f"{daphne_server.url}/replies/?mine=1")
     card = browser.find_element(By.CSS_SELECTOR, "article.reply")
     assert "hello <b>Bram</b> from the browser" in card.find_element(By.CSS_SELECTOR, ".reply-text").text
     card.find_element(By.CSS_SELECTOR, "button[data-score='1']").click()

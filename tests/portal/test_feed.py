@@ -74,8 +74,10 @@ def test_a_bad_rating_is_refused_naming_the_field(charlie, npc, data, message):
 
 def test_rating_needs_a_login_and_the_csrf_token(charlie, npc):
     exchange = make_exchange(npc)
-    response = csrf_json_post(client_for(), f"/replies/{exchange.pk}/rate/", {"score": "1"})
-    assert response.status_code == 403 and "log in" in response.json()["error"]
+    response = csrf_json_post(client_for(), f"/replies/{exchange.pk}/rate/", {"score": "1", "next": "/replies/"})
+    assert response.status_code == 401 and "log in again" in response.json()["error"]
+    assert response.json()["code"] == "login_required"
+    assert response.json()["login"] == "/accounts/login/?next=%2Freplies%2F"
     response = client_for(charlie).post(f"/replies/{exchange.pk}/rate/", {"score": "1"})
     assert response.status_code == 403
     assert not Rating.objects.exists()

@@ -105,15 +105,37 @@ def test_it_refuses_more_servers_than_the_cap(alice, game_server, monkeypatch):
     assert GameServer.objects.count() == 1
 
 
-def test_a_new_token_is_shown_once_and_the_old_one_stops_working(alice, game_server):
+def test_a_new_token_is_shown_once_after_a_redirect_and_the_old_one_stops_working(alice, game_server):
     old = game_server.raw_token
-    response = csrf_post(client_for(alice), f"{PAGE}{game_server.pk}/token/")
-    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
-    new = shown_token(response)
+    client = client_for(alice)
+    response = csrf_post(client, f"{PAGE}{game_server.pk}/token/")
+    assert response.status_code == 302 and response["Location"] == f"{PAGE}#new-token"
+    shown = client.get(PAGE)
+    assert shown.status_code == 200 and "no-store" in shown["Cache-Control"]
+    new = shown_token(shown)
     assert new != old
     assert game_server_authenticate(old) is None
     assert game_server_authenticate(new) == game_server
+    # A reload shows the page again without the token and rotates nothing.
+    again = client.get(PAGE).content.decode()
+    assert new not in again and 'id="server-token"' not in again
+    assert game_server_authenticate(new) == game_server
     assert new not in client_for(alice).get(PAGE).content.decode()
+
+
+def test_asking_for_a_new_token_first_asks_for_confirmation_and_changes_nothing(alice, game_server):
+    response = client_for(alice).get(f"{PAGE}{game_server.pk}/token/")
+    page = body(response)
+    assert response.status_code == 200 and "Replace the token of Alice" in page
+    assert f'action="{PAGE}{game_server.pk}/token/"' in page and 'method="post"' in page
+    assert game_server_authenticate(game_server.raw_token) == game_server
+
+
+def test_the_servers_page_has_copy_buttons_for_the_token_and_the_config_lines(alice, game_server):
+    client = client_for(alice)
+    csrf_post(client, f"{PAGE}{game_server.pk}/token/")
+    page = body(client.get(PAGE))
+    assert 'data-copy="#server-token"' in page and 'data-copy="#mod-settings"' in page
 
 
 def test_revoking_a_server_whose_npcs_never_talked_deletes_it(alice, game_server, npc):
@@ -179,8 +201,8 @@ def test_a_visitor_is_sent_to_log_in(game_server):
     assert game_server_authenticate(game_server.raw_token) == game_server
 
 
-def test_the_rotate_and_revoke_urls_take_only_post(alice, game_server):
-    assert client_for(alice).get(f"{PAGE}{game_server.pk}/token/").status_code == 405
+def test_only_a_post_rotates_or_revokes(alice, game_server):
+    assert client_for(alice).get(f"{PAGE}{game_server.pk}/token/").status_code == 200  # the confirmation
     assert client_for(alice).get(f"{PAGE}{game_server.pk}/revoke/").status_code == 405
     assert game_server_authenticate(game_server.raw_token) == game_server
 

@@ -353,3 +353,39 @@ async def test_the_embedded_default_starts_the_worker_inside_the_web_process(cha
         frames = await until_done(communicator)
         await communicator.disconnect()
     assert frames[-1]["type"] == "reply" and frames[-1]["text"] == "hello echo"
+
+
+async def test_an_owner_tries_a_validated_version_as_a_test_that_stays_out_of_the_feed_and_training(
+    alice, charlie, persona
+):
+    from portal.access import visible_exchanges
+    from training_tasks.dataset import usable_exchanges
+
+    v2 = await database_sync_to_async(adapter)(persona, 2, status="validated")
+    backend = ScriptedBackend()
+    async with running_worker(backend):
+        communicator, _, _ = await connect(alice)
+        await send(communicator, {"type": "ask", "id": "t", "persona": "miner", "text": "hi", "version": 2})
+        reply = (await until_done(communicator))[-1]
+        await communicator.disconnect()
+    assert reply["type"] == "reply" and backend.requests[0]["adapter"]["id"] == v2.pk
+    exchange = await database_sync_to_async(Exchange.objects.get)(pk=reply["exchange"])
+    assert exchange.is_test and exchange.adapter_version_id == v2.pk
+
+    def seen_by(user, **filters):
+        return [i.exchange.pk for i in feed_page(viewer=user, **filters).items]
+
+    assert await database_sync_to_async(seen_by)(alice, mine=True) == [exchange.pk]
+    assert await database_sync_to_async(seen_by)(charlie) == []
+    assert not await database_sync_to_async(visible_exchanges(charlie).filter(pk=exchange.pk).exists)()
+    assert not await database_sync_to_async(usable_exchanges(persona).filter(pk=exchange.pk).exists)()
+
+
+async def test_a_rejected_version_does_not_talk_even_to_its_owner(alice, persona):
+    await database_sync_to_async(adapter)(persona, 3, status="rejected")
+    async with running_worker(ScriptedBackend()) as _:
+        communicator, _, _ = await connect(alice)
+        await send(communicator, {"type": "ask", "id": "r", "persona": "miner", "text": "hi", "version": 3})
+        error = (await until_done(communicator))[-1]
+        await communicator.disconnect()
+    assert error["type"] == "error" and "v3 is rejected" in error["message"]
