@@ -95,7 +95,8 @@ class BatchedLoraLinear(nn.Module):
             # x: (batch, seq, in). One gathered (in, R) and (R, out) per row.
             cached = self._gathered
             if cached is None or cached[0] != state.version:
-                cached = (state.version, self.A.index_select(0, state.slots), self.B.index_select(0, state.slots))
+                slots = state.slots.to(self.A.device)
+                cached = (state.version, self.A.index_select(0, slots), self.B.index_select(0, slots))
                 self._gathered = cached
             out.add_(torch.bmm(torch.bmm(x.float(), cached[1]), cached[2]).to(out.dtype))
         elif state.ranges is not None:

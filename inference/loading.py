@@ -99,7 +99,20 @@ def _stop_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def load_base_model(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def inference_device(name: str) -> torch.device:
+    """Where the engine runs for a setting's value: ``auto`` is the GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for, but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def load_base_model(
+    path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -116,6 +129,7 @@ def load_base_model(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.
         tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
     except Exception as exc:  # transformers raises many types; the caller needs one
         raise ModelLoadError(f"could not load {root}: {type(exc).__name__}: {exc}") from exc
+    model.to(device)
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:

@@ -126,15 +126,17 @@ class DecoderRunner:
         self.max_len = min(max_len, int(getattr(config, "max_position_embeddings", max_len)))
         self.max_batch = max_batch
         dtype = self.embed.weight.dtype
+        # Everything lives where the model does (CPU or a GPU); logits come back to the CPU for sampling.
+        self.device = device = self.embed.weight.device
         shape = (max_batch, self.num_kv_heads, self.max_len, self.head_dim)
-        self.k_cache = [torch.zeros(shape, dtype=dtype) for _ in self.layers]
-        self.v_cache = [torch.zeros(shape, dtype=dtype) for _ in self.layers]
-        self._arange = torch.arange(max(max_batch * self.num_kv_heads, self.max_len))
-        self._kv_heads = torch.arange(self.num_kv_heads)
+        self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        self._arange = torch.arange(max(max_batch * self.num_kv_heads, self.max_len), device=device)
+        self._kv_heads = torch.arange(self.num_kv_heads, device=device)
         self.lora_state: LoraBatchState | None = None  # set by the engine: routes LoRA slots for packed prefill
         with torch.no_grad():
             self._fused = [self._fuse_layer(layer) for layer in self.layers]
-            probe = torch.zeros(1, 1, dtype=dtype)
+            probe = torch.zeros(1, 1, dtype=dtype, device=device)
             cos, sin = inner.rotary_emb(probe, self._arange[: self.max_len].unsqueeze(0))
             self._cos, self._sin = cos[0].contiguous(), sin[0].contiguous()  # (max_len, head_dim)
 
@@ -208,7 +210,8 @@ class DecoderRunner:
         for n in lens:
             starts.append(starts[-1] + n)
         total = starts[-1]
-        ids = torch.tensor([t for p, c in zip(prompts, done) for t in p[c:]], dtype=torch.long).unsqueeze(0)
+        ids = torch.tensor([t for p, c in zip(prompts, done) for t in p[c:]], dtype=torch.long, device=self.device)
+        ids = ids.unsqueeze(0)
         positions = torch.cat([self._arange[c : c + n] for c, n in zip(done, lens)])
         cos = self._cos.index_select(0, positions).view(1, 1, total, -1)
         sin = self._sin.index_select(0, positions).view(1, 1, total, -1)
@@ -216,7 +219,7 @@ class DecoderRunner:
         h = self.embed(ids)
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(i, layer, h, cos, sin)
-            out = torch.empty(1, total, self.num_heads, self.head_dim, dtype=h.dtype)
+            out = torch.empty(1, total, self.num_heads, self.head_dim, dtype=h.dtype, device=self.device)
             for j in range(m):
                 a, z, c = starts[j], starts[j + 1], done[j]
                 row = rows[j]
@@ -239,7 +242,8 @@ class DecoderRunner:
                 )
                 out[0, a:z] = o[0].transpose(0, 1)
             h = self._finish_block(i, layer, h, out.view(1, total, -1))
-        return self._logits(h[0, torch.tensor(starts[1:]) - 1])
+        last = torch.tensor(starts[1:], device=self.device) - 1
+        return self._logits(h[0, last]).cpu()
 
     def load_prefix(self, row: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Put a cached prefix's KV (layers, kv_heads, length, head_dim) at the start of ``row``."""
@@ -279,6 +283,7 @@ class DecoderRunner:
         Attention is plain matmuls: with one query per row that beats the
         fused CPU kernel, and grouped-query heads need no copies.
         """
+        tokens, positions = tokens.to(self.device), positions.to(self.device)
         h = self.embed(tokens.view(n, 1))
         cos = self._cos.index_select(0, positions).view(n, 1, 1, -1)
         sin = self._sin.index_select(0, positions).view(n, 1, 1, -1)
@@ -288,7 +293,7 @@ class DecoderRunner:
         slot_rows = (self._arange[:n].unsqueeze(1) * self.num_kv_heads + self._kv_heads).mul_(self.max_len)
         flat = slot_rows.add_(positions.unsqueeze(1)).view(-1)
         # Additive mask (n, 1, 1, span): a row sees only its own filled positions.
-        mask = torch.zeros(n, 1, 1, span, dtype=h.dtype).masked_fill_(
+        mask = torch.zeros(n, 1, 1, span, dtype=h.dtype, device=self.device).masked_fill_(
             (self._arange[:span].unsqueeze(0) > positions.unsqueeze(1)).view(n, 1, 1, span), float("-inf")
         )
         for i, layer in enumerate(self.layers):
@@ -302,7 +307,7 @@ class DecoderRunner:
             scores = torch.matmul(qg, keys.transpose(-1, -2)).mul_(self.scaling).add_(mask)
             out = torch.matmul(torch.softmax(scores, dim=-1), values).view(n, 1, -1)
             h = self._finish_block(i, layer, h, out)
-        return self._logits(h[:, 0])
+        return self._logits(h[:, 0]).cpu()
 
     def move_row(self, src: int, dst: int, length: int) -> None:
         """Copy a request's cache from row ``src`` to ``dst`` (keeps running rows packed)."""

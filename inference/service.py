@@ -9,7 +9,7 @@ from typing import Any
 from inference.backends import Backend, EchoBackend
 from inference.backends import Overloaded as WorkerOverloaded
 from inference.engine import AdapterRef, Delta, Engine, EngineConfig, EngineStopped, Error, Overloaded, Request, Result
-from inference.loading import LoadedModel, load_base_model, weight_dtype
+from inference.loading import LoadedModel, inference_device, load_base_model, weight_dtype
 from inference.prompt import PersonaSpec, Sampling, Turn
 
 log = logging.getLogger("voyager.worker")
@@ -85,7 +85,10 @@ class EngineBackend:
     def from_settings(cls) -> EngineBackend:
         from django.conf import settings
 
-        loaded = load_base_model(settings.VOYAGER_BASE_MODEL, dtype=weight_dtype(settings.VOYAGER_WEIGHTS))
+        device = inference_device(settings.VOYAGER_DEVICE)
+        loaded = load_base_model(
+            settings.VOYAGER_BASE_MODEL, dtype=weight_dtype(settings.VOYAGER_WEIGHTS), device=device
+        )
         config = EngineConfig(
             max_queue=settings.VOYAGER_INFERENCE_QUEUE,
             adapter_slots=settings.VOYAGER_ADAPTER_CACHE,
@@ -93,7 +96,11 @@ class EngineBackend:
             prompt_cache_mb=settings.VOYAGER_PROMPT_CACHE_MB,
         )
         log.info(
-            "loaded base model %s (%s, %s weights)", loaded.info.path, loaded.info.architecture, loaded.model.dtype
+            "loaded base model %s (%s, %s weights on %s)",
+            loaded.info.path,
+            loaded.info.architecture,
+            loaded.model.dtype,
+            device,
         )
         return cls(Engine(loaded, config).start(), base_model_id(loaded))
 

@@ -264,7 +264,11 @@ VOYAGER_ADAPTER_CACHE = env_int("VOYAGER_ADAPTER_CACHE", 16, minimum=1)
 VOYAGER_ASK_TIMEOUT = env_float("VOYAGER_ASK_TIMEOUT", 30.0, minimum=0.1)
 VOYAGER_MEMORY_TURNS = env_int("VOYAGER_MEMORY_TURNS", 4, minimum=0, maximum=32)
 VOYAGER_PROMPT_CACHE_MB = env_int("VOYAGER_PROMPT_CACHE_MB", 256, minimum=0)
-# The base model's weights in the engine: auto is bfloat16 on CPUs with bf16 units (LoRA stays float32).
+# Where the engine runs: auto is the GPU when torch sees one (cpu forces the CPU).
+VOYAGER_DEVICE = env_str("VOYAGER_DEVICE", "auto")
+if VOYAGER_DEVICE not in {"auto", "cpu", "cuda"}:
+    raise ImproperlyConfigured(f"VOYAGER_DEVICE={VOYAGER_DEVICE!r} must be 'auto', 'cpu' or 'cuda'")
+# The base model's weights in the engine: auto is bfloat16 on GPUs and CPUs with bf16 units (LoRA stays float32).
 VOYAGER_WEIGHTS = env_str("VOYAGER_WEIGHTS", "auto")
 if VOYAGER_WEIGHTS not in {"auto", "float32", "bfloat16"}:
     raise ImproperlyConfigured(f"VOYAGER_WEIGHTS={VOYAGER_WEIGHTS!r} must be 'auto', 'float32' or 'bfloat16'")

@@ -76,3 +76,15 @@ def test_a_lora_bank_on_bfloat16_weights_adds_the_same_delta_as_float32(tiny_mod
         deltas[dtype] = out.float()
     assert deltas[torch.float32].abs().max() > 0.1  # the adapter does act
     assert torch.allclose(deltas[torch.float32], deltas[torch.bfloat16], rtol=2e-2, atol=2e-2)
+
+
+def test_the_device_setting_names_its_choices():
+    from inference.loading import inference_device
+
+    assert inference_device("cpu") == torch.device("cpu")
+    assert inference_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda, not 'tpu'"):
+        inference_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
+            inference_device("cuda")
