@@ -25,12 +25,14 @@ files["voyager/sha1.lua"] = pure
 files["voyager/json.lua"] = pure
 files["voyager/ws.lua"] = pure
 files["voyager/client.lua"] = pure
+files["voyager/http.lua"] = pure
 files["voyager/chat.lua"] = pure
 files["luanti_mod/voyager/bitops.lua"] = pure
 files["luanti_mod/voyager/sha1.lua"] = pure
 files["luanti_mod/voyager/json.lua"] = pure
 files["luanti_mod/voyager/ws.lua"] = pure
 files["luanti_mod/voyager/client.lua"] = pure
+files["luanti_mod/voyager/http.lua"] = pure
 files["luanti_mod/voyager/chat.lua"] = pure
 
 -- Specs install a fake `core` and `voyager` as globals, like the engine does.
