@@ -33,6 +33,19 @@ function F.new(conf)
 		end,
 	}
 
+	function core.get_current_modname() return "voyager" end
+	-- Like the engine's translator, less the escape sequences: "@1".. filled in, "@@" an "@".
+	function core.get_translator(domain)
+		core.translated_domain = domain
+		return function(text, ...)
+			local args = {...}
+			return (text:gsub("@(.)", function(c)
+				if c == "@" then return "@" end
+				if c == "n" then return "\n" end
+				return tostring(args[tonumber(c)] or "")
+			end))
+		end
+	end
 	function core.log(level, msg) core.logs[#core.logs + 1] = {level = level, msg = msg} end
 	function core.logged(pattern)
 		for _, l in ipairs(core.logs) do if l.msg:find(pattern) then return l end end
@@ -167,7 +180,7 @@ function F.load_mod(conf, client, net)
 	_G.core = core
 	_G.voyager = {
 		modpath = H.MOD:gsub("/$", ""),
-		bit = H.ops, sha1lib = H.sha1lib, sha1 = H.sha1, json = H.json, ws = H.wsmod, http = H.httpmod,
+		bit = H.ops, json = H.json, ws = H.wsmod, http = H.httpmod,
 		client_lib = H.client_lib, chat = H.chat,
 	}
 	for _, f in ipairs({"api", "settings", "npc", "actions", "talk", "commands"}) do

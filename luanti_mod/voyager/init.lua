@@ -29,8 +29,6 @@ end
 voyager = {modpath = modpath}
 
 voyager.bit = dofile(modpath .. "/bitops.lua").new(rawget(_G, "bit"))
-voyager.sha1lib = dofile(modpath .. "/sha1.lua")
-voyager.sha1 = voyager.sha1lib.new(voyager.bit)
 voyager.json = dofile(modpath .. "/json.lua")
 voyager.ws = dofile(modpath .. "/ws.lua")
 voyager.http = dofile(modpath .. "/http.lua")

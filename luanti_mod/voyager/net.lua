@@ -41,7 +41,9 @@ return function(granted)
 		socket = socket_lib ~= nil, http = granted.http ~= nil, socket_problem = granted.socket_problem})
 	local open
 	if transport == "websocket" then
-		local wslib = voyager.ws.new({ops = voyager.bit, sha1 = voyager.sha1, base64 = voyager.sha1lib.base64})
+		-- The handshake's SHA-1 and base64 are the engine's (the specs bring a pure-Lua pair, spec/sha1.lua).
+		local wslib = voyager.ws.new({ops = voyager.bit, base64 = core.encode_base64,
+			sha1 = function(data) return core.sha1(data, true) end})
 		local u, err = voyager.ws.parse_url(s.url)
 		if u then
 			open = function()
@@ -79,9 +81,9 @@ return function(granted)
 		on_event = function(ev)
 			voyager.emit(ev)
 			if ev.type == "fallback" then
-				core.chat_send_all(core.colorize("#aaaaaa", ev.active
-					and "[voyager] The NPCs' minds are far away for now; they will answer simply."
-					or "[voyager] The NPCs are themselves again."))
+				core.chat_send_all(core.colorize("#aaaaaa", "[voyager] " .. (ev.active
+					and voyager.S("The NPCs' minds are far away for now; they will answer simply.")
+					or voyager.S("The NPCs are themselves again."))))
 			end
 		end,
 		settings = {reply_timeout = s.reply_timeout, fallback_after = s.fallback_after,
