@@ -38,7 +38,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from agents_app.consumers import GatewayFrames
-from agents_app.protocol import CloseCode
+from agents_app.protocol import MAX_FRAME_BYTES, CloseCode
 from agents_app.services import game_server_authenticate
 from inference.client import WorkerAskingMixin
 
@@ -73,7 +73,7 @@ CLOSE_STATUS = {
 CLOSE_MESSAGE = {
     CloseCode.UNAUTHORIZED: "token: bad, missing or disabled, or changed since the session began",
     CloseCode.UNSUPPORTED: "body: frames are UTF-8 text, one JSON object per line",
-    CloseCode.FRAME_TOO_LARGE: f"frame: one is larger than {16 * 1024} bytes; the session is closed",
+    CloseCode.FRAME_TOO_LARGE: f"frame: one is larger than {MAX_FRAME_BYTES} bytes; the session is closed",
     CloseCode.FLOOD: "frames: far past the rate budget; the session is closed",
     SessionCode.GONE: "session: unknown, expired or fallen behind; open a new one",
 }
