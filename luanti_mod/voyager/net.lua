@@ -42,7 +42,12 @@ return function(granted)
 	local open
 	if transport == "websocket" then
 		-- The handshake's SHA-1 and base64 are the engine's (the specs bring a pure-Lua pair, spec/sha1.lua).
-		local wslib = voyager.ws.new({ops = voyager.bit, base64 = core.encode_base64,
+		-- Minetest 5.6 leaves out base64's "=" padding, which RFC 6455's key and accept carry: add it back.
+		local function base64(data)
+			local text = core.encode_base64(data)
+			return text .. string.rep("=", (4 - #text % 4) % 4)
+		end
+		local wslib = voyager.ws.new({ops = voyager.bit, base64 = base64,
 			sha1 = function(data) return core.sha1(data, true) end})
 		local u, err = voyager.ws.parse_url(s.url)
 		if u then
