@@ -72,6 +72,14 @@ def setup() -> tuple[str, str]:
     return token, "bench-guide"
 
 
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -181,7 +189,7 @@ def main() -> None:
     figures: dict = {}
     try:
         wait_until(lambda: " ready" in worker_log.read_text(errors="replace"), "the worker's start")
-        wait_until(lambda: "Listening on TCP" in daphne_log.read_text(errors="replace"), "Daphne's start")
+        wait_until(lambda: listening(port), "Daphne's start")
         for transport in args.transports.split(","):
             result = run_luanti(workdir, transport, port, token, persona, args.steps)
             idle = stats(result["samples"]["idle"], result["alloc_kb"]["idle"])
