@@ -194,7 +194,7 @@ def main() -> None:
             result = run_luanti(workdir, transport, port, token, persona, args.steps)
             idle = stats(result["samples"]["idle"], result["alloc_kb"]["idle"])
             stream = stats(result["samples"]["stream"], result["alloc_kb"]["stream"])
-            stream.update(deltas=result["deltas"], replies=result["replies"], errors=len(result["errors"]))
+            stream.update(deltas=result["deltas"], replies=result["replies"], errors=len(result.get("errors") or []))
             figures[transport] = {"idle": idle, "streaming": stream}
             for phase, s in (("20 NPCs idle", idle), ("10 of 20 streaming", stream)):
                 print(
