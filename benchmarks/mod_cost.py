@@ -207,6 +207,7 @@ def main() -> None:
             proc.terminate()
         for proc in procs:
             proc.wait(15)
+    shutil.rmtree(workdir, ignore_errors=True)  # kept only when a run failed, for its logs
     worst = max(f[p]["p99_ms"] for f in figures.values() for p in ("idle", "streaming"))
     spikes = sum(f[p]["over_5ms"] for f in figures.values() for p in ("idle", "streaming"))
     print(
