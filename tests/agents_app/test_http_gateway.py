@@ -16,7 +16,7 @@ from channels.db import database_sync_to_async
 from django.test import override_settings
 from django.utils import timezone
 
-from agents_app import gateway, services
+from agents_app import gateway, http_gateway, services
 from agents_app.models import Exchange, GameServer, Npc, Persona, Rating
 from agents_app.protocol import MAX_FRAME_BYTES
 from inference.heartbeat import heartbeats
@@ -31,6 +31,16 @@ def _quick_polls():
     # Polls held 2 s, not 25: a test that waits for "nothing came" waits that long.
     with override_settings(VOYAGER_EMBEDDED_WORKER=False, VOYAGER_HTTP_POLL_SECONDS=2.0):
         yield
+
+
+@pytest.fixture(autouse=True)
+async def _sessions_end_with_the_test():
+    """A session outlives the requests that opened it: end this test's before its database goes."""
+    yield
+    sessions = list(http_gateway._running)
+    for task in sessions:
+        task.cancel()
+    await asyncio.gather(*sessions, return_exceptions=True)
 
 
 async def opened(server) -> HttpMod:
