@@ -1,8 +1,9 @@
-"""The game gateway: one WebSocket per Luanti server at /ws/luanti/, protocol version 1.
+"""The game gateway: protocol version 1, and its WebSocket binding (one socket per Luanti server at /ws/luanti/).
 
-The consumer authenticates, validates each frame through ``agents_app.protocol``,
-and calls services in ``agents_app.gateway``; asks go to the inference workers
-through ``inference.client`` and their deltas stream straight back to the mod.
+``GatewayFrames`` is the protocol behind both bindings: it validates each frame through
+``agents_app.protocol`` and calls services in ``agents_app.gateway``; asks go to the inference
+workers through ``inference.client`` and their deltas stream straight back to the mod. The
+WebSocket consumer is here; the HTTP binding's session is ``agents_app.http_gateway``.
 """
 
 from __future__ import annotations
@@ -60,31 +61,41 @@ def bearer_token(scope) -> str | None:
     return None
 
 
-class LuantiGatewayConsumer(WorkerAskingMixin, AsyncWebsocketConsumer):
-    async def connect(self):
-        self.server = await database_sync_to_async(game_server_authenticate)(bearer_token(self.scope))
-        if self.server is None:
-            log.info("refused a game-server connection: bad or missing token")
-            await self.close(code=CloseCode.UNAUTHORIZED)
-            return
+class GatewayFrames:
+    """Protocol version 1 behind either binding: a game server's frames in, frames and closes out.
+
+    The WebSocket consumer and the HTTP binding's session (``agents_app.http_gateway``) both
+    mix this in with ``WorkerAskingMixin``; each supplies ``send_json`` (the socket, or the
+    session's outbox) and ``close(code=...)``, and calls ``gateway_open`` once authenticated,
+    ``frame_received`` for every text frame and ``gateway_close`` at the end.
+    """
+
+    server = None
+    binding = "websocket"
+
+    async def gateway_open(self, server) -> None:
+        """Join the server's group, start the worker client; the connection is counted and the server seen."""
+        self.server = server
         self.memory = gateway.NpcMemory()  # each NPC's last turns: read once, then kept here
         self.bucket = TokenBucket(settings.VOYAGER_GATEWAY_RATE, settings.VOYAGER_GATEWAY_BURST)
-        self.group = gateway.server_group(self.server.pk)
+        self.group = gateway.server_group(server.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
+
+    async def gateway_ready(self) -> None:
         await self.worker_open()
         self.counted = True
         observability.CONNECTIONS.inc()
         await database_sync_to_async(gateway.server_seen)(self.server)
-        log.info("game server %s connected", self.server.name)
+        log.info("game server %s connected (%s)", self.server.name, self.binding)
 
-    async def disconnect(self, code):
+    async def gateway_close(self) -> None:
         if getattr(self, "counted", False):
             self.counted = False
             observability.CONNECTIONS.dec()
         await self.worker_close()
         if getattr(self, "group", None):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            self.group = None
 
     async def gateway_token_changed(self, message):
         """The server's token was changed or revoked in the portal: this connection's token is void."""
@@ -99,27 +110,25 @@ class LuantiGatewayConsumer(WorkerAskingMixin, AsyncWebsocketConsumer):
 
     # --- frames from the mod -------------------------------------------------------------------
 
-    async def receive(self, text_data=None, bytes_data=None):
-        if bytes_data is not None:
-            await self.close(code=CloseCode.UNSUPPORTED)
-            return
+    async def frame_received(self, text_data: str) -> bool:
+        """Handle one text frame; False when it closed the connection (an oversize frame, a flood)."""
         if len(text_data) > MAX_FRAME_BYTES or len(text_data.encode()) > MAX_FRAME_BYTES:
             log.warning("closing %s: a frame over %d bytes", self.server.name, MAX_FRAME_BYTES)
             await self.close(code=CloseCode.FRAME_TOO_LARGE)
-            return
+            return False
         budget = self.bucket.take()
         if budget < -self.bucket.burst:
             log.warning("closing %s: frame flood", self.server.name)
             await self.close(code=CloseCode.FLOOD)
-            return
+            return False
         try:
             frame = parse_frame(text_data)
         except FrameError as exc:
             await self.send_error(ErrorCode.INVALID, str(exc), exc.frame_id)
-            return
+            return True
         if budget < 0 and not isinstance(frame, Ping):
             await self.send_error(ErrorCode.RATE_LIMITED, "too many frames: slow down", getattr(frame, "id", None))
-            return
+            return True
         handler = {
             Hello: self.on_hello,
             Ask: self.on_ask,
@@ -133,6 +142,7 @@ class LuantiGatewayConsumer(WorkerAskingMixin, AsyncWebsocketConsumer):
         except Exception:
             log.exception("frame %s failed", frame.type)
             await self.send_error(ErrorCode.INTERNAL, "the gateway failed on this frame", getattr(frame, "id", None))
+        return True
 
     async def on_hello(self, frame: Hello):
         if frame.protocol != PROTOCOL_VERSION:
@@ -263,3 +273,26 @@ class LuantiGatewayConsumer(WorkerAskingMixin, AsyncWebsocketConsumer):
             len(verdict.hits),
             extra={"request_id": ask.request_id},
         )
+
+
+class LuantiGatewayConsumer(GatewayFrames, WorkerAskingMixin, AsyncWebsocketConsumer):
+    """The WebSocket binding: one socket per game server, authenticated in the handshake."""
+
+    async def connect(self):
+        server = await database_sync_to_async(game_server_authenticate)(bearer_token(self.scope))
+        if server is None:
+            log.info("refused a game-server connection: bad or missing token")
+            await self.close(code=CloseCode.UNAUTHORIZED)
+            return
+        await self.gateway_open(server)
+        await self.accept()
+        await self.gateway_ready()
+
+    async def disconnect(self, code):
+        await self.gateway_close()
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if bytes_data is not None:
+            await self.close(code=CloseCode.UNSUPPORTED)
+            return
+        await self.frame_received(text_data)

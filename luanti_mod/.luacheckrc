@@ -21,17 +21,20 @@ globals = {
 -- The pure-library files must not touch the engine or any global.
 local pure = {std = "lua51", globals = {}, read_globals = {}}
 files["voyager/bitops.lua"] = pure
-files["voyager/sha1.lua"] = pure
 files["voyager/json.lua"] = pure
 files["voyager/ws.lua"] = pure
 files["voyager/client.lua"] = pure
+files["voyager/http.lua"] = pure
 files["voyager/chat.lua"] = pure
 files["luanti_mod/voyager/bitops.lua"] = pure
-files["luanti_mod/voyager/sha1.lua"] = pure
 files["luanti_mod/voyager/json.lua"] = pure
 files["luanti_mod/voyager/ws.lua"] = pure
 files["luanti_mod/voyager/client.lua"] = pure
+files["luanti_mod/voyager/http.lua"] = pure
 files["luanti_mod/voyager/chat.lua"] = pure
+
+files["spec/sha1.lua"] = pure
+files["luanti_mod/spec/sha1.lua"] = pure
 
 -- Specs install a fake `core` and `voyager` as globals, like the engine does.
 local spec = {std = "+busted", globals = {"core", "voyager"}}

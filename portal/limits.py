@@ -11,8 +11,8 @@ view's own checks come too late for a large body. Two guards decide the same way
 - ``install_daphne_guard`` gives Daphne's request the same checks as soon as the headers are in,
   so that Daphne too stops a body at the limit instead of holding it whole.
 
-The limits: ``VOYAGER_MAX_UPLOAD_BYTES`` on the two upload URLs, ``VOYAGER_MAX_REQUEST_BYTES`` on
-every other URL.
+The limits: ``VOYAGER_MAX_UPLOAD_BYTES`` on the two upload URLs, ``VOYAGER_HTTP_MAX_BODY_BYTES`` on
+the game gateway's HTTP frames, ``VOYAGER_MAX_REQUEST_BYTES`` on every other URL.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from django.urls import Resolver404, resolve
 
 UPLOAD_URL_NAMES = frozenset({"adapter-upload", "api-adapter-upload"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+HTTP_FRAMES_PATH = "/http/luanti/frames/"
 
 
 def is_upload_url(path: str) -> bool:
@@ -39,7 +40,11 @@ def is_upload_url(path: str) -> bool:
 
 
 def body_limit(path: str) -> int:
-    return settings.VOYAGER_MAX_UPLOAD_BYTES if is_upload_url(path) else settings.VOYAGER_MAX_REQUEST_BYTES
+    if is_upload_url(path):
+        return settings.VOYAGER_MAX_UPLOAD_BYTES
+    if path == HTTP_FRAMES_PATH:  # the gateway's HTTP binding: frames of 16 KiB at most
+        return settings.VOYAGER_HTTP_MAX_BODY_BYTES
+    return settings.VOYAGER_MAX_REQUEST_BYTES
 
 
 # --- refusals ------------------------------------------------------------------------------------

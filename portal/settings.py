@@ -259,6 +259,16 @@ VOYAGER_ECHO_DELAY = env_float("VOYAGER_ECHO_DELAY", 0.0, minimum=0.0)
 VOYAGER_GATEWAY_RATE = env_float("VOYAGER_GATEWAY_RATE", 20.0, minimum=0.1)
 VOYAGER_GATEWAY_BURST = env_int("VOYAGER_GATEWAY_BURST", 60, minimum=1)
 VOYAGER_GATEWAY_MAX_INFLIGHT = env_int("VOYAGER_GATEWAY_MAX_INFLIGHT", 64, minimum=1)
+# The gateway's HTTP binding: how long a poll is held open, how long a session lives without a request
+# (longer than a poll), and the largest body of frames (one frame stays within 16 KiB).
+VOYAGER_HTTP_POLL_SECONDS = env_float("VOYAGER_HTTP_POLL_SECONDS", 25.0, minimum=1.0)
+VOYAGER_HTTP_SESSION_IDLE = env_float("VOYAGER_HTTP_SESSION_IDLE", VOYAGER_HTTP_POLL_SECONDS + 35, minimum=5.0)
+if VOYAGER_HTTP_SESSION_IDLE <= VOYAGER_HTTP_POLL_SECONDS + 5:
+    raise ImproperlyConfigured(
+        f"VOYAGER_HTTP_SESSION_IDLE={VOYAGER_HTTP_SESSION_IDLE} must exceed VOYAGER_HTTP_POLL_SECONDS + 5 "
+        f"({VOYAGER_HTTP_POLL_SECONDS + 5}): a session would end while its poll is held"
+    )
+VOYAGER_HTTP_MAX_BODY_BYTES = env_int("VOYAGER_HTTP_MAX_BODY_BYTES", 64 * 1024, minimum=16 * 1024)
 VOYAGER_INFERENCE_QUEUE = env_int("VOYAGER_INFERENCE_QUEUE", 256, minimum=1)
 VOYAGER_ADAPTER_CACHE = env_int("VOYAGER_ADAPTER_CACHE", 16, minimum=1)
 VOYAGER_ASK_TIMEOUT = env_float("VOYAGER_ASK_TIMEOUT", 30.0, minimum=0.1)

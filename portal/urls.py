@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from portal import views
+from portal import operator_views, views
 from portal.forms import AdminLoginForm
 
 handler404 = "portal.api.errors.not_found_view"
@@ -22,6 +22,8 @@ urlpatterns = [
     path("profile/servers/", views.game_servers, name="game-servers"),
     path("profile/servers/<int:server_id>/token/", views.game_server_token, name="game-server-token"),
     path("profile/servers/<int:server_id>/revoke/", views.game_server_revoke, name="game-server-revoke"),
+    path("profile/servers/<int:server_id>/check/", operator_views.game_server_check, name="game-server-check"),
+    path("mod/voyager.zip", operator_views.mod_download, name="mod-download"),
     path("replies/", views.feed, name="feed"),
     path("replies/<str:exchange_id>/rate/", views.rate, name="rate"),
     path("replies/<str:exchange_id>/unrate/", views.unrate, name="unrate"),

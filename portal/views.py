@@ -587,6 +587,7 @@ def _game_servers_page(request, *, form, token=None, server=None, status=200):
         "token": token,
         "token_server": server,
         "gateway_url": f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}/ws/luanti/",
+        "http_gateway_url": f"{request.scheme}://{request.get_host()}/http/luanti/",
         "errors": form_errors(form) if form.errors else "",
     }
     return render(request, "portal/game_servers.html", context, status=status)

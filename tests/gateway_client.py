@@ -132,3 +132,61 @@ async def collect_until(communicator, kinds=("reply", "error"), timeout=10):
 
 def ask(text="hello Mo", id="a1", npc="npc-1", persona="miner", **extra):
     return {"type": "ask", "id": id, "npc": npc, "persona": persona, "player": "steve", "text": text, **extra}
+
+
+# --- the HTTP binding ---------------------------------------------------------------------------
+
+
+async def http(method, path, *, token=None, session=None, body=b"", timeout=10):
+    """One request to the ASGI application: (status, the JSON body decoded, or the body's text)."""
+    from channels.testing import HttpCommunicator
+
+    headers = [(b"host", b"testserver"), (b"content-type", b"application/x-ndjson")]
+    if token:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    if session:
+        headers.append((b"x-voyager-session", session.encode()))
+    communicator = HttpCommunicator(application, method, path, body=body, headers=headers)
+    response = await communicator.get_response(timeout=timeout)
+    content, headers = response["body"], dict(response["headers"])
+    if not headers.get(b"Content-Type", headers.get(b"content-type", b"")).startswith(b"application/json"):
+        return response["status"], content.decode(errors="replace")
+    return response["status"], json.loads(content)
+
+
+class HttpMod:
+    """A game server on the HTTP binding, as the mod holds it: one session, frames posted, frames polled."""
+
+    def __init__(self, token):
+        self.token, self.session, self.seq = token, None, 0
+
+    async def open(self):
+        status, body = await http("POST", "/http/luanti/session/", token=self.token)
+        assert status == 201, body
+        self.session = body["session"]
+        return self
+
+    async def post(self, *frames, raw=None):
+        body = raw if raw is not None else "\n".join(json.dumps(f) for f in frames).encode()
+        return await http("POST", "/http/luanti/frames/", token=self.token, session=self.session, body=body)
+
+    async def poll(self, timeout=15):
+        status, body = await http(
+            "GET", f"/http/luanti/poll/?after={self.seq}", token=self.token, session=self.session, timeout=timeout
+        )
+        if status == 200:
+            self.seq = body["seq"]
+        return status, body
+
+    async def frames_until(self, kinds=("reply", "error"), timeout=10):
+        """Poll until a frame of ``kinds`` comes; every frame polled, and the polls that brought them."""
+        frames, polls = [], 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = await self.poll()
+            assert status == 200, (status, body)
+            polls += 1
+            frames += body["frames"]
+            if any(f["type"] in kinds for f in body["frames"]):
+                return frames, polls
+        raise AssertionError(f"no {kinds} frame in {timeout} s: {frames}")

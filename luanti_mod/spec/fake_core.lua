@@ -33,6 +33,19 @@ function F.new(conf)
 		end,
 	}
 
+	function core.get_current_modname() return "voyager" end
+	-- Like the engine's translator, less the escape sequences: "@1".. filled in, "@@" an "@".
+	function core.get_translator(domain)
+		core.translated_domain = domain
+		return function(text, ...)
+			local args = {...}
+			return (text:gsub("@(.)", function(c)
+				if c == "@" then return "@" end
+				if c == "n" then return "\n" end
+				return tostring(args[tonumber(c)] or "")
+			end))
+		end
+	end
 	function core.log(level, msg) core.logs[#core.logs + 1] = {level = level, msg = msg} end
 	function core.logged(pattern)
 		for _, l in ipairs(core.logs) do if l.msg:find(pattern) then return l end end
@@ -160,17 +173,38 @@ end
 
 --- Installs a fake core and loads the engine-side files with `client`
 -- (a client from client.lua or nil for "not trusted").
-function F.load_mod(conf, client)
+--- Loads the engine-side files. With `net` ({game = id, http = false | nil, socket = lib | nil}),
+-- net.lua too, as init.lua runs it: the client is the real one over the transport it chooses.
+function F.load_mod(conf, client, net)
 	local core = F.new(conf)
 	_G.core = core
 	_G.voyager = {
-		bit = H.ops, sha1lib = H.sha1lib, sha1 = H.sha1, json = H.json, ws = H.wsmod,
+		modpath = H.MOD:gsub("/$", ""),
+		bit = H.ops, json = H.json, ws = H.wsmod, http = H.httpmod,
 		client_lib = H.client_lib, chat = H.chat,
 	}
 	for _, f in ipairs({"api", "settings", "npc", "actions", "talk", "commands"}) do
 		dofile(H.MOD .. f .. ".lua")
 	end
-	voyager.set_client(client)
+	if not net then
+		voyager.set_client(client)
+		return core, _G.voyager
+	end
+	local loaded = {}
+	function core.register_on_mods_loaded(fn) loaded[#loaded + 1] = fn end
+	function core.run_mods_loaded() for _, fn in ipairs(loaded) do fn() end end
+	function core.run_globalsteps(dt) for _, fn in ipairs(core.globalsteps) do fn(dt or 0.09) end end
+	function core.get_game_info() return {id = net.game or "devtest"} end
+	function core.get_modpath() return nil end
+	_G.PcgRandom = function() return {next = function(_, a) return a end} end
+	local http = net.http ~= false and H.fake_http() or nil
+	local real_set_client = voyager.set_client
+	function voyager.set_client(c)
+		voyager.client = c
+		real_set_client(c)
+	end
+	dofile(H.MOD .. "net.lua")({socket = net.socket, socket_problem = "the mod is not trusted", http = http})
+	core.http = http
 	return core, _G.voyager
 end
 

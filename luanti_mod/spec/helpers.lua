@@ -14,12 +14,14 @@ local dkjson = require("dkjson")
 
 H.bitops = H.load("bitops")
 H.ops = H.bitops.new(nil) -- pure Lua: what plain Lua 5.1 gets
-H.sha1lib = H.load("sha1")
+H.sha1lib = dofile("spec/sha1.lua") -- the engine has core.sha1 and core.encode_base64; plain Lua has not
 H.sha1 = H.sha1lib.new(H.ops)
 H.json = H.load("json")
 H.wsmod = H.load("ws")
 H.ws = H.wsmod.new({ops = H.ops, sha1 = H.sha1, base64 = H.sha1lib.base64})
 H.client_lib = H.load("client")
+H.httpmod = H.load("http")
+H.startup = H.load("startup")
 H.chat = H.load("chat")
 
 --- Decodes like core.parse_json: JSON null -> nil, errors raise.
@@ -217,6 +219,43 @@ function H.make_client(settings)
 		for _, l in ipairs(env.logs) do if l.msg:find(pattern) then return l end end
 	end
 	return env
+end
+
+--- A fake of the engine's HTTP API (fetch_async / fetch_async_get): requests
+-- wait until a spec answers them (answer, fail), as the engine's do.
+function H.fake_http()
+	local api = {requests = {}, next_handle = 0}
+	function api.fetch_async(req)
+		api.next_handle = api.next_handle + 1
+		req.handle = api.next_handle
+		req.result = {completed = false}
+		api.requests[#api.requests + 1] = req
+		return req.handle
+	end
+	function api.fetch_async_get(handle)
+		for _, req in ipairs(api.requests) do
+			if req.handle == handle then return req.result end
+		end
+		return {completed = false}
+	end
+	--- The requests not answered yet, of one kind ("session", "frames", "poll", "end").
+	function api.open_requests(kind)
+		local out = {}
+		for _, req in ipairs(api.requests) do
+			local k = req.url:match("/http/luanti/(%a+)/")
+			if k == "session" and req.method == "DELETE" then k = "end" end
+			if not req.result.completed and (kind == nil or k == kind) then out[#out + 1] = req end
+		end
+		return out
+	end
+	function api.answer(req, code, body)
+		req.result = {completed = true, succeeded = true, timeout = false, code = code,
+			data = type(body) == "table" and H.json.encode(body) or (body or "")}
+	end
+	function api.fail(req, timeout)
+		req.result = {completed = true, succeeded = false, timeout = timeout or false, code = 0, data = ""}
+	end
+	return api
 end
 
 --- Handlers that record what happens to one request.

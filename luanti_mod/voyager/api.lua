@@ -1,7 +1,10 @@
 -- Shared helpers and the public hook: other mods (and the smoke/e2e test
 -- mod) observe everything through voyager.register_on_event.
 
-voyager.version = "0.1.0"
+voyager.version = "0.2.0"
+
+-- Every player-facing string goes through the translator (locale/voyager.*.tr).
+voyager.S = core.get_translator(core.get_current_modname() or "voyager")
 
 local listeners = {}
 

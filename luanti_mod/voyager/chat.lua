@@ -18,26 +18,22 @@ local function trim(s)
 	return (s:gsub("^%s+", ""):gsub("%s+$", ""))
 end
 
--- Last index in s that ends a sentence (punctuation followed by a space) or
--- a line; 0 when there is none.
+-- Last index in s that ends a sentence (punctuation, closing quotes or
+-- brackets, then the space: its index) or a line; 0 when there is none.
+-- string.find does the scanning: this runs on every delta of every stream.
 local function last_boundary(s)
-	for i = #s, 1, -1 do
-		local ch = s:sub(i, i)
-		if ch == "\n" then return i end
-		if ch:match("%s") and i > 1 then
-			local j = i - 1
-			while j > 0 and s:sub(j, j):match("[\"')%]]") do j = j - 1 end
-			if j > 0 and s:sub(j, j):match("[%.!%?:;]") then return i end
-		end
+	local best, from = 0, 1
+	while true do
+		local _, e = s:find("[%.!%?:;][\"')%]]*%s", from)
+		if not e then break end
+		best, from = e, e + 1
 	end
-	return 0
+	local line = s:match(".*()\n")
+	return line and line > best and line or best
 end
 
 local function last_space(s, limit)
-	for i = math.min(#s, limit), 1, -1 do
-		if s:sub(i, i):match("%s") then return i end
-	end
-	return 0
+	return s:sub(1, limit):match(".*()%s") or 0
 end
 
 --- opts: send(text), now(), flush_after (s, default 1), max_chunk (chars, default 200)

@@ -53,6 +53,7 @@ function M.new(opts)
 	local last_rx, ping_sent = now(), nil
 	local opened_at = now()
 	local last_close = nil -- {code, reason, error}
+	local last_failure = nil -- the reason last logged at warning level
 	local ask_seq = 0
 	local session = string.format("%06x", math.floor(random() * 0xffffff))
 	local stats = {sent = 0, received = 0, connects = 0, dropped = 0}
@@ -183,9 +184,14 @@ function M.new(opts)
 				delay))
 			emit({type = "auth_refused", code = ev.code, status = ev.status})
 		else
-			log(was_ready and "warning" or "info", string.format("disconnected (%s%s); reconnecting in %.1f s",
-				tostring(ev.code), ev.error and (": " .. ev.error) or (ev.reason and ev.reason ~= ""
-				and (": " .. ev.reason) or ""), delay))
+			local why = string.format("%s%s", tostring(ev.code), ev.error and (": " .. ev.error)
+				or (ev.reason and ev.reason ~= "" and (": " .. ev.reason) or ""))
+			-- The reason at warning level once per change (a new reason, or after being connected);
+			-- the same failure again, attempt after attempt, at info.
+			log((was_ready or why ~= last_failure) and "warning" or "info",
+				string.format("%s (%s); reconnecting in %.1f s", was_ready and "disconnected" or "cannot connect",
+					why, delay))
+			last_failure = why
 		end
 		emit({type = "disconnected", code = ev.code, reason = ev.reason, error = ev.error,
 			status = ev.status, retry_in = delay})
@@ -214,6 +220,7 @@ function M.new(opts)
 		end
 		state = "ready"
 		attempts = 0
+		last_failure = nil
 		local was_fallback = fallback
 		fallback = false
 		log("action", "connected to the gateway; personas: " .. table.concat(personas, ", "))
@@ -280,10 +287,12 @@ function M.new(opts)
 		send({type = "pong"})
 	end
 
-	local function on_message(text)
-		local ok, msg = pcall(json.decode, text)
+	-- A WebSocket message is the frame's text; the HTTP binding hands in the frame decoded.
+	local function on_message(text, frame)
+		local ok, msg = true, frame
+		if msg == nil then ok, msg = pcall(json.decode, text) end
 		if not ok or type(msg) ~= "table" or type(msg.type) ~= "string" then
-			log("warning", "ignoring a frame that is not a JSON object with a type: " .. text:sub(1, 120))
+			log("warning", "ignoring a frame that is not a JSON object with a type: " .. tostring(text):sub(1, 120))
 			return
 		end
 		stats.received = stats.received + 1
@@ -317,7 +326,8 @@ function M.new(opts)
 	end
 
 	local function update_fallback()
-		local should = state ~= "ready" and (now() - down_since) >= fallback_after
+		-- No transport at all (untrusted, no HTTP API; a bad URL): nothing to wait for.
+		local should = state == "disabled" or (state ~= "ready" and (now() - down_since) >= fallback_after)
 		if should and not fallback then
 			fallback = true
 			log("warning", "the platform has been unreachable for " .. fallback_after
@@ -337,7 +347,9 @@ function M.new(opts)
 				state = "connecting"
 				stats.connects = stats.connects + 1
 			else
-				log("error", "cannot connect: " .. tostring(err))
+				local why = tostring(err)
+				log(why ~= last_failure and "warning" or "info", "cannot connect: " .. why)
+				last_failure = why
 				schedule_reconnect(false)
 			end
 		end
@@ -352,7 +364,7 @@ function M.new(opts)
 						mod_version = opts.mod_version})
 				elseif ev.type == "message" then
 					last_rx = now()
-					on_message(ev.data)
+					on_message(ev.data, ev.frame)
 				elseif ev.type == "pong" then
 					last_rx = now()
 				elseif ev.type == "close" then

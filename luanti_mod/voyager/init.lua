@@ -3,24 +3,25 @@
 
 local modpath = core.get_modpath(core.get_current_modname())
 
--- The insecure environment is asked for once, here, and only LuaSocket's C
--- core is taken from it ("socket" itself fails under mod security). It is
--- handed to net.lua as an argument and never stored in a table.
-local socket_lib
+-- What the mod may use to reach the platform is asked for once, here, at load
+-- time (the engine allows no later request), and handed to net.lua as
+-- arguments, never stored in a table:
+-- - the engine's HTTP API (secure.http_mods = voyager): the HTTP transport,
+--   HTTPS included, with no other privilege;
+-- - with secure.trusted_mods = voyager, LuaSocket's C core from the insecure
+--   environment ("socket" itself fails under mod security): the WebSocket.
+local http_api = core.request_http_api and core.request_http_api()
+local socket_lib, socket_problem
 do
 	local ie = core.request_insecure_environment and core.request_insecure_environment()
 	if not ie then
-		core.log("error", "[voyager] the mod is not trusted, so it cannot open a network connection. "
-			.. "Add `secure.trusted_mods = voyager` to minetest.conf (keep other trusted mods in the "
-			.. "comma-separated list). NPCs will use scripted replies (fallback mode).")
+		socket_problem = "the mod is not trusted (secure.trusted_mods)"
 	else
 		local ok, lib = pcall(ie.require, "socket.core")
 		if ok and type(lib) == "table" then
 			socket_lib = lib
 		else
-			core.log("error", "[voyager] cannot load LuaSocket (socket.core): " .. tostring(lib)
-				.. ". Install lua-socket for the Lua version the server uses (LuaJIT: Lua 5.1). "
-				.. "NPCs will use scripted replies (fallback mode).")
+			socket_problem = "cannot load LuaSocket (socket.core): " .. tostring(lib)
 		end
 	end
 end
@@ -28,10 +29,9 @@ end
 voyager = {modpath = modpath}
 
 voyager.bit = dofile(modpath .. "/bitops.lua").new(rawget(_G, "bit"))
-voyager.sha1lib = dofile(modpath .. "/sha1.lua")
-voyager.sha1 = voyager.sha1lib.new(voyager.bit)
 voyager.json = dofile(modpath .. "/json.lua")
 voyager.ws = dofile(modpath .. "/ws.lua")
+voyager.http = dofile(modpath .. "/http.lua")
 voyager.client_lib = dofile(modpath .. "/client.lua")
 voyager.chat = dofile(modpath .. "/chat.lua")
 
@@ -41,4 +41,4 @@ dofile(modpath .. "/npc.lua")
 dofile(modpath .. "/actions.lua")
 dofile(modpath .. "/talk.lua")
 dofile(modpath .. "/commands.lua")
-dofile(modpath .. "/net.lua")(socket_lib)
+dofile(modpath .. "/net.lua")({socket = socket_lib, socket_problem = socket_problem, http = http_api})

@@ -151,10 +151,10 @@ voyager.talk_target = talk_target
 function voyager.talk_formspec(ent)
 	local esc = core.formspec_escape
 	return "formspec_version[4]size[10,3.4]"
-		.. "label[0.4,0.5;" .. esc("Talk to " .. ent._data.name .. " (" .. ent._data.persona .. ")") .. "]"
+		.. "label[0.4,0.5;" .. esc(voyager.S("Talk to @1 (@2)", ent._data.name, ent._data.persona)) .. "]"
 		.. "field[0.4,1.1;9.2,0.8;text;;]"
 		.. "field_close_on_enter[text;true]"
-		.. "button_exit[7.4,2.2;2.2,0.8;say;Say]"
+		.. "button_exit[7.4,2.2;2.2,0.8;say;" .. esc(voyager.S("Say")) .. "]"
 end
 
 core.register_entity("voyager:npc", {

@@ -36,7 +36,10 @@ function voyager.read_settings()
 	s.queue_size = math.floor(num("queue_size", 16, 1, 256))
 	s.max_tokens = math.floor(num("max_tokens", 120, 8, 256))
 	s.give_max = math.floor(num("give_max", 8, 1, 99))
-	s.give_allowlist, s.give_allowed = list("give_allowlist", "default:apple,default:torch,default:bread")
+	-- Unset: the running game's default, chosen once the mods are loaded (net.lua); empty: none.
+	s.give_allowlist_set = core.settings:get("voyager.give_allowlist") ~= nil
+	s.give_allowlist, s.give_allowed = list("give_allowlist", "")
+	s.transport = get("transport") or "auto"
 	s.server_name = get("server_name") or core.settings:get("server_name") or ""
 	return s
 end

@@ -11,24 +11,29 @@ voyager.TEXT_MAX = 500
 voyager.NEARBY_MAX = 16
 voyager.NEARBY_RADIUS = 6
 
+local S = voyager.S
+
+-- Each a function of the player's name: the line, translated.
 voyager.CANNED_LINES = {
-	"Hmm? Sorry, %s, my thoughts are elsewhere right now.",
-	"Ah, %s. Let me think about that later.",
-	"I can't quite put it into words today, %s.",
-	"*nods at %s* Fine weather, isn't it?",
-	"Come back a little later, %s, and we'll talk properly.",
+	function(p) return S("Hmm? Sorry, @1, my thoughts are elsewhere right now.", p) end,
+	function(p) return S("Ah, @1. Let me think about that later.", p) end,
+	function(p) return S("I can't quite put it into words today, @1.", p) end,
+	function(p) return S("*nods at @1* Fine weather, isn't it?", p) end,
+	function(p) return S("Come back a little later, @1, and we'll talk properly.", p) end,
 }
 
 local FRIENDLY = {
-	npc_frozen = "%s has been put to rest by a moderator and can't talk right now.",
-	unknown_persona = "%s doesn't quite know who they are yet (unknown persona). Tell the server operator.",
-	overloaded = "%s is busy with many conversations. Try again in a moment.",
-	unavailable = "%s seems lost in thought. Try again in a little while.",
-	timeout = "%s took too long to answer. Try again.",
-	rate_limited = "You're talking to %s too fast. Slow down a little.",
-	invalid = "%s didn't understand that (the message was refused).",
-	not_found = "%s can't find what you are talking about.",
-	internal = "Something went wrong while %s was thinking.",
+	npc_frozen = function(n) return S("@1 has been put to rest by a moderator and can't talk right now.", n) end,
+	unknown_persona = function(n)
+		return S("@1 doesn't quite know who they are yet (unknown persona). Tell the server operator.", n)
+	end,
+	overloaded = function(n) return S("@1 is busy with many conversations. Try again in a moment.", n) end,
+	unavailable = function(n) return S("@1 seems lost in thought. Try again in a little while.", n) end,
+	timeout = function(n) return S("@1 took too long to answer. Try again.", n) end,
+	rate_limited = function(n) return S("You're talking to @1 too fast. Slow down a little.", n) end,
+	invalid = function(n) return S("@1 didn't understand that (the message was refused).", n) end,
+	not_found = function(n) return S("@1 can't find what you are talking about.", n) end,
+	internal = function(n) return S("Something went wrong while @1 was thinking.", n) end,
 }
 
 function voyager.set_client(c)
@@ -45,7 +50,9 @@ function voyager.status()
 end
 
 local function friendly(code, npc_name)
-	return string.format(FRIENDLY[code] or "%s can't answer right now.", npc_name)
+	local line = FRIENDLY[code]
+	if line then return line(npc_name) end
+	return S("@1 can't answer right now.", npc_name)
 end
 voyager.friendly_error = friendly
 
@@ -86,7 +93,7 @@ function voyager.npc_context(ent)
 end
 
 local function fallback_reply(player, ent, text)
-	local line = voyager.CANNED_LINES[math.random(#voyager.CANNED_LINES)]:format(player)
+	local line = voyager.CANNED_LINES[math.random(#voyager.CANNED_LINES)](player)
 	local npc_name = ent._data.name
 	core.after(0.3 + math.random() * 0.7, function()
 		voyager.chat_to(player, npc_name, line)
@@ -107,7 +114,7 @@ function voyager.talk(player, npc, text, opts)
 	if text == "" then return nil, "nothing said" end
 	local d = ent._data
 	if busy[player] then
-		voyager.notice(player, "Wait for an answer first.")
+		voyager.notice(player, S("Wait for an answer first."))
 		return nil, "busy"
 	end
 	voyager.emit({type = "ask", player = player, npc = d.id, text = text})
@@ -210,18 +217,18 @@ end
 --- Rates the last reply `player` got: score 1 or -1.
 function voyager.rate(player, score, reason)
 	local last = last_reply[player]
-	if not last then return nil, "no reply to rate yet" end
-	if voyager.in_fallback() then return nil, "the platform is not reachable right now" end
+	if not last then return nil, S("no reply to rate yet") end
+	if voyager.in_fallback() then return nil, S("the platform is not reachable right now") end
 	reason = reason and voyager.clean_text(reason, 300) or nil
 	if reason == "" then reason = nil end
 	client.rate({exchange = last.exchange, player = player, score = score, reason = reason}, {
 		done = function()
-			voyager.notice(player, "Thanks! Your rating of " .. last.npc .. "'s reply was recorded.")
+			voyager.notice(player, S("Thanks! Your rating of @1's reply was recorded.", last.npc))
 			voyager.emit({type = "rated", player = player, exchange = last.exchange, score = score})
 		end,
 		error = function(code, message)
-			voyager.notice(player, code == "not_found" and "That reply can no longer be rated."
-				or ("Rating failed (" .. code .. ")."))
+			voyager.notice(player, code == "not_found" and S("That reply can no longer be rated.")
+				or S("Rating failed (@1).", code))
 			voyager.emit({type = "error", player = player, code = code, message = message, request = "rate"})
 		end,
 	})
@@ -230,15 +237,15 @@ end
 
 --- Links `player` to a portal account with a code shown in the portal.
 function voyager.link(player, code)
-	if voyager.in_fallback() then return nil, "the platform is not reachable right now" end
+	if voyager.in_fallback() then return nil, S("the platform is not reachable right now") end
 	client.link({player = player, code = code}, {
 		done = function()
-			voyager.notice(player, "Your game name is now linked to your portal account.")
+			voyager.notice(player, S("Your game name is now linked to your portal account."))
 			voyager.emit({type = "linked", player = player})
 		end,
 		error = function(ecode, message)
-			voyager.notice(player, ecode == "not_found" and "That link code is unknown or has expired."
-				or ("Linking failed (" .. ecode .. ")."))
+			voyager.notice(player, ecode == "not_found" and S("That link code is unknown or has expired.")
+				or S("Linking failed (@1).", ecode))
 			voyager.emit({type = "error", player = player, code = ecode, message = message, request = "link"})
 		end,
 	})

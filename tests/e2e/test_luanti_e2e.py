@@ -234,10 +234,18 @@ def platform(request, transactional_db, e2e_model, e2e_adapter, tmp_path):
 # --- the Luanti side -----------------------------------------------------------------------------
 
 
+# How the mod reaches the platform: the WebSocket (trusted, with LuaSocket), or the engine's HTTP API
+# with the least privilege an operator can grant (secure.http_mods only; the mod is not trusted).
+TRANSPORTS = {
+    "websocket": {},
+    "http": {"secure.trusted_mods": "", "secure.http_mods": "voyager"},
+}
+
+
 class LuantiRun:
     """One headless minetestserver run with a fresh world; `wait` drives it phase by phase."""
 
-    def __init__(self, tmp: Path, platform: Platform, **settings) -> None:
+    def __init__(self, tmp: Path, platform: Platform, transport: str = "websocket", **settings) -> None:
         if not Path(MINETESTSERVER).exists():
             pytest.fail(f"minetest-server is not installed ({MINETESTSERVER}): `bin/voyager setup` installs it")
         self.dir = tmp / "luanti"
@@ -255,15 +263,17 @@ class LuantiRun:
             "voyager_test.player": PLAYER,
             "voyager_test.timeout": CASE_LIMIT - 10,
             "time_speed": 0,  # the time of day is in the prompt: keep it still
+            **TRANSPORTS[transport],
             **settings,
         }
+        url = platform.url if transport == "websocket" else f"http://127.0.0.1:{platform.port}/http/luanti/"
         subprocess.run(
             [
                 "sh",
                 str(MOD_TESTS / "make_world.sh"),
                 str(self.world),
                 str(self.conf),
-                platform.url,
+                url,
                 platform.token,
                 str(free_port(socket.SOCK_DGRAM)),
                 *(f"{k} = {v}" for k, v in lines.items()),
@@ -343,12 +353,17 @@ class LuantiRun:
             self.out.close()
 
 
+@pytest.fixture(params=sorted(TRANSPORTS))
+def transport(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def luanti(request, platform, tmp_path):
+def luanti(request, platform, tmp_path, transport):
     runs: list[LuantiRun] = []
 
     def start(**settings) -> LuantiRun:
-        run = LuantiRun(tmp_path, platform, **settings)
+        run = LuantiRun(tmp_path, platform, transport, **settings)
         runs.append(run)
         return run
 
@@ -393,13 +408,20 @@ def _actions(actions) -> list:
 # --- the cases -----------------------------------------------------------------------------------
 
 
-def test_a_player_asks_an_npc_gets_a_streamed_reply_with_actions_and_rates_it(platform, luanti, e2e_model):
+def _check_transport(run: LuantiRun, transport: str) -> None:
+    """The mod says at start-up which transport it chose; the HTTP run had no trust to use."""
+    log = run.log.read_text(errors="replace")
+    assert f"over {transport} (protocol 1)" in log, run.report()
+
+
+def test_a_player_asks_an_npc_gets_a_streamed_reply_with_actions_and_rates_it(platform, luanti, e2e_model, transport):
     from agents_app.models import Rating
 
     question = "can you jump?"
     run = luanti(**{"voyager_test.text": question})
     result = run.finish()
     report = run.report()
+    _check_transport(run, transport)
 
     assert result["ok"] and result["finish_reason"] == "rated", report
     assert result["connected"] and result["ready"] and PERSONA["slug"] in result["personas"], report
@@ -427,7 +449,7 @@ def test_a_player_asks_an_npc_gets_a_streamed_reply_with_actions_and_rates_it(pl
     assert rating.score == 1 and rating.reason == "voyager_test: good answer"
 
 
-def test_the_mod_falls_back_while_the_platform_is_down_and_reconnects_when_it_is_back(platform, luanti):
+def test_the_mod_falls_back_while_the_platform_is_down_and_reconnects_when_it_is_back(platform, luanti, transport):
     from agents_app.models import Exchange, Rating
 
     run = luanti(**{"voyager_test.scenario": "outage", "voyager_test.text": "hello"})
@@ -437,6 +459,7 @@ def test_the_mod_falls_back_while_the_platform_is_down_and_reconnects_when_it_is
     platform.start_daphne()  # back on the same port
     result = run.finish()
     report = run.report()
+    _check_transport(run, transport)
 
     assert result["ok"] and result["finish_reason"] == "rated", report
     outage = result["outage"]
