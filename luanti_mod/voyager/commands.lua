@@ -102,8 +102,8 @@ core.register_chatcommand("rate", {
 })
 
 core.register_chatcommand("voyager", {
-	params = "status | link <code>",
-	description = "Voyager platform connection",
+	params = "status | link <code> | teach <what the NPC should have said>",
+	description = "Voyager platform connection; teach the last NPC that answered you a better reply",
 	func = function(name, param)
 		local sub, rest = param:match("^%s*(%S*)%s*(.-)%s*$")
 		if sub == "link" then
@@ -111,6 +111,11 @@ core.register_chatcommand("voyager", {
 			local ok, err = voyager.link(name, rest)
 			if not ok then return false, "Cannot link: " .. err .. "." end
 			return true, "Linking..."
+		elseif sub == "teach" then
+			if rest == "" then return false, "Usage: /voyager teach <what the NPC should have said>" end
+			local ok, err = voyager.teach(name, rest)
+			if not ok then return false, "Cannot teach: " .. err .. "." end
+			return true, "Sending your reply..."
 		elseif sub == "status" or sub == "" then
 			local st = voyager.status()
 			local lines = {"Voyager " .. voyager.version .. ": " .. st.state
@@ -130,7 +135,7 @@ core.register_chatcommand("voyager", {
 			end
 			return true, table.concat(lines, "\n")
 		end
-		return false, "Usage: /voyager status | /voyager link <code>"
+		return false, "Usage: /voyager status | /voyager link <code> | /voyager teach <text>"
 	end,
 })
 

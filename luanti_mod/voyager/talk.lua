@@ -228,6 +228,28 @@ function voyager.rate(player, score, reason)
 	return last.exchange
 end
 
+--- Teaches the NPC of the last reply `player` got what it should have said instead.
+function voyager.teach(player, text)
+	local last = last_reply[player]
+	if not last then return nil, "no reply to correct yet" end
+	if voyager.in_fallback() then return nil, "the platform is not reachable right now" end
+	text = voyager.clean_text(text or "", 1000):match("^%s*(.-)%s*$")
+	if text == "" then return nil, "write what " .. last.npc .. " should have said" end
+	client.teach({exchange = last.exchange, player = player, text = text}, {
+		done = function()
+			voyager.notice(player, "Thanks! " .. last.npc .. " will learn from your reply.")
+			voyager.emit({type = "taught", player = player, exchange = last.exchange})
+		end,
+		error = function(code, message)
+			voyager.notice(player, code == "invalid" and ("Not taught: " .. message)
+				or code == "not_found" and "That reply can no longer be corrected."
+				or ("Teaching failed (" .. code .. ")."))
+			voyager.emit({type = "error", player = player, code = code, message = message, request = "teach"})
+		end,
+	})
+	return last.exchange
+end
+
 --- Links `player` to a portal account with a code shown in the portal.
 function voyager.link(player, code)
 	if voyager.in_fallback() then return nil, "the platform is not reachable right now" end
