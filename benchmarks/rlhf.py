@@ -211,6 +211,7 @@ def main() -> None:
         "reference_logp",
     )
     result = {
+        "model": args.model,
         "persona": persona.slug,
         "rule": args.rule,
         "replies_rated": report.replies,
