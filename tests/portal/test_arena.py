@@ -269,6 +269,8 @@ def test_the_leaderboard_ranks_versions_by_their_battles_with_intervals_and_coun
     assert (best.rating.wins, best.rating.losses, best.rating.battles) == (11.5, 0.5, 12)
     assert best.rating.low <= best.rating.rating <= best.rating.high
     assert f"{best.rating.battles}</td>" in board
+    # The board links each version to its page; a canary's is public like the active version's.
+    assert client_for().get(f"/personas/miner/v{v2.version}/").status_code == 200
 
 
 def test_the_leaderboard_says_when_nothing_is_decided(persona):
