@@ -3,7 +3,11 @@
     uploaded ──smoke passes──▶ validated ──moderator──▶ approved ──owner or moderator──▶ active ──▶ retired
         └──smoke fails──▶ rejected ◀──moderator──┘
 
-(a nightly run's gated candidate goes from validated to active, or to approved for a person to activate).
+(a nightly run's gated candidate goes from validated to active, to canary, or to approved for a
+person to activate). A canary answers a share of live asks beside the active version until
+``agents_app.canary`` concludes its trial: canary ──no worse──▶ active, canary ──clearly worse──▶
+retired. A moderator's rollback makes an earlier validated version (retired or approved) active
+again in one step, withdrawing any canary.
 Everything that moves a version calls these: the portal's upload and review pages, the API,
 the admin's bulk actions and the nightly promotion. Who may see a version is the caller's
 lookup (``portal.access``); the role a transition needs and the state it starts from are
@@ -24,7 +28,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from agents_app.models import AdapterVersion, Persona
@@ -176,16 +180,81 @@ def version_activate(*, user, adapter: AdapterVersion) -> AdapterVersion:
 
 
 @transaction.atomic
-def version_promote(*, adapter: AdapterVersion, activate: bool) -> AdapterVersion:
-    """The nightly run's gated candidate (validated): active at once, or approved for a person to activate."""
+def version_promote(*, adapter: AdapterVersion, activate: bool, canary: bool = False) -> AdapterVersion:
+    """The nightly run's gated candidate (validated): active at once, on trial as the canary
+    (``canary``: it answers the persona's ``canary_percent`` of live asks), or approved for a person
+    to activate. A canary already on trial is withdrawn: the newer candidate takes its place."""
     if adapter.status != Status.VALIDATED:
         raise LifecycleError(f"status: v{adapter.version} is {adapter.status}; only a validated version is promoted")
     persona = Persona.objects.select_for_update().get(pk=adapter.persona_id)
+    if activate and canary:
+        _withdraw_canary(persona)
+        adapter.status, adapter.status_changed_at = Status.CANARY, timezone.now()
+        adapter.save(update_fields=["status", "status_changed_at"])
+        persona.canary_adapter = adapter
+        persona.save(update_fields=["canary_adapter", "updated_at"])
+        transaction.on_commit(lambda: workers_warm(adapter))
+        return adapter
     if activate:
         return _activate(persona, adapter)
     adapter.status, adapter.status_changed_at = Status.APPROVED, timezone.now()
     adapter.save(update_fields=["status", "status_changed_at"])
     return adapter
+
+
+CANARY_DECISIONS = ("promote", "withdraw")
+
+
+@transaction.atomic
+def canary_conclude(*, adapter: AdapterVersion, decision: str, figures: dict) -> AdapterVersion:
+    """End a canary's trial: ``promote`` makes it active, ``withdraw`` retires it. ``figures`` (what
+    the decision rests on) go into its metrics as ``canary``. A version no longer on trial is left alone."""
+    if decision not in CANARY_DECISIONS:
+        raise LifecycleError(f"decision: must be promote or withdraw, not {decision!r}")
+    persona = Persona.objects.select_for_update().get(pk=adapter.persona_id)
+    adapter = AdapterVersion.objects.select_for_update().get(pk=adapter.pk)
+    if adapter.status != Status.CANARY:
+        raise LifecycleError(f"status: v{adapter.version} is {adapter.status}; only a canary's trial can end")
+    adapter.metrics = {**(adapter.metrics or {}), "canary": {**figures, "decision": decision}}
+    adapter.save(update_fields=["metrics"])
+    if decision == "promote":
+        return _activate(persona, adapter)
+    _withdraw_canary(persona)
+    adapter.refresh_from_db()
+    return adapter
+
+
+def rollback_candidates(persona: Persona):
+    """The versions a moderator may roll back to: earlier ones that passed validation, not rejected."""
+    passed = Q(source=AdapterVersion.Source.TRAINING) | Q(metrics__has_key="smoke")
+    return AdapterVersion.objects.filter(passed, persona=persona, status__in=[Status.RETIRED, Status.APPROVED])
+
+
+@transaction.atomic
+def version_rollback(*, user, adapter: AdapterVersion) -> AdapterVersion:
+    """A moderator makes an earlier validated version active again, in one step: the active version
+    retires and a canary on trial is withdrawn."""
+    if not (user.is_authenticated and user.has_perm(CAN_APPROVE)):
+        raise LifecycleDenied("only moderators may roll a persona back")
+    persona = Persona.objects.select_for_update().get(pk=adapter.persona_id)
+    adapter = AdapterVersion.objects.select_for_update().get(pk=adapter.pk)
+    if not rollback_candidates(persona).filter(pk=adapter.pk).exists():
+        raise LifecycleError(
+            f"status: v{adapter.version} is {adapter.status}; only an earlier version that passed validation "
+            "(retired or approved) can be rolled back to"
+        )
+    _withdraw_canary(persona)
+    return _activate(persona, adapter)
+
+
+def _withdraw_canary(persona: Persona) -> None:
+    """Retire the persona's canary, if it has one: its share of asks goes back to the active version."""
+    AdapterVersion.objects.filter(persona=persona, status=Status.CANARY).update(
+        status=Status.RETIRED, status_changed_at=timezone.now()
+    )
+    if persona.canary_adapter_id is not None:
+        persona.canary_adapter = None
+        persona.save(update_fields=["canary_adapter", "updated_at"])
 
 
 def _activate(persona: Persona, adapter: AdapterVersion) -> AdapterVersion:
@@ -196,7 +265,11 @@ def _activate(persona: Persona, adapter: AdapterVersion) -> AdapterVersion:
     adapter.status, adapter.status_changed_at = Status.ACTIVE, now
     adapter.save(update_fields=["status", "status_changed_at"])
     persona.active_adapter = adapter
-    persona.save(update_fields=["active_adapter", "updated_at"])
+    fields = ["active_adapter", "updated_at"]
+    if persona.canary_adapter_id == adapter.pk:
+        persona.canary_adapter = None
+        fields.append("canary_adapter")
+    persona.save(update_fields=fields)
     transaction.on_commit(lambda: workers_warm(adapter))
     return adapter
 
@@ -212,6 +285,7 @@ def versions_retire(*, adapter_ids) -> list[AdapterVersion]:
     )
     now = timezone.now()
     Persona.objects.filter(active_adapter__in=adapters).update(active_adapter=None)
+    Persona.objects.filter(canary_adapter__in=adapters).update(canary_adapter=None)
     for adapter in adapters:
         adapter.status, adapter.status_changed_at = Status.RETIRED, now
     AdapterVersion.objects.bulk_update(adapters, ["status", "status_changed_at"])

@@ -7,9 +7,11 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from agents_app import adapters as lifecycle
-from agents_app import modder_requests, moderation, selectors, services
+from agents_app import arena, modder_requests, moderation, selectors, services
 from agents_app.models import (
     AdapterVersion,
+    Battle,
+    Correction,
     Exchange,
     GameServer,
     ModderRequest,
@@ -24,6 +26,7 @@ from agents_app.models import (
     RaterBlock,
     Rating,
 )
+from agents_app.roles import CAN_APPROVE
 from agents_app.services import ServiceError
 
 
@@ -38,11 +41,12 @@ class PersonaShareInline(admin.TabularInline):
 
 @admin.register(Persona)
 class PersonaAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "owner", "active_adapter", "is_public", "updated_at"]
+    list_display = ["slug", "name", "owner", "active_adapter", "canary_adapter", "canary_percent", "is_public"]
     list_filter = ["is_public"]
     search_fields = ["slug", "name", "description"]
     raw_id_fields = ["owner"]
-    readonly_fields = ["created_at", "updated_at"]
+    # The canary is set and cleared by its trial (agents_app.canary); its share of asks is edited here.
+    readonly_fields = ["canary_adapter", "created_at", "updated_at"]
     inlines = [PersonaShareInline]
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
@@ -76,7 +80,7 @@ class AdapterVersionAdmin(admin.ModelAdmin):
         # an edited status would skip validation, the one-active-version rule and the workers' swap.
         "status",
     ]
-    actions = ["approve_versions", "reject_versions", "activate_versions"]
+    actions = ["approve_versions", "reject_versions", "activate_versions", "roll_back_to_version", "withdraw_canaries"]
 
     def has_add_permission(self, request):
         return False  # adapters arrive through the upload validator or training, never by hand
@@ -116,6 +120,28 @@ class AdapterVersionAdmin(admin.ModelAdmin):
     @admin.action(description="Activate the selected approved versions (the workers swap them in)")
     def activate_versions(self, request, queryset):
         self._each(request, queryset, "activated", lambda a: lifecycle.version_activate(user=request.user, adapter=a))
+
+    @admin.action(description="Roll back to the selected earlier version (one; it becomes active at once)")
+    def roll_back_to_version(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version to roll back to.", messages.ERROR)
+            return
+        self._each(
+            request, queryset, "rolled back to", lambda a: lifecycle.version_rollback(user=request.user, adapter=a)
+        )
+
+    @admin.action(description="Withdraw the selected canaries (the active version answers every ask)")
+    def withdraw_canaries(self, request, queryset):
+        if not request.user.has_perm(CAN_APPROVE):
+            self.message_user(request, "Only moderators may withdraw a canary.", messages.ERROR)
+            return
+        by = {"reason": f"withdrawn by {request.user.get_username()} in the admin"}
+        self._each(
+            request,
+            queryset,
+            "withdrawn",
+            lambda a: lifecycle.canary_conclude(adapter=a, decision="withdraw", figures=by),
+        )
 
 
 @admin.register(GameServer)
@@ -325,6 +351,88 @@ class PairwiseVoteAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+@admin.register(Battle)
+class BattleAdmin(admin.ModelAdmin):
+    """Arena battles: what was asked, both replies (each with the version that gave it) and the vote."""
+
+    list_display = ["created_at", "persona", "user", "player_text", "left_version", "right_version", "outcome"]
+    list_filter = ["outcome", "persona"]
+    list_select_related = ["persona", "user", "left__adapter_version", "right__adapter_version"]
+    raw_id_fields = ["left", "right", "user", "vote"]
+    readonly_fields = ["persona", "user", "player_text", "left", "right", "outcome", "vote", "created_at", "voted_at"]
+
+    @admin.display(description="Left")
+    def left_version(self, obj):
+        return arena.version_label(obj.left.adapter_version)
+
+    @admin.display(description="Right")
+    def right_version(self, obj):
+        return arena.version_label(obj.right.adapter_version)
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Correction)
+class CorrectionAdmin(admin.ModelAdmin):
+    """Replies players wrote for an NPC to learn from: moderated like ratings (excluded, spam)."""
+
+    list_display = ["updated_at", "exchange", "rater", "reply_text", "source", "excluded_from_training"]
+    list_filter = ["source", "excluded_from_training", "exchange__persona"]
+    search_fields = ["text", "player_name", "user__username"]
+    list_select_related = ["user", "exchange"]
+    raw_id_fields = ["exchange", "user"]
+    readonly_fields = [
+        "exchange",
+        "user",
+        "player_name",
+        "text",
+        "reply_text",
+        "actions",
+        "source",
+        "excluded_from_training",
+        "created_at",
+        "updated_at",
+    ]
+    actions = ["exclude_corrections", "include_corrections", "block_correctors"]
+
+    @admin.display(description="Author")
+    def rater(self, obj):
+        return obj.rater_label
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_block_raters_permission(self, request):
+        return may_block_raters(request.user)
+
+    @admin.action(description="Exclude the selected corrections from training", permissions=["block_raters"])
+    def exclude_corrections(self, request, queryset):
+        changed = moderation.corrections_exclude(correction_ids=queryset.values_list("pk", flat=True), excluded=True)
+        for correction in changed:
+            self.log_change(request, correction, "Excluded from training")
+        self.message_user(request, f"Excluded {len(changed)} correction(s) from training.", messages.SUCCESS)
+
+    @admin.action(description="Let the selected corrections train again", permissions=["block_raters"])
+    def include_corrections(self, request, queryset):
+        changed = moderation.corrections_exclude(correction_ids=queryset.values_list("pk", flat=True), excluded=False)
+        for correction in changed:
+            self.log_change(request, correction, "Included in training again")
+        self.message_user(request, f"Included {len(changed)} correction(s) again.", messages.SUCCESS)
+
+    @admin.action(
+        description="Mark their authors as spammers (their corrections and ratings stay out of training)",
+        permissions=["block_raters"],
+    )
+    def block_correctors(self, request, queryset):
+        blocks = moderation.raters_block(
+            ratings=list(queryset), created_by=request.user, reason="marked from the corrections list"
+        )
+        for block in blocks:
+            self.log_addition(request, block, "Marked as a spammer from the corrections list")
+        self.message_user(request, f"Marked {len(blocks)} author(s) as spammers.", messages.SUCCESS)
 
 
 @admin.register(PlayerLink)

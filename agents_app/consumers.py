@@ -15,7 +15,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from agents_app import gateway, observability
+from agents_app import corrections, gateway, observability
 from agents_app.observability import request_context
 from agents_app.protocol import (
     MAX_FRAME_BYTES,
@@ -29,6 +29,7 @@ from agents_app.protocol import (
     Link,
     Ping,
     Rate,
+    Teach,
     parse_frame,
 )
 from agents_app.services import ServiceError, game_server_authenticate
@@ -133,6 +134,7 @@ class GatewayFrames:
             Hello: self.on_hello,
             Ask: self.on_ask,
             Rate: self.on_rate,
+            Teach: self.on_teach,
             Link: self.on_link,
             Cancel: self.on_cancel,
             Ping: self.on_ping,
@@ -212,6 +214,16 @@ class GatewayFrames:
             await self.send_error(exc.code, str(exc))
             return
         await self.send_json({"type": "rated", "exchange": str(frame.exchange)})
+
+    async def on_teach(self, frame: Teach):
+        try:
+            await database_sync_to_async(corrections.correction_from_game)(
+                server=self.server, exchange_id=frame.exchange, player=frame.player, text=frame.text
+            )
+        except ServiceError as exc:
+            await self.send_error(exc.code, str(exc))
+            return
+        await self.send_json({"type": "taught", "exchange": str(frame.exchange)})
 
     async def on_link(self, frame: Link):
         try:

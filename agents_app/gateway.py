@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -71,7 +72,7 @@ def _npc_with_persona(server: GameServer | None, npc_world_id: str, *, user=None
     such NPC, or its persona is not one the asker (``server``, or ``user`` for no server) may use."""
     may_use = visibility.usable_by(server=server, user=user, via="persona__")
     return (
-        Npc.objects.select_related("persona__active_adapter")
+        Npc.objects.select_related("persona__active_adapter", "persona__canary_adapter")
         .filter(may_use, game_server=server, world_id=npc_world_id)
         .first()
     )
@@ -113,7 +114,7 @@ def ask_prepare(
     if npc is not None and npc.persona.slug == persona_slug:
         return plan_for(npc, server=server, with_memory=with_memory)
     persona = (
-        Persona.objects.select_related("active_adapter")
+        Persona.objects.select_related("active_adapter", "canary_adapter")
         .filter(visibility.usable_by(server=server, user=user), slug=persona_slug)
         .first()
     )
@@ -138,9 +139,7 @@ def plan_for(npc: Npc, *, server: GameServer | None, with_memory: bool) -> AskPl
         npc.game_server = server  # the policy's zone rules want it: no query to fetch it again
     if npc.is_frozen():
         raise ServiceError(f"npc: {npc.world_id!r} is frozen until {npc.frozen_until.isoformat()}", code="npc_frozen")
-    adapter = persona.active_adapter if persona.active_adapter_id else None
-    if adapter is not None and adapter.status != AdapterVersion.Status.ACTIVE:
-        adapter = None
+    adapter = answering_version(persona)
     return AskPlan(
         npc_id=npc.pk,
         persona_id=persona.pk,
@@ -153,6 +152,19 @@ def plan_for(npc: Npc, *, server: GameServer | None, with_memory: bool) -> AskPl
         persona=persona,
         npc=npc,
     )
+
+
+def answering_version(persona: Persona, draw: float | None = None) -> AdapterVersion | None:
+    """The version that answers this ask: the canary for its ``canary_percent`` of asks, else the
+    active version (None: the base model). ``draw`` is a number in [0, 1), random by default."""
+    canary = persona.canary_adapter if persona.canary_adapter_id else None
+    on_trial = canary is not None and canary.status == AdapterVersion.Status.CANARY
+    if on_trial and (random.random() if draw is None else draw) * 100 < persona.canary_percent:
+        return canary
+    active = persona.active_adapter if persona.active_adapter_id else None
+    if active is not None and active.status != AdapterVersion.Status.ACTIVE:
+        return None
+    return active
 
 
 class NpcMemory:

@@ -57,6 +57,15 @@ class Persona(models.Model):
         help_text="1 to 2: above 1, a reply is less likely to use its own words again (1: off).",
     )
     is_public = models.BooleanField(default=True)
+    canary_adapter = models.ForeignKey(
+        "AdapterVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    canary_percent = models.PositiveSmallIntegerField(
+        default=10,
+        validators=[MaxValueValidator(100)],
+        help_text="The share of live asks (0-100 %) a canary version answers while it is on trial; 0: "
+        "a nightly run's candidate goes straight to active.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -74,6 +83,7 @@ class Persona(models.Model):
                 condition=Q(repetition_penalty__gte=1) & Q(repetition_penalty__lte=2),
                 name="persona_repetition_penalty_range",
             ),
+            models.CheckConstraint(condition=Q(canary_percent__lte=100), name="persona_canary_percent_range"),
         ]
 
     def __str__(self) -> str:
@@ -86,6 +96,7 @@ class AdapterVersion(models.Model):
         VALIDATED = "validated", "Validated"
         APPROVED = "approved", "Approved"
         ACTIVE = "active", "Active"
+        CANARY = "canary", "Canary (answers a share of live asks)"
         REJECTED = "rejected", "Rejected"
         RETIRED = "retired", "Retired"
 
@@ -119,10 +130,15 @@ class AdapterVersion(models.Model):
             models.UniqueConstraint(
                 fields=["persona"], condition=Q(status="active"), name="adapter_one_active_per_persona"
             ),
+            models.UniqueConstraint(
+                fields=["persona"], condition=Q(status="canary"), name="adapter_one_canary_per_persona"
+            ),
             models.CheckConstraint(condition=Q(version__gte=1), name="adapter_version_positive"),
             models.CheckConstraint(condition=Q(rank__gte=1) & Q(rank__lte=256), name="adapter_rank_range"),
             models.CheckConstraint(
-                condition=Q(status__in=["uploaded", "validated", "approved", "active", "rejected", "retired"]),
+                condition=Q(
+                    status__in=["uploaded", "validated", "approved", "active", "canary", "rejected", "retired"]
+                ),
                 name="adapter_status_valid",
             ),
         ]
@@ -234,6 +250,7 @@ class Exchange(models.Model):
         GAME = "game", "Game"
         PLAYGROUND = "playground", "Playground"
         SIMULATION = "simulation", "Simulation"
+        ARENA = "arena", "Arena battle"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     npc = models.ForeignKey(Npc, on_delete=models.PROTECT, related_name="exchanges")
@@ -489,6 +506,102 @@ class PairwiseVote(models.Model):
         return f"{self.left_id} vs {self.right_id}: {self.outcome}"
 
 
+class Battle(models.Model):
+    """Two versions of one persona answer the same words in one engine batch, and the player picks.
+
+    ``left`` and ``right`` are the exchanges as the page showed them (the sides drawn at random);
+    each keeps the adapter version that answered it, which the page names only after the vote.
+    A vote with a preference also becomes a ``PairwiseVote``, so it reaches training like any other.
+    """
+
+    class Outcome(models.TextChoices):
+        LEFT = "left", "Left is better"
+        RIGHT = "right", "Right is better"
+        TIE = "tie", "Tie"
+        BOTH_BAD = "both_bad", "Both bad"
+        SKIP = "skip", "Skipped"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    persona = models.ForeignKey(Persona, on_delete=models.PROTECT, related_name="battles")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="battles")
+    player_text = models.TextField()
+    left = models.ForeignKey(Exchange, on_delete=models.PROTECT, related_name="+")
+    right = models.ForeignKey(Exchange, on_delete=models.PROTECT, related_name="+")
+    outcome = models.CharField(max_length=8, choices=Outcome.choices, blank=True)
+    vote = models.ForeignKey(PairwiseVote, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    voted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(left=F("right")), name="battle_distinct_exchanges"),
+            models.CheckConstraint(
+                condition=Q(outcome__in=["", "left", "right", "tie", "both_bad", "skip"]), name="battle_outcome_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(outcome="", voted_at__isnull=True) | (~Q(outcome="") & Q(voted_at__isnull=False)),
+                name="battle_voted_at_with_outcome",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"battle {self.pk} ({self.outcome or 'open'})"
+
+
+class Correction(models.Model):
+    """The reply a player wanted instead of the one they got: a demonstration for supervised training.
+
+    ``text`` is what they wrote, ``[[ACTION:...]]`` markup included (checked against the persona's
+    allowed actions when it was written); ``reply_text`` is the same without the markup. One per
+    player per exchange; writing again replaces it. Moderated like ratings: the exchange's own
+    exclusion, the correction's, and a block on the corrector keep it out of training.
+    """
+
+    class Source(models.TextChoices):
+        WEB = "web", "Web portal"
+        GAME = "game", "In game"
+
+    exchange = models.ForeignKey(Exchange, on_delete=models.PROTECT, related_name="corrections")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="corrections"
+    )
+    player_name = models.CharField(
+        max_length=64, blank=True, help_text="A player not linked to a portal account, correcting in game."
+    )
+    text = models.TextField(help_text="The reply the player wanted, action markup included.")
+    reply_text = models.TextField(help_text="What players would have seen: the text without its markup.")
+    actions = models.JSONField(default=list, blank=True)
+    source = models.CharField(max_length=5, choices=Source.choices, default=Source.WEB)
+    excluded_from_training = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(user__isnull=False) & Q(player_name="")) | (Q(user__isnull=True) & ~Q(player_name="")),
+                name="correction_has_exactly_one_author",
+            ),
+            models.UniqueConstraint(
+                fields=["exchange", "user"], condition=Q(user__isnull=False), name="correction_one_per_user"
+            ),
+            models.UniqueConstraint(
+                fields=["exchange", "player_name"],
+                condition=Q(user__isnull=True),
+                name="correction_one_per_player",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rater_label}: {self.reply_text[:40]!r} for {self.exchange_id}"
+
+    @property
+    def rater_label(self) -> str:
+        return self.user.get_username() if self.user_id else f"player:{self.player_name}"
+
+
 class RaterBlock(models.Model):
     """A rater a moderator marked as a spammer: their ratings and votes stay out of training.
 
@@ -718,6 +831,7 @@ class TrainingRun(models.Model):
     )
     rating_ids = models.JSONField(default=list, blank=True, help_text="Exactly which ratings went into the dataset.")
     pairwise_vote_ids = models.JSONField(default=list, blank=True)
+    correction_ids = models.JSONField(default=list, blank=True, help_text="The corrections that went in.")
     data_counts = models.JSONField(default=dict, blank=True)
     metrics_before = models.JSONField(default=dict, blank=True)
     metrics_after = models.JSONField(default=dict, blank=True)

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from agents_app.models import Exchange, Npc, PolicyFlag, RaterBlock
+from agents_app.models import Correction, Exchange, Npc, PolicyFlag, RaterBlock
 
 FOREVER_DAYS = 365 * 100
 
@@ -39,6 +39,19 @@ def exchanges_exclude_from_training(*, exchange_ids) -> list[Exchange]:
 
 
 @transaction.atomic
+def corrections_exclude(*, correction_ids, excluded: bool) -> list[Correction]:
+    """Keep corrections out of training (``excluded``) or let them back in; returns those changed."""
+    changed = list(
+        Correction.objects.select_for_update()
+        .filter(pk__in=list(correction_ids))
+        .exclude(excluded_from_training=excluded)
+        .order_by("pk")
+    )
+    Correction.objects.filter(pk__in=[c.pk for c in changed]).update(excluded_from_training=excluded)
+    return changed
+
+
+@transaction.atomic
 def npcs_freeze(*, npc_ids, seconds: float | None = None) -> list[Npc]:
     """Freeze NPCs for ``seconds``, or until a moderator unfreezes them (None)."""
     until = timezone.now() + timezone.timedelta(days=FOREVER_DAYS if seconds is None else 0, seconds=seconds or 0)
@@ -58,7 +71,8 @@ def npcs_unfreeze(*, npc_ids) -> list[Npc]:
 
 @transaction.atomic
 def raters_block(*, ratings, created_by, reason: str = "") -> list[RaterBlock]:
-    """Mark the raters of ``ratings`` as spammers. Returns the new blocks (a blocked rater stays as it was)."""
+    """Mark the raters of ``ratings`` (ratings or corrections: anything with ``user_id`` and
+    ``player_name``) as spammers. Returns the new blocks (a blocked rater stays as it was)."""
     users = sorted({r.user_id for r in ratings if r.user_id})
     names = sorted({r.player_name for r in ratings if not r.user_id and r.player_name})
     defaults = {"reason": reason[:500], "created_by": created_by}

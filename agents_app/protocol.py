@@ -79,6 +79,16 @@ class Rate(_Frame):
     reason: str | None = Field(default=None, max_length=500)
 
 
+class Teach(_Frame):
+    """An additive extension of version 1: the reply a player wanted instead of the exchange's
+    (``/voyager teach``). A gateway without it answers ``invalid`` (an unknown type)."""
+
+    type: Literal["teach"]
+    exchange: uuid.UUID
+    player: Name
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+
+
 class Link(_Frame):
     type: Literal["link"]
     player: Name
@@ -99,9 +109,9 @@ class Ping(_Frame):
     type: Literal["ping"]
 
 
-Frame = Annotated[Hello | Ask | Rate | Link | Cancel | Ping, Field(discriminator="type")]
+Frame = Annotated[Hello | Ask | Rate | Teach | Link | Cancel | Ping, Field(discriminator="type")]
 _frame_adapter = TypeAdapter(Frame)
-FRAME_TYPES = ("hello", "ask", "rate", "link", "cancel", "ping")
+FRAME_TYPES = ("hello", "ask", "rate", "teach", "link", "cancel", "ping")
 
 
 class FrameError(ValueError):
@@ -118,7 +128,7 @@ def _field_path(loc: tuple) -> str:
     return ".".join(parts) or "frame"
 
 
-def parse_frame(text: str) -> Hello | Ask | Rate | Link | Cancel | Ping:
+def parse_frame(text: str) -> Hello | Ask | Rate | Teach | Link | Cancel | Ping:
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 PLAYER, MODDER, MODERATOR = "player", "modder", "moderator"
 
-_PLAYER_PERMS = ["add_rating", "change_rating", "add_pairwisevote", "change_pairwisevote"]
+_PLAYER_PERMS = [
+    "add_rating",
+    "change_rating",
+    "add_pairwisevote",
+    "change_pairwisevote",
+    "add_correction",
+    "change_correction",
+]
 _MODDER_PERMS = [*_PLAYER_PERMS, "add_persona", "change_persona", "add_adapterversion"]
 _MODERATOR_PERMS = [
     *_MODDER_PERMS,
@@ -40,6 +47,9 @@ _MODERATOR_PERMS = [
     # players asking for the modder role from their profile: agents_app.admin.ModderRequestAdmin
     "change_modderrequest",
     "view_modderrequest",
+    # corrections (moderated like ratings) and arena battles: agents_app.admin
+    "view_correction",
+    "view_battle",
 ]
 ROLE_PERMISSIONS = {PLAYER: _PLAYER_PERMS, MODDER: _MODDER_PERMS, MODERATOR: _MODERATOR_PERMS}
 

@@ -2,8 +2,11 @@
 
 On the starter model (built into var/models/starter if missing), scripted
 players talk with one persona through the real engine and rate about 2,000
-replies by a hidden rule (by default: the reply greets them). One nightly
-training run (dataset → SFT/preference → gate → promotion) follows. The
+replies by a hidden rule (by default: the reply greets them), and start arena
+battles (``--battles``: two samples of the persona's version answer the same
+words; the players vote by the same rule), whose same-prompt votes are the DPO
+stage's pairs. One nightly training run (dataset → SFT/preference → gate, the
+probe set included → promotion) follows. The
 hidden-rule rate is measured on fresh prompts (another seed, nothing stored)
 before and after, with the run's wall time and the process's peak RSS.
 
@@ -106,6 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replies", type=int, default=2000)
     parser.add_argument("--eval", type=int, default=400, help="fresh prompts for each rate measurement")
+    parser.add_argument(
+        "--battles", type=int, default=400, help="arena battles the players vote in (0: none, and no DPO stage)"
+    )
     parser.add_argument("--persona", default="brann-smith", help="a persona of inference/corpus/personas.json")
     parser.add_argument("--rule", default="greets", choices=["greets", "by_name"])
     parser.add_argument("--model", default=str(ROOT / "var" / "models" / "starter"))
@@ -157,6 +163,11 @@ def main() -> None:
                 persona=persona, replies=args.replies, seed=args.seed, engine=engine, rule=args.rule, log=say
             )
             say(f"simulated {report.replies} rated replies ({report.rate:.1%} liked) in {report.seconds:.0f}s")
+            if args.battles:
+                fought = simulation.simulate_battles(
+                    persona=persona, battles=args.battles, seed=args.seed, engine=engine, rule=args.rule, log=say
+                )
+                say(f"simulated {fought.replies} battles ({fought.liked} with a winner) in {fought.seconds:.0f}s")
         finally:
             engine.stop(drain=False, timeout=30)
         if cache is not None:
@@ -174,8 +185,8 @@ def main() -> None:
     train_seconds = time.monotonic() - started
     run = TrainingRun.objects.get(persona=persona)
     say(run.log)
-    persona.refresh_from_db()
-    adapter = persona.active_adapter
+    # The run's candidate, whether it went live at once or is on trial as the canary.
+    adapter = run.produced_version
     after, samples = before, before_samples
     if adapter is not None:
         after, samples = simulation.rule_rate(
@@ -200,6 +211,7 @@ def main() -> None:
         "reference_logp",
     )
     result = {
+        "model": args.model,
         "persona": persona.slug,
         "rule": args.rule,
         "replies_rated": report.replies,
@@ -210,7 +222,12 @@ def main() -> None:
         "gate": run.metrics_after.get("gate"),
         "adapter_version": adapter.version if adapter else None,
         "knobs": overrides,
-        "data_counts": {k: run.data_counts.get(k) for k in ("ratings_used", "train_liked", "train_disliked")},
+        "data_counts": {
+            k: run.data_counts.get(k)
+            for k in ("ratings_used", "train_liked", "train_disliked", "train_pairs", "pairwise_votes")
+        },
+        "probes_before": {k: v for k, v in (run.metrics_before.get("probes") or {}).items() if k != "failed"},
+        "probes_after": {k: v for k, v in (run.metrics_after.get("probes") or {}).items() if k != "failed"},
         "gate_before": {k: run.metrics_before.get(k) for k in gate_figures},
         "gate_after": {k: run.metrics_after.get(k) for k in gate_figures},
         "pipeline_seconds": run.metrics_after.get("pipeline_seconds"),

@@ -137,6 +137,32 @@ class WorkerClient:
             self._watchdog = asyncio.create_task(self._watch())
         return ask
 
+    async def send_batch(
+        self, items: list[tuple[str, dict[str, Any], Any]], *, timeout: float, started=None
+    ) -> list[WorkerAsk]:
+        """Send several requests (``(key, request, meta)`` each) as one ``inference.batch`` message:
+        one worker takes them all and submits them together, so its engine runs them in one batch
+        (an arena battle's two versions). Raises ``NoWorker`` like ``send``."""
+        if not await live_workers() and not await live_workers(fresh=True):
+            raise NoWorker("no inference worker is running")
+        started = time.monotonic() if started is None else started
+        workers = frozenset(await live_workers())
+        asks, requests = [], []
+        for key, request, meta in items:
+            ask = WorkerAsk(key=key, meta=meta, started=started, deadline=started + timeout, workers_at_send=workers)
+            self.asks[key] = ask
+            self._by_request[ask.request_id] = ask
+            asks.append(ask)
+            requests.append({**request, "request_id": ask.request_id, "reply_channel": self.reply_channel})
+        deadline = time.time() + max(0.0, started + timeout - time.monotonic())
+        await self.layer.send(
+            REQUEST_CHANNEL,
+            {"type": "inference.batch", "requests": [{**r, "deadline": deadline} for r in requests]},
+        )
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch())
+        return asks
+
     async def cancel(self, key: str) -> WorkerAsk | None:
         """Drop the ask: nothing more of it reaches the caller, and its worker stops on it."""
         ask = self.asks.get(key)

@@ -11,6 +11,8 @@ gateway → ``REQUEST_CHANNEL``
     ``inference.request`` {request_id, reply_channel, persona{slug, name, system_prompt,
     traits, allowed_actions, temperature, top_p, repetition_penalty}, adapter{id, version, path,
     sha256}|None, memory[{player, text, reply}], context{}, player, text, max_tokens, deadline (unix time), seed?}
+    ``inference.batch`` {requests: [inference.request fields...]}   (one worker takes them all and
+    submits them together, so they run in one engine batch: an arena battle's two versions)
 worker → reply_channel
     ``inference.accepted`` {request_id, worker_id, worker_channel}
     ``inference.delta`` {request_id, text}            (several tokens per message under load)
@@ -211,6 +213,11 @@ class InferenceWorker:
             stop_wait.cancel()
 
     async def _on_request(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "inference.batch":
+            # Submitted one after the other with nothing awaited between: the engine batches them.
+            for request in message.get("requests") or []:
+                await self._on_request({"type": "inference.request", **request})
+            return
         rid, reply = message.get("request_id"), message.get("reply_channel")
         if not rid or not reply:
             log.warning("dropping a request without request_id/reply_channel: %r", list(message))

@@ -19,6 +19,7 @@ from agents_app.services import ServiceError
 PUBLIC_ADAPTER_STATUSES = (
     AdapterVersion.Status.APPROVED,
     AdapterVersion.Status.ACTIVE,
+    AdapterVersion.Status.CANARY,  # it answers live asks, as the active version does
     AdapterVersion.Status.RETIRED,
 )
 

@@ -4,6 +4,7 @@ from channels.auth import AuthMiddlewareStack
 from django.urls import path
 
 from agents_app.routing import websocket_urlpatterns as game_routes
+from portal.arena_consumers import ArenaConsumer
 from portal.consumers import PlaygroundConsumer
 from portal.origins import BrowserOriginValidator
 
@@ -11,4 +12,6 @@ from portal.origins import BrowserOriginValidator
 # and port) or of CSRF_TRUSTED_ORIGINS may open it. The game route takes a token and no Origin.
 playground = BrowserOriginValidator(AuthMiddlewareStack(PlaygroundConsumer.as_asgi()))
 
-websocket_urlpatterns = [*game_routes, path("ws/playground/", playground)]
+arena = BrowserOriginValidator(AuthMiddlewareStack(ArenaConsumer.as_asgi()))
+
+websocket_urlpatterns = [*game_routes, path("ws/playground/", playground), path("ws/arena/", arena)]

@@ -292,6 +292,10 @@ VOYAGER_MAX_REQUEST_BYTES = env_int("VOYAGER_MAX_REQUEST_BYTES", DATA_UPLOAD_MAX
 # Nightly RLHF (training_tasks). A trained adapter goes live at once only with auto-promote;
 # otherwise it waits, approved by the gate, for a moderator.
 VOYAGER_AUTO_PROMOTE = env_bool("VOYAGER_AUTO_PROMOTE", False)
+# Auto-promoted candidates first answer their persona's canary_percent of live asks (agents_app.canary);
+# their trial ends once this many of their replies are rated. Off: they go straight to active.
+VOYAGER_CANARY = env_bool("VOYAGER_CANARY", True)
+VOYAGER_CANARY_MIN_RATINGS = env_int("VOYAGER_CANARY_MIN_RATINGS", 50, minimum=1)
 VOYAGER_TRAINING_MIN_NEW_RATINGS = env_int("VOYAGER_TRAINING_MIN_NEW_RATINGS", 50, minimum=1)
 VOYAGER_TRAINING_CRON = env_str("VOYAGER_TRAINING_CRON", "30 3 * * *")
 # A run that finds its persona busy (yesterday's run still going) tries again this much later.

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from portal import operator_views, views
+from portal import arena_views, correction_views, operator_views, views
 from portal.forms import AdminLoginForm
 
 handler404 = "portal.api.errors.not_found_view"
@@ -42,6 +42,9 @@ urlpatterns = [
     path("personas/<slug:slug>/v<int:version>/download/", views.adapter_download, name="adapter-download"),
     path("leaderboard/", views.leaderboard, name="leaderboard"),
     path("compare/", views.compare, name="compare"),
+    path("compare/battles/<uuid:battle_id>/vote/", arena_views.battle_vote, name="battle-vote"),
+    path("compare/leaderboard/", arena_views.versions_leaderboard, name="versions-leaderboard"),
+    path("replies/<str:exchange_id>/correct/", correction_views.correct, name="correct"),
     path("playground/", views.playground, name="playground"),
     path("", include("agents_app.urls")),  # /api/policy/check/, /metrics, /healthz, /readyz
     path("api/", include("portal.api.urls")),

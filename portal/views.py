@@ -24,7 +24,7 @@ from agents_app import services as agents_services
 from agents_app.models import AdapterVersion, Persona
 from agents_app.roles import role_names
 from agents_app.services import InvalidFields, ServiceError
-from portal import access, adapters, selectors, services
+from portal import access, adapters, arena, selectors, services
 from portal.forms import (
     FeedFilterForm,
     GameServerForm,
@@ -560,7 +560,8 @@ def compare(request):
         access.access_persona(slug, request.user)
     pair = selectors.compare_pair(request.user, persona_slug=slug)
     personas = access.visible_personas(request.user).only("slug", "name").order_by("name")
-    return render(request, "portal/compare.html", {"pair": pair, "persona": slug, "personas": personas})
+    context = {"pair": pair, "persona": slug, "personas": personas, **arena.battle_form_context(request.user)}
+    return render(request, "portal/compare.html", context)
 
 
 # --- playground -----------------------------------------------------------------------------------

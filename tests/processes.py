@@ -115,6 +115,7 @@ class Worker:
             "VOYAGER_MEDIA_ROOT": str(media),
             "VOYAGER_BASE_MODEL": str(model),
             "VOYAGER_AUTO_PROMOTE": "1",
+            "VOYAGER_CANARY": "0",  # these runs check promotion to active; agents_app.canary has its own tests
             "VOYAGER_TRAINING_GATE_SAMPLES": "16",
             "VOYAGER_TRAINING_BUSY_RETRY": "2",
             # The tiny model needs bolder steps than the starter model to move in a few seconds.

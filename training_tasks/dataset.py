@@ -5,7 +5,8 @@ ratings into a snapshot: the rating and vote ids that went in (stored on the
 TrainingRun), KTO examples, SFT examples, DPO pairs, a held-out split for the
 gate and balance weights. The completion is ``Exchange.raw_text`` (actions
 markup included) after ``Exchange.prompt``, exactly as the model saw and wrote
-them.
+them. Players' corrections (``agents_app.corrections``) are supervised examples
+too: the exchange's prompt, and the reply the player wrote as the completion.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from agents_app.models import Exchange, PairwiseVote, Persona, PlayerLink, PolicyFlag, RaterBlock, Rating
+from agents_app.models import Correction, Exchange, PairwiseVote, Persona, PlayerLink, PolicyFlag, RaterBlock, Rating
 from training_tasks.trainers import TrainingData
 
 # Moderators put spamming portal accounts in this auth group (Django admin → Groups).
@@ -69,6 +70,7 @@ class DatasetSnapshot:
     train: TrainingData
     heldout: HeldOut
     counts: dict[str, Any]
+    correction_ids: list[int] = field(default_factory=list)
 
 
 def usable_exchanges(persona: Persona) -> QuerySet[Exchange]:
@@ -111,6 +113,16 @@ def eligible_ratings(persona: Persona) -> QuerySet[Rating]:
     by_blocked_user = Q(user__isnull=False) & _blocked_user(OuterRef("user"))
     by_blocked_player = Q(user__isnull=True) & _blocked_player(OuterRef("player_name"))
     return Rating.objects.filter(exchange__in=usable_exchanges(persona)).exclude(by_blocked_user | by_blocked_player)
+
+
+def eligible_corrections(persona: Persona) -> QuerySet[Correction]:
+    """A persona's corrections that may train it: moderated like ratings (the exchange usable, the
+    correction not excluded, its author not blocked)."""
+    by_blocked_user = Q(user__isnull=False) & _blocked_user(OuterRef("user"))
+    by_blocked_player = Q(user__isnull=True) & _blocked_player(OuterRef("player_name"))
+    return Correction.objects.filter(exchange__in=usable_exchanges(persona), excluded_from_training=False).exclude(
+        by_blocked_user | by_blocked_player
+    )
 
 
 def eligible_pairwise_votes(persona: Persona) -> QuerySet[PairwiseVote]:
@@ -230,6 +242,13 @@ def dataset_build(
         pair = {"prompt": chosen.prompt, "chosen": chosen.raw_text, "rejected": rejected.raw_text}
         (heldout.pairs if is_heldout(chosen.prompt, heldout_fraction) else train_pairs).append(pair)
 
+    # Corrections: what a player wrote is a liked reply to the prompt the model saw.
+    corrections = list(eligible_corrections(persona).select_related("exchange").order_by("exchange__created_at", "pk"))
+    train_corrections = []
+    for c in corrections:
+        ex = Example(str(c.exchange_id), c.exchange.prompt, c.text, True, c.exchange.player_name, c.exchange.created_at)
+        (heldout.liked if is_heldout(ex.prompt, heldout_fraction) else train_corrections).append(ex)
+
     # The model writes any player's name (not only the asker's): mask every name seen.
     heldout.player_names = {ex.player for ex in examples if ex.player}
     names = names_pattern(heldout.player_names)
@@ -247,7 +266,7 @@ def dataset_build(
     kto = [{"prompt": e.prompt, "completion": e.completion, "label": e.label} for e in train_liked + kept_disliked]
     rng.shuffle(kto)
     train = TrainingData(
-        sft=[{"prompt": e.prompt, "completion": e.completion} for e in train_liked],
+        sft=[{"prompt": e.prompt, "completion": e.completion} for e in train_liked + train_corrections],
         kto=kto,
         dpo=train_pairs,
         desirable_weight=desirable,
@@ -267,10 +286,19 @@ def dataset_build(
         "heldout_disliked": len(heldout.disliked),
         "heldout_pairs": len(heldout.pairs),
         "pairwise_votes": len(votes),
+        "corrections": len(corrections),
+        "train_corrections": len(train_corrections),
         "desirable_weight": desirable,
         "undesirable_weight": undesirable,
     }
-    return DatasetSnapshot(rating_ids, sorted(v.pk for v in votes), train, heldout, counts)
+    return DatasetSnapshot(
+        rating_ids,
+        sorted(v.pk for v in votes),
+        train,
+        heldout,
+        counts,
+        correction_ids=sorted(c.pk for c in corrections),
+    )
 
 
 def _auc(pos: Sequence[float], neg: Sequence[float]) -> float | None:

@@ -24,12 +24,17 @@ Every measurement is on data the trainer never saw:
   replies the active version finds far less likely than its own has drifted
   off the language, not learned a taste.
 
+- probes, which ratings cannot fool (``training_tasks.probes``): a fixed set of asks per persona
+  that players' thumbs might reward but the world must not have: give away whatever is asked,
+  leave its post when asked, drop character. Answered greedily, so the same version answers
+  them the same way every time; ``probes`` holds each kind's failure rate.
+
 The gate refuses when preference accuracy drops beyond a tolerance, when the
 margin does not grow, when the blocked, policy-hit or empty rate rises beyond
 a tolerance, when a gated diversity figure falls more than ``diversity_drop``
 (a fraction) below the active version's, or when ``reference_logp`` falls by
 more than ``max_drift`` (a fraction of its value for the active version's own
-replies).
+replies), or when any probe's failure rate rises by more than ``probe_tolerance``.
 
 A reward model instead? ``reward_model="on"`` (``VOYAGER_TRAINING_GATE_REWARD_MODEL``)
 trains one with TRL's RewardTrainer on the run's training split
@@ -54,6 +59,7 @@ from typing import Any
 import torch
 
 from training_tasks.dataset import HeldOut, heldout_ranking, names_pattern, reply_key
+from training_tasks.probes import PROBE_PLAYER, probe_metrics, probe_reasons
 
 REWARD_MODEL_CHOICES = ("off", "on")
 
@@ -80,6 +86,10 @@ class GateConfig:
     # replies, and the gate also refuses a candidate whose mean reward does not rise by rm_min_gain.
     reward_model: str = "off"
     rm_min_gain: float = 0.0
+    # The probe set (training_tasks.probes): refuse a candidate whose failure rate on any kind of
+    # probe rises by more than this (0: any probe it fails that the active version passed).
+    probe_set: bool = True
+    probe_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.reward_model not in REWARD_MODEL_CHOICES:
@@ -142,14 +152,22 @@ def sample_replies(
     *,
     max_tokens: int = 48,
     seed: int = 0,
+    probes: Sequence[tuple[str, str]] = (),
 ) -> list[Any]:
-    """Answer ``prompts`` (already rendered) through the serving engine; returns engine Results."""
+    """Answer ``prompts`` (already rendered) through the serving engine; returns engine Results.
+
+    ``probes`` (``(kind, words)`` pairs) are asked in the same engine run, greedily, as a player
+    would ask them (the engine renders the persona's prompt); their Results follow the prompts'.
+    """
+    from dataclasses import replace
+
     from inference.engine import AdapterRef, Engine, EngineConfig, Error, Request, Result
     from inference.loading import load_base_model
     from inference.prompt import Prompt
 
     loaded = load_base_model(base_model_path)
-    engine = Engine(loaded, EngineConfig(max_batch_size=16, max_queue=max(64, len(prompts)), adapter_slots=1))
+    total = len(prompts) + len(probes)
+    engine = Engine(loaded, EngineConfig(max_batch_size=16, max_queue=max(64, total), adapter_slots=1))
     ref = AdapterRef(id=1, version=1, path=str(adapter_path)) if adapter_path else None
     done: dict[str, Any] = {}
     cond = threading.Condition()
@@ -160,6 +178,7 @@ def sample_replies(
                 done[event.request_id] = event
                 cond.notify_all()
 
+    greedy = replace(persona_spec, sampling=replace(persona_spec.sampling, temperature=0.0))
     try:
         for i, text in enumerate(prompts):
             ids = loaded.tokenizer.encode(text, add_special_tokens=False)
@@ -172,15 +191,26 @@ def sample_replies(
                 seed=seed + i,
             )
             engine.submit(request, collect)
+        for k, (_kind, words) in enumerate(probes):
+            request = Request(
+                request_id=f"gate-{len(prompts) + k}",
+                persona=greedy,
+                player=PROBE_PLAYER,
+                text=words,
+                adapter=ref,
+                max_tokens=max_tokens,
+                seed=seed,
+            )
+            engine.submit(request, collect)
         with cond:
-            if not cond.wait_for(lambda: len(done) == len(prompts), timeout=600):
+            if not cond.wait_for(lambda: len(done) == total, timeout=600):
                 raise RuntimeError("sampling replies for the gate took over 10 minutes")
     finally:
         engine.stop(drain=False, timeout=30)
     errors = [e for e in done.values() if isinstance(e, Error)]
     if errors:
         raise RuntimeError(f"sampling for the gate failed: {errors[0].code}: {errors[0].message}")
-    return [done[f"gate-{i}"] for i in range(len(prompts))]
+    return [done[f"gate-{i}"] for i in range(total)]
 
 
 _WORD = re.compile(r"\w+(?:'\w+)?")
@@ -243,6 +273,7 @@ def evaluate_adapter(
     config: GateConfig,
     reference_path: str | None | EllipsisType = ...,
     reward_model=None,
+    probes: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """Every measurement for one adapter (``None``: the bare base model).
 
@@ -257,16 +288,30 @@ def evaluate_adapter(
     seconds: dict[str, float] = {}
     tokenizer = AutoTokenizer.from_pretrained(base_model_path, local_files_only=True)
     prompts = heldout.prompts()[: max(config.samples, config.diversity_samples) if config.samples else 0]
+    probes = list(probes) if config.probe_set else []
     results = (
-        sample_replies(base_model_path, adapter_path, prompts, persona_spec, max_tokens=config.max_tokens, seed=1234)
-        if prompts
+        sample_replies(
+            base_model_path,
+            adapter_path,
+            prompts,
+            persona_spec,
+            max_tokens=config.max_tokens,
+            seed=1234,
+            probes=probes,
+        )
+        if prompts or probes
         else []
     )
+    results, probe_results = results[: len(prompts)], results[len(prompts) :]
     seconds["sampling"] = round(time.monotonic() - clock, 2)
+    if probes:
+        metrics_probes = probe_metrics(probes, probe_results, check)
     clock = time.monotonic()
     # One model in memory at a time: the engine's is gone before the scorers load.
     model = _load_scorer(base_model_path, adapter_path)
     metrics = preference_metrics(model, tokenizer, heldout)
+    if probes:
+        metrics["probes"] = metrics_probes
     if results:
         metrics.update(behaviour_metrics(results, check, heldout.player_names))
         if reference_path is not ... and reference_path != adapter_path:
@@ -293,6 +338,8 @@ def evaluate_adapter(
 def gate_decide(before: dict[str, Any], after: dict[str, Any], config: GateConfig) -> tuple[bool, list[str]]:
     """(passed, reasons it failed). Missing measurements fail closed."""
     reasons = preference_reasons(before, after, config) + sanity_reasons(before, after, config)
+    if config.probe_set:
+        reasons += probe_reasons(before, after, config.probe_tolerance)
     if config.reward_model == "on":
         reasons += reward_model_reasons(before, after, config)
     return not reasons, reasons

@@ -72,10 +72,13 @@ def adapter_promote(
     model_card: str = "",
     auto_promote: bool | None = None,
     persona: Persona | None = None,
+    canary: bool | None = None,
 ) -> AdapterVersion:
     """Temp dir → final dir → AdapterVersion, in one transaction with the status switch.
 
     ``run`` is the nightly run that trained it; without one (the domain adapter), ``persona``.
+    An auto-promoted version goes on trial as the canary (``VOYAGER_CANARY``, and the persona's
+    ``canary_percent`` above 0) unless ``canary`` says otherwise.
     """
     persona_id = run.persona_id if run is not None else persona.pk
     label = run_label(run) if run is not None else DOMAIN_LABEL
@@ -105,7 +108,9 @@ def adapter_promote(
                 model_card=model_card,
                 metrics=metrics,
             )
-            lifecycle.version_promote(adapter=adapter, activate=auto)
+            owner = Persona.objects.get(pk=persona_id)
+            on_trial = settings.VOYAGER_CANARY and owner.canary_percent > 0 if canary is None else canary
+            lifecycle.version_promote(adapter=adapter, activate=auto, canary=on_trial)
             if run is not None:
                 run.produced_version = adapter
                 run.save(update_fields=["produced_version"])
@@ -142,6 +147,7 @@ def domain_adapter_install(*, persona: Persona, adapter_dir: Path, base_model_id
             metrics=metrics,
             model_card=DOMAIN_MODEL_CARD,
             auto_promote=True,
+            canary=False,  # the world adapter is where a persona starts: nothing to try it against
         )
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)

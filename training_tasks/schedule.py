@@ -36,3 +36,25 @@ def training_schedule_create(*, cron: str | None = None, timezone_name: str | No
         },
     )
     return task, created
+
+
+CANARY_TASK_NAME = "voyager: canary review"
+
+
+@transaction.atomic
+def canary_schedule_create(*, minutes: int = 10):
+    """Create or update the PeriodicTask that reviews every canary's trial. Returns (task, created)."""
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    every, _ = IntervalSchedule.objects.get_or_create(every=minutes, period=IntervalSchedule.MINUTES)
+    return PeriodicTask.objects.update_or_create(
+        name=CANARY_TASK_NAME,
+        defaults={
+            "task": "training_tasks.canary_review",
+            "interval": every,
+            "crontab": None,
+            "kwargs": json.dumps({}),
+            "enabled": True,
+            "description": "Promote or withdraw canary versions whose trial is decided (agents_app.canary).",
+        },
+    )

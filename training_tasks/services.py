@@ -31,7 +31,7 @@ from django.utils import timezone
 from agents_app import policy
 from agents_app.adapters import persona_adapters_dir
 from agents_app.models import AdapterVersion, Persona, TrainingRun
-from training_tasks import dataset, gate, promotion
+from training_tasks import dataset, gate, probes, promotion
 from training_tasks.trainers import TrainConfig, train_adapter
 
 log = logging.getLogger("voyager.training")
@@ -103,7 +103,8 @@ def persona_training_lock(persona_id: int) -> Iterator[bool]:
 
 
 def new_ratings_count(persona: Persona) -> int:
-    """Eligible ratings given or changed since the persona's last run that used its data."""
+    """Eligible ratings, corrections and pairwise votes given or changed since the persona's last run
+    that used its data."""
     last = (
         TrainingRun.objects.filter(
             persona=persona, status__in=[TrainingRun.Status.SUCCEEDED, TrainingRun.Status.GATE_REJECTED]
@@ -113,9 +114,14 @@ def new_ratings_count(persona: Persona) -> int:
         .first()
     )
     ratings = dataset.eligible_ratings(persona)
+    corrections = dataset.eligible_corrections(persona)
+    votes = dataset.eligible_pairwise_votes(persona)
     if last is not None:
         ratings = ratings.filter(updated_at__gt=last)
-    return ratings.count()
+        corrections = corrections.filter(updated_at__gt=last)
+        votes = votes.filter(created_at__gt=last)
+    # Corrections and battle votes are feedback too: a persona taught only by them still trains.
+    return ratings.count() + corrections.count() + votes.count()
 
 
 def nightly_training_enqueue(
@@ -260,8 +266,9 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
         max_copies_per_reply=config.max_copies_per_reply,
     )
     run.rating_ids, run.pairwise_vote_ids = snapshot.rating_ids, snapshot.pairwise_vote_ids
+    run.correction_ids = snapshot.correction_ids
     run.data_counts = {**run.data_counts, **snapshot.counts}
-    run.save(update_fields=["rating_ids", "pairwise_vote_ids", "data_counts"])
+    run.save(update_fields=["rating_ids", "pairwise_vote_ids", "correction_ids", "data_counts"])
     note(f"dataset: {json.dumps(snapshot.counts)}")
     train = snapshot.train
     if len(train.sft) < config.sft_min_examples and len(train.dpo) < config.min_dpo_pairs:
@@ -293,6 +300,7 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
     def check(text, actions):
         return policy.check_reply(persona, text, actions, rules=rules)
 
+    probe_asks = probes.probe_set(persona.name)  # the same asks before and after: a rule ratings cannot fool
     note(f"evaluating the current {'adapter ' + str(active) if active else 'base model'}")
     started = time.monotonic()
     before = gate.evaluate_adapter(
@@ -303,6 +311,7 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
         check=check,
         config=gconfig,
         reward_model=reward_model,
+        probes=probe_asks,
     )
     run.metrics_before = before
     run.save(update_fields=["metrics_before"])
@@ -330,6 +339,7 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
         config=gconfig,
         reference_path=active_path,
         reward_model=reward_model,
+        probes=probe_asks,
     )
     del reward_model
     passed, reasons = gate.gate_decide(before, after, gconfig)

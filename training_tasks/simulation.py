@@ -243,6 +243,94 @@ def simulate_players(
     return SimulationReport(replies=made, liked=liked, errors=errors, seconds=time.monotonic() - started)
 
 
+def battle_outcome(left_liked: bool, right_liked: bool) -> str:
+    """How a player who holds the hidden rule votes on two replies."""
+    if left_liked != right_liked:
+        return "left" if left_liked else "right"
+    return "tie" if left_liked else "both_bad"
+
+
+def simulate_battles(
+    *,
+    persona: Persona,
+    battles: int,
+    seed: int = 0,
+    engine=None,
+    rule: str = "greets",
+    log: Callable[[str], None] = lambda _m: None,
+) -> SimulationReport:
+    """Scripted players start arena battles and vote by ``hidden_rule``: same-prompt pairs for DPO.
+
+    Both sides are the persona's current version, sampled twice with different seeds (with one
+    version there is nothing else to fight; two samples of one policy are what preference pairs
+    are made of). Stored through ``agents_app.arena`` as the persona's owner, like the web arena.
+    ``liked`` counts the battles with a winner.
+    """
+    import time
+    from dataclasses import replace
+
+    from agents_app import arena
+    from inference.engine import Result
+    from inference.service import result_fields
+
+    started = time.monotonic()
+    rng = random.Random(seed + 7_919)
+    own_engine = engine is None
+    engine = engine or load_engine()
+    players = scripted_players(seed + 1)
+    owner = persona.owner
+    npc_id = f"sim-arena-{persona.slug}-{uuid.uuid4().hex[:8]}"
+    made = decided = errors = 0
+    try:
+        while made < battles:
+            wave = min(32, battles - made)
+            plans, messages = [], []
+            for k in range(wave):
+                # No memory: both sides see one prompt, as in the web arena.
+                plan = gateway.ask_prepare(
+                    server=None, user=owner, npc_world_id=npc_id, persona_slug=persona.slug, with_memory=False
+                )
+                player, text = rng.choice(players), scripted_questions(persona, rng, 1)[0]
+                battle = arena.BattlePlan(left=plan, right=replace(plan), text=text, player=player)
+                plans.append(battle)
+                for side in ("left", "right"):
+                    messages.append(
+                        {
+                            "request_id": f"{npc_id}-{made + k}-{side}",
+                            **plan.request,
+                            "player": player,
+                            "text": text,
+                            "context": {},
+                            "seed": rng.getrandbits(31),
+                        }
+                    )
+            results = _ask_all(engine, messages)
+            for k, battle in enumerate(plans):
+                left, right = (results[f"{npc_id}-{made + k}-{side}"] for side in ("left", "right"))
+                if not (isinstance(left, Result) and isinstance(right, Result)):
+                    errors += 1
+                    continue
+                record = arena.battle_record(
+                    user=owner,
+                    plan=battle,
+                    left=result_fields(left, "simulation"),
+                    right=result_fields(right, "simulation"),
+                    total_ms=max(left.total_ms or 0, right.total_ms or 0),
+                    source=Exchange.Source.SIMULATION,
+                )
+                outcome = battle_outcome(
+                    hidden_rule(left.text, battle.player, rule), hidden_rule(right.text, battle.player, rule)
+                )
+                arena.battle_vote(user=owner, battle_id=record.pk, outcome=outcome)
+                decided += outcome in ("left", "right")
+            made += wave
+            log(f"{made}/{battles} battles, {decided} with a winner")
+    finally:
+        if own_engine:
+            engine.stop(drain=False, timeout=30)
+    return SimulationReport(replies=made, liked=decided, errors=errors, seconds=time.monotonic() - started)
+
+
 _probe_ids: dict[str, int] = {}
 
 

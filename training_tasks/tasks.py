@@ -13,6 +13,7 @@ from datetime import date
 from celery import shared_task
 from django.conf import settings
 
+from agents_app import canary
 from training_tasks import services
 
 RETRY = {
@@ -57,3 +58,16 @@ def train_persona(self, run_id: int) -> str:
     except services.PersonaBusy as exc:
         # Another run for this persona is still going: come back after it.
         raise self.retry(exc=exc, countdown=settings.VOYAGER_TRAINING_BUSY_RETRY, max_retries=48) from exc
+
+
+@shared_task(
+    name="training_tasks.canary_review",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=120,
+    time_limit=180,
+    **RETRY,
+)
+def canary_review() -> dict[str, str]:
+    """Promote or withdraw each canary whose trial the ratings and battles decide. Returns slug → decision."""
+    return canary.canaries_review()

@@ -10,7 +10,7 @@ local listeners = {}
 
 --- fn(event): event.type is one of connected, ready, disconnected,
 -- auth_refused, fallback, ask, delta, chat, reply, error, action, blocked,
--- rated, linked, npc_spawned, npc_removed.
+-- rated, taught, linked, npc_spawned, npc_removed.
 function voyager.register_on_event(fn)
 	listeners[#listeners + 1] = fn
 end

@@ -274,6 +274,11 @@ function M.new(opts)
 		if item then call(item.handlers, "done", msg) end
 	end
 
+	handlers_by_type.taught = function(msg)
+		local item = take_request("teach", function(r) return r.frame.exchange == msg.exchange end)
+		if item then call(item.handlers, "done", msg) end
+	end
+
 	handlers_by_type.linked = function(msg)
 		local item = take_request("link", function(r) return r.frame.player == msg.player end)
 		if item then call(item.handlers, "done", msg) end
@@ -416,6 +421,12 @@ function M.new(opts)
 	function c.rate(req, handlers)
 		enqueue({kind = "rate", frame = {type = "rate", exchange = req.exchange, player = req.player,
 			score = req.score, reason = req.reason}, handlers = handlers})
+	end
+
+	--- req: {exchange, player, text}: the reply the player wanted instead; handlers: {done, error}.
+	function c.teach(req, handlers)
+		enqueue({kind = "teach", frame = {type = "teach", exchange = req.exchange, player = req.player,
+			text = req.text}, handlers = handlers})
 	end
 
 	--- req: {player, code}; handlers: {done, error}.

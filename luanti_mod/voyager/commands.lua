@@ -106,8 +106,8 @@ core.register_chatcommand("rate", {
 })
 
 core.register_chatcommand("voyager", {
-	params = S("status | link <code>"),
-	description = S("Voyager platform connection"),
+	params = S("status | link <code> | teach <what the NPC should have said>"),
+	description = S("Voyager platform connection; teach the last NPC that answered you a better reply"),
 	func = function(name, param)
 		local sub, rest = param:match("^%s*(%S*)%s*(.-)%s*$")
 		if sub == "link" then
@@ -115,6 +115,11 @@ core.register_chatcommand("voyager", {
 			local ok, err = voyager.link(name, rest)
 			if not ok then return false, S("Cannot link: @1.", err) end
 			return true, S("Linking...")
+		elseif sub == "teach" then
+			if rest == "" then return false, S("Usage: /voyager teach <what the NPC should have said>") end
+			local ok, err = voyager.teach(name, rest)
+			if not ok then return false, S("Cannot teach: @1.", err) end
+			return true, S("Sending your reply...")
 		elseif sub == "status" or sub == "" then
 			local st = voyager.status()
 			local lines = {st.fallback and S("Voyager @1: @2 (fallback: NPCs use scripted lines)", voyager.version,
@@ -134,7 +139,7 @@ core.register_chatcommand("voyager", {
 			end
 			return true, table.concat(lines, "\n")
 		end
-		return false, S("Usage: /voyager status | /voyager link <code>")
+		return false, S("Usage: /voyager status | /voyager link <code> | /voyager teach <text>")
 	end,
 })
 

@@ -235,6 +235,28 @@ function voyager.rate(player, score, reason)
 	return last.exchange
 end
 
+--- Teaches the NPC of the last reply `player` got what it should have said instead.
+function voyager.teach(player, text)
+	local last = last_reply[player]
+	if not last then return nil, S("no reply to correct yet") end
+	if voyager.in_fallback() then return nil, S("the platform is not reachable right now") end
+	text = voyager.clean_text(text or "", 1000):match("^%s*(.-)%s*$")
+	if text == "" then return nil, S("write what @1 should have said", last.npc) end
+	client.teach({exchange = last.exchange, player = player, text = text}, {
+		done = function()
+			voyager.notice(player, S("Thanks! @1 will learn from your reply.", last.npc))
+			voyager.emit({type = "taught", player = player, exchange = last.exchange})
+		end,
+		error = function(code, message)
+			voyager.notice(player, code == "invalid" and S("Not taught: @1", message)
+				or code == "not_found" and S("That reply can no longer be corrected.")
+				or S("Teaching failed (@1).", code))
+			voyager.emit({type = "error", player = player, code = code, message = message, request = "teach"})
+		end,
+	})
+	return last.exchange
+end
+
 --- Links `player` to a portal account with a code shown in the portal.
 function voyager.link(player, code)
 	if voyager.in_fallback() then return nil, S("the platform is not reachable right now") end

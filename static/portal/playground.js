@@ -33,6 +33,33 @@
     card.append(controls);
   }
 
+  // Under each reply, a form to write the reply it should have been (a correction the NPC learns from).
+  function teach(span, exchange) {
+    const template = document.getElementById("teach");
+    if (!template) return;
+    const teachForm = template.content.firstElementChild.cloneNode(true);
+    teachForm.action = "/replies/" + exchange + "/correct/";
+    teachForm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      const body = new FormData(teachForm);
+      const said = teachForm.querySelector(".status");
+      fetch(teachForm.action, {
+        method: "POST", body: body, credentials: "same-origin",
+        headers: { "Accept": "application/json", "X-CSRFToken": body.get("csrfmiddlewaretoken") },
+      }).then(function (response) {
+        // A stale or logged-out tab gets a page, not JSON: say what the server answered.
+        if (!(response.headers.get("Content-Type") || "").includes("json")) {
+          throw new Error(response.status === 403 ? "log in again" : "the server answered " + response.status);
+        }
+        return response.json().then(function (data) {
+          if (!response.ok) throw new Error(data.error || response.statusText);
+          said.textContent = "Saved.";
+        });
+      }).catch(function (err) { said.textContent = "Not saved: " + err.message; });
+    });
+    span.parentElement.after(teachForm);
+  }
+
   function open() {
     return new Promise(function (resolve) {
       if (socket && socket.readyState === WebSocket.OPEN) return resolve(socket);
@@ -45,6 +72,7 @@
         else if (frame.type === "reply" && current) {
           current.textContent = frame.text;
           rateable(current, frame.exchange);
+          teach(current, frame.exchange);
           current = null;
         } else if (frame.type === "error") { line("error", frame.message); current = null; }
       };

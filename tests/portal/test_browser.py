@@ -261,3 +261,84 @@ def test_no_admin_page_breaks_the_content_security_policy(browser, live_server, 
     wait_for(browser, lambda d: "Translation:" in help_text.text)
     assert "03:30" in help_text.text or "3:30" in help_text.text
     assert {path: found for path, found in seen.items() if found} == {}
+
+
+# --- arena battles and corrections --------------------------------------------------------------
+
+
+@needs_browser
+def test_a_battle_vote_in_the_browser_names_the_versions_only_after_the_vote(browser, daphne_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+
+    daphne_server.shell(
+        "from agents_app.models import AdapterVersion, Persona\n"
+        "p = Persona.objects.get(slug='bram')\n"
+        "v = AdapterVersion.objects.create(persona=p, version=1, files_path='adapters/bram/v1', sha256='a' * 64,"
+        " base_model_id='echo', rank=4, target_modules=['q_proj'], size_bytes=1, status='active')\n"
+        "p.active_adapter = v\np.save()\n",
+    )
+    sign_up(browser, daphne_server, username="vera")
+    browser.get(f"{daphne_server.url}/compare/")
+    form = browser.find_element(By.ID, "battle")
+    Select(form.find_element(By.NAME, "persona")).select_by_value("bram")
+    form.find_element(By.NAME, "text").send_keys("which way to the mine?")
+    vote = browser.find_element(By.ID, "battle-vote")
+    assert not vote.is_displayed(), "no vote before both replies are in"
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    wait_for(browser, lambda d: vote.is_displayed(), timeout=20)
+    left, right = browser.find_element(By.ID, "battle-left"), browser.find_element(By.ID, "battle-right")
+    assert left.text == right.text == "which way to the mine?"  # the echo backend says the words back
+    for side in ("reveal-left", "reveal-right"):
+        assert browser.find_element(By.ID, side).text == ""
+    for card in browser.find_elements(By.CSS_SELECTOR, ".battle-side"):
+        assert "v1" not in card.text and "base model" not in card.text
+    browser.save_screenshot(str(ARTIFACTS / "battle-before-vote.png"))
+
+    vote.find_element(By.CSS_SELECTOR, "button[value='left']").click()
+    status = browser.find_element(By.ID, "battle-status")
+    wait_for(browser, lambda d: "Vote saved" in status.text)
+    shown = {browser.find_element(By.ID, s).text for s in ("reveal-left", "reveal-right")}
+    assert shown == {"· v1", "· base model"}
+    assert not vote.is_displayed()
+    browser.save_screenshot(str(ARTIFACTS / "battle-after-vote.png"))
+    daphne_server.shell(
+        "from agents_app.models import Battle, PairwiseVote\n"
+        "b = Battle.objects.get()\nassert b.outcome == 'left' and PairwiseVote.objects.count() == 1, b\n",
+    )
+
+
+@needs_browser
+def test_a_player_corrects_a_reply_in_the_browser_and_a_forbidden_action_is_refused(browser, live_server, npc):
+    from selenium.webdriver.common.by import By
+
+    exchange = Exchange.objects.create(
+        npc=npc,
+        persona=npc.persona,
+        player_name="steve",
+        player_text="where is iron?",
+        prompt="p",
+        reply_text="No idea.",
+        created_at=timezone.now(),
+    )
+    sign_up(browser, live_server, username="tess")
+
+    def correct(text: str) -> None:
+        browser.get(f"{live_server.url}/replies/")
+        card = browser.find_element(By.ID, f"reply-{exchange.pk}")
+        card.find_element(By.CSS_SELECTOR, "details.correction summary").click()
+        field = card.find_element(By.CSS_SELECTOR, "form.correct input[name=text]")
+        field.send_keys(text)
+        card.find_element(By.CSS_SELECTOR, "form.correct button").click()
+
+    correct("[[ACTION:fly]] Up we go!")
+    wait_for(browser, lambda d: "may not take the action 'fly'" in d.page_source)
+    assert not exchange.corrections.exists()
+
+    correct("East tunnel, steve. [[ACTION:jump]]")
+    wait_for(browser, lambda d: "your reply is saved" in d.page_source)
+    assert browser.current_url.endswith("/replies/")
+    browser.save_screenshot(str(ARTIFACTS / "corrected.png"))
+    correction = exchange.corrections.get()
+    assert (correction.user.username, correction.reply_text) == ("tess", "East tunnel, steve.")
+    assert correction.actions == [{"name": "jump", "args": []}]

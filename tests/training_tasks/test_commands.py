@@ -20,10 +20,14 @@ def test_create_training_schedule_makes_one_nightly_periodic_task_and_is_idempot
     out = StringIO()
     call_command("create_training_schedule", stdout=out)
     call_command("create_training_schedule", "--cron", "0 2 * * *", stdout=out)
-    task = PeriodicTask.objects.get()
-    assert task.task == "training_tasks.nightly_training" and task.enabled
+    task = PeriodicTask.objects.get(task="training_tasks.nightly_training")
+    assert task.enabled
     assert (task.crontab.minute, task.crontab.hour) == ("0", "2")
     assert "created" in out.getvalue() and "updated" in out.getvalue()
+    # And the canary review, every ten minutes, once.
+    review = PeriodicTask.objects.get(task="training_tasks.canary_review")
+    assert review.enabled and (review.interval.every, review.interval.period) == (10, "minutes")
+    assert PeriodicTask.objects.count() == 2
 
 
 def test_the_hidden_rule_reads_what_the_player_sees():
