@@ -204,3 +204,132 @@ def make_engine(tiny_model_dir: Path):
     yield make
     for engine in engines:
         engine.stop(drain=False, timeout=30)
+
+
+# The starter format as a chat template: what a chat model's own template does with the engine's turns.
+STARTER_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}<|system|>{{ m['content'] }}<|end|>\n"
+    "{% elif m['role'] == 'user' %}<|player|>{{ m['content'] }}<|end|>\n"
+    "{% else %}<|npc|>{{ m['content'] }}<|end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|npc|>{% endif %}"
+)
+NUMBER_WORDS = [
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+]
+# What the scripted model says to everything: one action, then twenty distinct sentences (a long stream).
+SCRIPTED_REPLY = "Aye, follow me. [[ACTION:follow alice]] " + " ".join(f"Step {n}." for n in NUMBER_WORDS)
+
+
+@pytest.fixture(scope="session")
+def scripted_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a chat template whose generation config biases it onto ``SCRIPTED_REPLY``.
+
+    A real model run by a real server, whose greedy or sampled reply is known in advance: each
+    prefix of the script after ``<|npc|>`` gets +100 on its next token (transformers' sequence_bias,
+    read from generation_config.json by whatever loads the directory).
+    """
+    import shutil
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    out = tmp_path_factory.mktemp("models") / "scripted"
+    shutil.copytree(tiny_model_dir, out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer.chat_template = STARTER_CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    npc, end = tokenizer.convert_tokens_to_ids("<|npc|>"), tokenizer.convert_tokens_to_ids("<|end|>")
+    script = [npc, *tokenizer.encode(SCRIPTED_REPLY, add_special_tokens=False), end]
+    config = GenerationConfig.from_pretrained(out)
+    config.sequence_bias = [[script[: k + 1], 100.0] for k in range(1, len(script))]
+    config.save_pretrained(out)
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServeProcess:
+    """``transformers serve`` on one model directory, offline: a real OpenAI-compatible server."""
+
+    def __init__(self, model_dir: Path, log_path: Path) -> None:
+        import subprocess
+        import sys
+
+        self.model = str(model_dir)
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_path = log_path
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        command = [str(Path(sys.executable).parent / "transformers"), "serve", self.model]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu", "--log-level", "info"]
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 180.0) -> ServeProcess:
+        import time
+        import urllib.request
+
+        give_up = time.monotonic() + timeout
+        while time.monotonic() < give_up:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"transformers serve exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:  # noqa: S310
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"transformers serve did not answer in {timeout} s: {self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def openai_server(scripted_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One server for a test module; a test that kills or pauses it starts its own."""
+    server = ServeProcess(scripted_model_dir, tmp_path_factory.mktemp("serve") / "serve.log").wait_ready()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def start_openai_server(scripted_model_dir: Path, tmp_path: Path):
+    servers: list[ServeProcess] = []
+
+    def start() -> ServeProcess:
+        server = ServeProcess(scripted_model_dir, tmp_path / f"serve-{len(servers)}.log").wait_ready()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
