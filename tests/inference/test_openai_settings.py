@@ -71,3 +71,30 @@ def test_make_backend_builds_the_openai_backend_from_the_settings(settings, tmp_
         assert backend.lora_path(f"{settings.MEDIA_ROOT}/adapters/bram/v2") == "/mnt/media/adapters/bram/v2"
     finally:
         backend.stop(drain=False)
+
+
+def test_the_worker_guards_prompts_with_the_base_models_tokenizer_when_it_is_here(settings, scripted_model_dir):
+    settings.VOYAGER_BASE_MODEL = str(scripted_model_dir)
+    settings.VOYAGER_OPENAI = {
+        "base_url": "http://127.0.0.1:9/v1",
+        "model": "base",
+        "api_key": None,
+        "adapter_name": "{persona}-v{version}",
+        "timeout": 2.0,
+        "concurrency": 1,
+        "runtime_lora": False,
+        "adapter_root": None,
+    }
+    backend = make_backend("openai")
+    try:
+        assert backend.tokenizer is not None and backend.tokenizer.chat_template
+    finally:
+        backend.stop(drain=False)
+
+
+def test_the_openai_backend_refuses_to_start_without_its_settings(settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.VOYAGER_OPENAI = None
+    with pytest.raises(ImproperlyConfigured, match="needs VOYAGER_INFERENCE_BACKEND=openai"):
+        make_backend("openai")
