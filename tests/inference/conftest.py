@@ -15,6 +15,7 @@ from inference.engine import Engine, EngineConfig
 from inference.gguf_import import ensure_default_model, packaged_gguf
 from inference.loading import load_base_model
 from inference.starter import build_starter_model
+from tests.inference.openai_servers import SCRIPTED_REPLY, STARTER_CHAT_TEMPLATE, ServeProcess
 
 MODELS = Path(os.environ.get("VOYAGER_TEST_MODELS") or Path.home() / ".cache" / "luanti-voyager" / "models")
 
@@ -206,40 +207,6 @@ def make_engine(tiny_model_dir: Path):
         engine.stop(drain=False, timeout=30)
 
 
-# The starter format as a chat template: what a chat model's own template does with the engine's turns.
-STARTER_CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if m['role'] == 'system' %}<|system|>{{ m['content'] }}<|end|>\n"
-    "{% elif m['role'] == 'user' %}<|player|>{{ m['content'] }}<|end|>\n"
-    "{% else %}<|npc|>{{ m['content'] }}<|end|>\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<|npc|>{% endif %}"
-)
-NUMBER_WORDS = [
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-    "twenty",
-]
-# What the scripted model says to everything: one action, then twenty distinct sentences (a long stream).
-SCRIPTED_REPLY = "Aye, follow me. [[ACTION:follow alice]] " + " ".join(f"Step {n}." for n in NUMBER_WORDS)
-
-
 @pytest.fixture(scope="session")
 def scripted_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with a chat template whose generation config biases it onto ``SCRIPTED_REPLY``.
@@ -263,54 +230,6 @@ def scripted_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFa
     config.sequence_bias = [[script[: k + 1], 100.0] for k in range(1, len(script))]
     config.save_pretrained(out)
     return out
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServeProcess:
-    """``transformers serve`` on one model directory, offline: a real OpenAI-compatible server."""
-
-    def __init__(self, model_dir: Path, log_path: Path) -> None:
-        import subprocess
-        import sys
-
-        self.model = str(model_dir)
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.log_path = log_path
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        command = [str(Path(sys.executable).parent / "transformers"), "serve", self.model]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu", "--log-level", "info"]
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 180.0) -> ServeProcess:
-        import time
-        import urllib.request
-
-        give_up = time.monotonic() + timeout
-        while time.monotonic() < give_up:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError(f"transformers serve did not answer in {timeout} s: {self.log_path.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(30)
-        self._log.close()
 
 
 @pytest.fixture(scope="module")

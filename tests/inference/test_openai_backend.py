@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -23,65 +22,10 @@ from inference.messages import result_fields
 from inference.openai_backend import CONTROL_SPELLINGS, OpenAIBackend, OpenAIConfig, error_for_status
 from inference.prompt import PersonaSpec, Sampling, Turn, build_prompt
 from inference.token_guard import SpellingGuard
-from tests.inference.conftest import SCRIPTED_REPLY, free_port
+from tests.inference.openai_servers import SCRIPTED_REPLY, Events, ask, free_port
 
 SCRIPTED_TEXT, SCRIPTED_ACTIONS = parse_actions(SCRIPTED_REPLY)
 RESULT_KEYS = {"type", "request_id", *result_fields(Result("r", "", "", [], None, None, "", 0, 0, 0, 0, "stop"), "m")}
-
-
-class Events:
-    """What a backend emits for its asks, by request id, from whichever thread."""
-
-    def __init__(self) -> None:
-        self.by_id: dict[str, list[dict]] = {}
-        self.first_delta: dict[str, threading.Event] = {}
-        self.done: dict[str, threading.Event] = {}
-        self.lock = threading.Lock()
-
-    def emit(self, event: dict) -> None:
-        rid = event["request_id"]
-        with self.lock:
-            self.by_id.setdefault(rid, []).append(event)
-        if event["type"] == "inference.delta":
-            self._flag(self.first_delta, rid).set()
-        else:
-            self._flag(self.done, rid).set()
-
-    def _flag(self, flags: dict[str, threading.Event], rid: str) -> threading.Event:
-        with self.lock:
-            return flags.setdefault(rid, threading.Event())
-
-    def wait_first_delta(self, rid: str, timeout: float = 60) -> None:
-        assert self._flag(self.first_delta, rid).wait(timeout), f"no delta for {rid}: {self.by_id.get(rid)}"
-
-    def final(self, rid: str, timeout: float = 120) -> dict:
-        assert self._flag(self.done, rid).wait(timeout), f"no result or error for {rid}: {self.by_id.get(rid)}"
-        return self.by_id[rid][-1]
-
-    def deltas(self, rid: str) -> list[str]:
-        return [e["text"] for e in self.by_id.get(rid, []) if e["type"] == "inference.delta"]
-
-
-def ask(rid: str, text: str = "Will you come with me?", **extra) -> dict:
-    message = {
-        "type": "inference.request",
-        "request_id": rid,
-        "persona": {
-            "slug": "bram",
-            "name": "Bram",
-            "system_prompt": "A gruff miner.",
-            "allowed_actions": ["follow"],
-            "temperature": 0.0,
-            "top_p": 1.0,
-        },
-        "memory": [{"player": "alice", "text": "Hello.", "reply": "Hello, alice."}],
-        "context": {"pos": [1, 2, 3], "time_of_day": 0.5},
-        "player": "alice",
-        "text": text,
-        "max_tokens": 256,
-        "seed": 7,
-    }
-    return {**message, **extra}
 
 
 @pytest.fixture
