@@ -1,6 +1,7 @@
 """What the inference worker runs requests on: the ``Backend`` protocol, and the echo backend.
 
-The model engine's backend is ``inference.service.EngineBackend``.
+The model engine's backend is ``inference.service.EngineBackend``; an OpenAI-compatible
+server's is ``inference.openai_backend.OpenAIBackend``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from .token_guard import TokenGuard, guard_for
 
@@ -84,6 +84,8 @@ class Prompt:
     memory_turns: int = 0
     context_trimmed: bool = False
     player_text_truncated: bool = False
+    # The chat turns ``text`` was rendered from (chat models only): what an OpenAI-compatible server is sent.
+    messages: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,11 +144,12 @@ def render_starter(persona: PersonaSpec, memory: Sequence[Turn], ctx: GameContex
     return "".join(out)
 
 
-def render_chat(
-    tokenizer: Any, persona: PersonaSpec, memory: Sequence[Turn], ctx: GameContext, player: str, text: str
-) -> str:
-    """The chat template's own turns. The player's name is said once, in the system turn: a
-    ``name: words`` user turn teaches a model to open its replies with a speaker prefix."""
+def chat_messages(
+    persona: PersonaSpec, memory: Sequence[Turn], ctx: GameContext, player: str, text: str
+) -> list[dict[str, str]]:
+    """The chat turns of one ask: what a chat template renders here, and what an OpenAI-compatible
+    server is sent. The player's name is said once, in the system turn: a ``name: words`` user turn
+    teaches a model to open its replies with a speaker prefix."""
     system = persona_header(persona)
     if player:
         system += f"\nYou are talking with {player}."
@@ -158,6 +161,14 @@ def render_chat(
         messages.append({"role": "user", "content": said})
         messages.append({"role": "assistant", "content": turn.reply})
     messages.append({"role": "user", "content": text})
+    return messages
+
+
+def render_chat(
+    tokenizer: Any, persona: PersonaSpec, memory: Sequence[Turn], ctx: GameContext, player: str, text: str
+) -> str:
+    """The chat template's own turns (``chat_messages``)."""
+    messages = chat_messages(persona, memory, ctx, player, text)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -190,20 +201,22 @@ def context_reductions(ctx: GameContext) -> list[GameContext]:
     return out
 
 
-def build_prompt(
-    tokenizer: Any,
+class Cleaner(Protocol):
+    def clean(self, text: str) -> str: ...
+
+
+def clean_ask(
+    guard: Cleaner,
     persona: PersonaSpec,
     memory: Sequence[Turn],
     context: Mapping[str, Any] | GameContext | None,
     player: str,
     text: str,
-    max_prompt_tokens: int,
     *,
     max_memory_turns: int = DEFAULT_MAX_MEMORY_TURNS,
-) -> Prompt:
-    """The prompt for one ask. Raises ``PromptTooLong``, or ``token_guard.ForgedControlToken`` if
-    untrusted text would still form a control token (after cleaning, only a hostile tokenizer's doing)."""
-    guard = guard_for(tokenizer, SPECIAL_TOKENS)
+) -> tuple[PersonaSpec, list[Turn], GameContext, str, str]:
+    """Every untrusted field of an ask through ``guard.clean``, bounded: (persona, memory, context,
+    player, text), memory cut to its last ``max_memory_turns`` turns."""
 
     def clean(value: Any, limit: int | None = None) -> str:
         return guard.clean(str(value)[:limit])
@@ -224,6 +237,26 @@ def build_prompt(
     ]
     ctx = normalize_context(context)
     ctx = replace(ctx, nearby=tuple(n for n in map(clean, ctx.nearby) if n))
+    return persona, turns, ctx, player, text
+
+
+def build_prompt(
+    tokenizer: Any,
+    persona: PersonaSpec,
+    memory: Sequence[Turn],
+    context: Mapping[str, Any] | GameContext | None,
+    player: str,
+    text: str,
+    max_prompt_tokens: int,
+    *,
+    max_memory_turns: int = DEFAULT_MAX_MEMORY_TURNS,
+) -> Prompt:
+    """The prompt for one ask. Raises ``PromptTooLong``, or ``token_guard.ForgedControlToken`` if
+    untrusted text would still form a control token (after cleaning, only a hostile tokenizer's doing)."""
+    guard = guard_for(tokenizer, SPECIAL_TOKENS)
+    persona, turns, ctx, player, text = clean_ask(
+        guard, persona, memory, context, player, text, max_memory_turns=max_memory_turns
+    )
     use_chat = bool(getattr(tokenizer, "chat_template", None))
 
     def render(who: PersonaSpec, mem: Sequence[Turn], c: GameContext, name: str, words: str) -> str:
@@ -240,7 +273,8 @@ def build_prompt(
         neutral = (_neutral_persona(persona), _neutral_memory(mem, player), _neutral_context(c))
         template = render(*neutral, _neutral(player), _neutral(words))
         guard.verify(ids, guard.encode(template))
-        return Prompt(rendered, ids, **flags)
+        messages = tuple(chat_messages(persona, mem, c, player, words)) if use_chat else ()
+        return Prompt(rendered, ids, messages=messages, **flags)
 
     # 1. Oldest memory goes first.
     for start in range(len(turns) + 1):

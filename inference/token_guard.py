@@ -31,29 +31,13 @@ class ForgedControlToken(ValueError):
     """Untrusted text would reach the model as a control token: the request is refused as invalid."""
 
 
-class TokenGuard:
-    """Every control token of one tokenizer, by spelling and by id."""
+class SpellingGuard:
+    """Control tokens known by spelling alone: what holds when the served model's tokenizer is not
+    at hand (an OpenAI-compatible server's). It cannot see ids, so a normalizer that folds
+    look-alikes into a control token, or a control token it was not told of, gets through."""
 
-    def __init__(self, tokenizer: Any, extra_spellings: Iterable[str] = ()) -> None:
-        self.tokenizer = tokenizer
-        self.vocab_size = _length(tokenizer)
-        self.extra_spellings = tuple(extra_spellings)
-        spellings: set[str] = set()
-        ids: set[int] = set()
-        for token_id, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
-            ids.add(int(token_id))
-            spellings.add(str(token))
-        for token_id in getattr(tokenizer, "all_special_ids", None) or ():
-            if isinstance(token_id, int):
-                ids.add(token_id)
-        for spelling in (*(getattr(tokenizer, "all_special_tokens", None) or ()), *self.extra_spellings):
-            spellings.add(str(spelling))
-            token_id = _token_id(tokenizer, str(spelling))
-            if token_id is not None:
-                ids.add(token_id)
-        spellings.discard("")
-        self.ids = frozenset(ids)
-        self.spellings = tuple(sorted(spellings, key=len, reverse=True))
+    def __init__(self, spellings: Iterable[str]) -> None:
+        self.spellings = tuple(sorted({str(s) for s in spellings if s}, key=len, reverse=True))
         self._any = re.compile("|".join(map(re.escape, self.spellings))) if self.spellings else None
         # For the one-pass strip: the characters that end a spelling, and the spellings each ends.
         ending: dict[str, list[str]] = {}
@@ -81,6 +65,34 @@ class TokenGuard:
                 del kept[-len(spelling) :]
         kept.extend(text[start:])
         return "".join(kept)
+
+    def clean(self, text: str) -> str:
+        """``text`` with no control spelling left."""
+        return self.strip(_plain(text))
+
+
+class TokenGuard(SpellingGuard):
+    """Every control token of one tokenizer, by spelling and by id."""
+
+    def __init__(self, tokenizer: Any, extra_spellings: Iterable[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = _length(tokenizer)
+        self.extra_spellings = tuple(extra_spellings)
+        spellings: set[str] = set()
+        ids: set[int] = set()
+        for token_id, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+            ids.add(int(token_id))
+            spellings.add(str(token))
+        for token_id in getattr(tokenizer, "all_special_ids", None) or ():
+            if isinstance(token_id, int):
+                ids.add(token_id)
+        for spelling in (*(getattr(tokenizer, "all_special_tokens", None) or ()), *self.extra_spellings):
+            spellings.add(str(spelling))
+            token_id = _token_id(tokenizer, str(spelling))
+            if token_id is not None:
+                ids.add(token_id)
+        self.ids = frozenset(ids)
+        super().__init__(spellings)
 
     def clean(self, text: str) -> str:
         """``text`` with no control spelling left and, as the tokenizer encodes it, no control id."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from string import Formatter
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -253,8 +255,65 @@ VOYAGER_BASE_MODEL = str(env_path("VOYAGER_BASE_MODEL", VAR_DIR / "models" / "sm
 # Embedded default: the inference engine runs inside the web process.
 VOYAGER_EMBEDDED_WORKER = env_bool("VOYAGER_EMBEDDED_WORKER", REDIS_URL is None)
 VOYAGER_INFERENCE_BACKEND = env_str("VOYAGER_INFERENCE_BACKEND", "engine")
-if VOYAGER_INFERENCE_BACKEND not in {"engine", "echo"}:
-    raise ImproperlyConfigured(f"VOYAGER_INFERENCE_BACKEND={VOYAGER_INFERENCE_BACKEND!r} must be 'engine' or 'echo'")
+if VOYAGER_INFERENCE_BACKEND not in {"engine", "echo", "openai"}:
+    raise ImproperlyConfigured(
+        f"VOYAGER_INFERENCE_BACKEND={VOYAGER_INFERENCE_BACKEND!r} must be 'engine', 'openai' or 'echo'"
+    )
+
+
+def _openai_settings() -> dict:
+    """An OpenAI-compatible serving engine (vLLM, SGLang, llama-server, Ollama): docs/deploy.md."""
+    base_url = (env_str("VOYAGER_OPENAI_BASE_URL") or "").strip().rstrip("/")
+    if not base_url:
+        raise ImproperlyConfigured("VOYAGER_OPENAI_BASE_URL must be set when VOYAGER_INFERENCE_BACKEND=openai")
+    parts = urlsplit(base_url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or not parts.path.endswith("/v1"):
+        raise ImproperlyConfigured(
+            f"VOYAGER_OPENAI_BASE_URL={base_url!r} must be an http(s) URL ending in /v1, "
+            "the server's OpenAI API root (e.g. http://vllm:8000/v1)"
+        )
+    model = (env_str("VOYAGER_OPENAI_MODEL") or "").strip()
+    if not model:
+        raise ImproperlyConfigured(
+            "VOYAGER_OPENAI_MODEL must name the base model as the server serves it (vLLM: --served-model-name)"
+        )
+    api_key = env_str("VOYAGER_OPENAI_API_KEY") or None
+    if api_key is not None and (not api_key.isprintable() or " " in api_key):
+        raise ImproperlyConfigured("VOYAGER_OPENAI_API_KEY holds spaces or control characters")
+    # "" sends every ask to the base model (a server with no adapters); else a vLLM LoRA module name.
+    template = env_str("VOYAGER_OPENAI_ADAPTER_NAME", "{persona}-v{version}")
+    try:
+        fields = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"VOYAGER_OPENAI_ADAPTER_NAME={template!r} is not a template: {exc}") from exc
+    unknown = fields - {"persona", "version", "adapter_id"}
+    if unknown:
+        raise ImproperlyConfigured(
+            f"VOYAGER_OPENAI_ADAPTER_NAME={template!r} uses {sorted(unknown)}: "
+            "only {persona}, {version} and {adapter_id} are known"
+        )
+    if template and not fields & {"persona", "adapter_id"}:
+        raise ImproperlyConfigured(
+            f"VOYAGER_OPENAI_ADAPTER_NAME={template!r} gives every adapter one name: "
+            "use {persona} or {adapter_id} (or set it empty to serve the base model only)"
+        )
+    return {
+        "base_url": base_url,
+        "model": model,
+        "api_key": api_key,
+        "adapter_name": template,
+        # Seconds the server may stay silent: connecting, before the first token, between two.
+        "timeout": env_float("VOYAGER_OPENAI_TIMEOUT", 30.0, minimum=0.1),
+        # Asks one worker has in flight to the server at once; more wait (VOYAGER_INFERENCE_QUEUE).
+        "concurrency": env_int("VOYAGER_OPENAI_CONCURRENCY", 16, minimum=1, maximum=1024),
+        # vLLM's POST /v1/load_lora_adapter when a version goes live (VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).
+        "runtime_lora": env_bool("VOYAGER_OPENAI_RUNTIME_LORA", False),
+        # Where the serving host sees MEDIA_ROOT (shared storage mounted elsewhere); the same path if unset.
+        "adapter_root": env_str("VOYAGER_OPENAI_ADAPTER_ROOT") or None,
+    }
+
+
+VOYAGER_OPENAI = _openai_settings() if VOYAGER_INFERENCE_BACKEND == "openai" else None
 VOYAGER_ECHO_DELAY = env_float("VOYAGER_ECHO_DELAY", 0.0, minimum=0.0)
 VOYAGER_GATEWAY_RATE = env_float("VOYAGER_GATEWAY_RATE", 20.0, minimum=0.1)
 VOYAGER_GATEWAY_BURST = env_int("VOYAGER_GATEWAY_BURST", 60, minimum=1)

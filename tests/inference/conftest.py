@@ -15,6 +15,7 @@ from inference.engine import Engine, EngineConfig
 from inference.gguf_import import ensure_default_model, packaged_gguf
 from inference.loading import load_base_model
 from inference.starter import build_starter_model
+from tests.inference.openai_servers import SCRIPTED_REPLY, STARTER_CHAT_TEMPLATE, ServeProcess
 
 MODELS = Path(os.environ.get("VOYAGER_TEST_MODELS") or Path.home() / ".cache" / "luanti-voyager" / "models")
 
@@ -204,3 +205,50 @@ def make_engine(tiny_model_dir: Path):
     yield make
     for engine in engines:
         engine.stop(drain=False, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def scripted_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a chat template whose generation config biases it onto ``SCRIPTED_REPLY``.
+
+    A real model run by a real server, whose greedy or sampled reply is known in advance: each
+    prefix of the script after ``<|npc|>`` gets +100 on its next token (transformers' sequence_bias,
+    read from generation_config.json by whatever loads the directory).
+    """
+    import shutil
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    out = tmp_path_factory.mktemp("models") / "scripted"
+    shutil.copytree(tiny_model_dir, out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer.chat_template = STARTER_CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    npc, end = tokenizer.convert_tokens_to_ids("<|npc|>"), tokenizer.convert_tokens_to_ids("<|end|>")
+    script = [npc, *tokenizer.encode(SCRIPTED_REPLY, add_special_tokens=False), end]
+    config = GenerationConfig.from_pretrained(out)
+    config.sequence_bias = [[script[: k + 1], 100.0] for k in range(1, len(script))]
+    config.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def openai_server(scripted_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One server for a test module; a test that kills or pauses it starts its own."""
+    server = ServeProcess(scripted_model_dir, tmp_path_factory.mktemp("serve") / "serve.log").wait_ready()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def start_openai_server(scripted_model_dir: Path, tmp_path: Path):
+    servers: list[ServeProcess] = []
+
+    def start() -> ServeProcess:
+        server = ServeProcess(scripted_model_dir, tmp_path / f"serve-{len(servers)}.log").wait_ready()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
