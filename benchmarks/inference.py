@@ -287,8 +287,8 @@ def figures(name: str, one: dict, crowd: dict, n: int, k: int) -> dict:
 
 def quality_delta(args) -> float | None:
     if args.quality_json:
-        lines = Path(args.quality_json).read_text(encoding="utf-8").strip().splitlines()
-        return json.loads(lines[-1]).get("quality_delta")
+        lines = Path(args.quality_json).read_text(encoding="utf-8").splitlines()
+        return json.loads([line for line in lines if line.startswith("{")][-1]).get("quality_delta")
     if not args.quality:
         print("quality_delta: not measured (pass --quality, or --quality-json with a saved npc_quality run)")
         return None
