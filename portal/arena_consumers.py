@@ -13,25 +13,22 @@ the sides. Both replies are stored together once both are in; if either side fai
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Annotated, Literal
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from agents_app.arena import MAX_BATTLE_TEXT
-from agents_app.consumers import TokenBucket
-from agents_app.protocol import CloseCode, ErrorCode
+from agents_app.protocol import ErrorCode
 from agents_app.services import ServiceError
-from inference.client import NoWorker, WorkerAsk, WorkerAskingMixin
+from inference.client import NoWorker, WorkerAsk
 from portal import arena
+from portal.consumers import BrowserSocket, parse_frame
 
 log = logging.getLogger("voyager.arena")
-MAX_FRAME_BYTES = 4096
 SIDES = ("left", "right")
 
 
@@ -56,56 +53,21 @@ _frames = TypeAdapter(Annotated[BattleAsk | BattlePing, Field(discriminator="typ
 
 
 def parse(text: str):
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise ServiceError("frame: not JSON") from None
-    if not isinstance(data, dict) or data.get("type") not in {"battle", "ping"}:
-        raise ServiceError("type: must be one of battle, ping")
-    try:
-        return _frames.validate_python(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
-        raise ServiceError(f"{where}: {first['msg']}") from None
+    return parse_frame(text, _frames, ("battle", "ping"))
 
 
-class ArenaConsumer(WorkerAskingMixin, AsyncWebsocketConsumer):
+class ArenaConsumer(BrowserSocket):
+    rate, burst = 1.0, 5
+
     async def connect(self):
-        self.user = self.scope.get("user")
-        if self.user is None or not self.user.is_authenticated:
-            await self.close(code=CloseCode.UNAUTHORIZED)
-            return
-        self.bucket = TokenBucket(rate=1.0, burst=5)
         self.battles: dict[str, dict] = {}  # frame id → {plan, results, started}
-        await self.accept()
-        await self.worker_open()
+        await super().connect()
 
-    async def disconnect(self, code):
-        await self.worker_close()
+    def parse(self, text: str):
+        return parse(text)
 
-    async def receive(self, text_data=None, bytes_data=None):
-        if bytes_data is not None:
-            await self.close(code=CloseCode.UNSUPPORTED)
-            return
-        if len(text_data.encode()) > MAX_FRAME_BYTES:
-            await self.close(code=CloseCode.FRAME_TOO_LARGE)
-            return
-        budget = self.bucket.take()
-        if budget < -self.bucket.burst:
-            await self.close(code=CloseCode.FLOOD)
-            return
-        try:
-            frame = parse(text_data)
-        except ServiceError as exc:
-            await self.send_error(ErrorCode.INVALID, str(exc))
-            return
-        if isinstance(frame, BattlePing):
-            await self.send_json({"type": "pong"})
-        elif budget < 0:
-            await self.send_error(ErrorCode.RATE_LIMITED, "too many frames: slow down", frame.id)
-        else:
-            await self.on_battle(frame)
+    async def on_frame(self, frame) -> None:
+        await self.on_battle(frame)
 
     async def on_battle(self, frame: BattleAsk):
         if self.battles:  # one battle at a time: a person reads two replies at a time

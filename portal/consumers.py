@@ -56,28 +56,44 @@ class PlayPing(_Frame):
 _frames = TypeAdapter(Annotated[PlayAsk | PlayCancel | PlayPing, Field(discriminator="type")])
 
 
-def parse(text: str):
+def parse_frame(text: str, frames: TypeAdapter, types: tuple[str, ...]):
+    """One browser frame, validated by ``frames`` (a union on ``type``), or ServiceError naming the fault."""
     try:
         data = json.loads(text)
     except ValueError:
         raise ServiceError("frame: not JSON") from None
-    if not isinstance(data, dict) or data.get("type") not in {"ask", "cancel", "ping"}:
-        raise ServiceError("type: must be one of ask, cancel, ping")
+    if not isinstance(data, dict) or data.get("type") not in types:
+        raise ServiceError(f"type: must be one of {', '.join(types)}")
     try:
-        return _frames.validate_python(data)
+        return frames.validate_python(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
         raise ServiceError(f"{where}: {first['msg']}") from None
 
 
-class PlaygroundConsumer(WorkerAskingMixin, AsyncWebsocketConsumer):
+def parse(text: str):
+    return parse_frame(text, _frames, ("ask", "cancel", "ping"))
+
+
+class BrowserSocket(WorkerAskingMixin, AsyncWebsocketConsumer):
+    """A logged-in person's socket that asks the workers: the login check, frame size and flood limits,
+    parsing and ``ping``; a subclass gives ``parse`` and its bucket, and takes each other frame in ``on_frame``."""
+
+    rate, burst = 2.0, 10
+
+    def parse(self, text: str):
+        raise NotImplementedError
+
+    async def on_frame(self, frame) -> None:
+        raise NotImplementedError
+
     async def connect(self):
         self.user = self.scope.get("user")
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=CloseCode.UNAUTHORIZED)
             return
-        self.bucket = TokenBucket(rate=2.0, burst=10)
+        self.bucket = TokenBucket(rate=self.rate, burst=self.burst)
         await self.accept()
         await self.worker_open()
 
@@ -96,15 +112,24 @@ class PlaygroundConsumer(WorkerAskingMixin, AsyncWebsocketConsumer):
             await self.close(code=CloseCode.FLOOD)
             return
         try:
-            frame = parse(text_data)
+            frame = self.parse(text_data)
         except ServiceError as exc:
             await self.send_error(ErrorCode.INVALID, str(exc))
             return
-        if isinstance(frame, PlayPing):
+        if frame.type == "ping":
             await self.send_json({"type": "pong"})
         elif budget < 0:
             await self.send_error(ErrorCode.RATE_LIMITED, "too many frames: slow down", getattr(frame, "id", None))
-        elif isinstance(frame, PlayCancel):
+        else:
+            await self.on_frame(frame)
+
+
+class PlaygroundConsumer(BrowserSocket):
+    def parse(self, text: str):
+        return parse(text)
+
+    async def on_frame(self, frame) -> None:
+        if isinstance(frame, PlayCancel):
             await self.worker.cancel(frame.id)
         else:
             await self.on_ask(frame)
