@@ -186,14 +186,20 @@ class HttpGatewaySession(GatewayFrames, WorkerAskingMixin, AsyncConsumer):
     async def _answer_closed(self, address: dict, code: int | None = None) -> None:
         await self._to(address, {"type": "session.closed", "code": code or self.closed})
 
-    async def luanti_frames(self, message) -> None:
+    async def _takes(self, message) -> bool:
+        """Whether this session takes a request; a refused or closed one is answered so here."""
         if self._refuse(message):
             await self._answer_closed(message, SessionCode.GONE)
-            return
+            return False
         if self.closed is not None:
             await self._answer_closed(message)
-            return
+            return False
         self.last_contact = time.monotonic()
+        return True
+
+    async def luanti_frames(self, message) -> None:
+        if not await self._takes(message):
+            return
         taken = 0
         for text in message["frames"]:
             taken += 1
@@ -212,13 +218,8 @@ class HttpGatewaySession(GatewayFrames, WorkerAskingMixin, AsyncConsumer):
 
     async def luanti_poll(self, message) -> None:
         after = message["after"]
-        if self._refuse(message):
-            await self._answer_closed(message, SessionCode.GONE)
+        if not await self._takes(message):
             return
-        if self.closed is not None:
-            await self._answer_closed(message)
-            return
-        self.last_contact = time.monotonic()
         self.outbox = [(seq, frame) for seq, frame in self.outbox if seq > after]  # acknowledged: gone
         if self.waiter is not None:  # one poll at a time: the newer one takes over
             await self._to(self.waiter[0], {"type": "poll.answer", "seq": self.seq, "frames": []})
