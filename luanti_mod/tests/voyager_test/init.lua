@@ -204,13 +204,19 @@ local function ground_at(x, z)
 end
 
 local function spawn_and_ask()
-	local feet = ground_at(0, 0)
+	-- The middle of a map block, with its neighbours kept loaded: with no player online,
+	-- an NPC that wanders (the fallback does) over a block edge would unload.
+	local feet = ground_at(8, 8)
 	if not feet then
 		result.errors[#result.errors + 1] = {code = "no_ground"}
 		finish("no ground found")
 		return
 	end
-	core.forceload_block(feet, true)
+	for dx = -16, 16, 16 do
+		for dz = -16, 16, 16 do
+			core.forceload_block({x = feet.x + dx, y = feet.y, z = feet.z + dz}, true)
+		end
+	end
 	local spawned, err = voyager.spawn_npc({x = feet.x, y = feet.y - 0.5, z = feet.z}, persona, "Smokey")
 	if not spawned then
 		result.errors[#result.errors + 1] = {code = "spawn", message = err}
