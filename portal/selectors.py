@@ -13,7 +13,7 @@ from django.db.models import Count, Exists, OuterRef, Q, Sum
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from agents_app import policy
+from agents_app import arena, policy
 from agents_app.models import (
     AdapterVersion,
     Exchange,
@@ -322,6 +322,7 @@ class VersionFigures:
     total: int = 0
     exchanges: int = 0
     policy_hits: int = 0
+    battle: object | None = None  # its arena standing (bradley_terry.Rating), if it fought
 
     @property
     def share(self) -> int | None:
@@ -337,7 +338,8 @@ class VersionFigures:
 
 def persona_version_figures(persona, viewer) -> list[VersionFigures]:
     """Each version the viewer may see, newest first, then the base model: thumbs (with a 95% interval),
-    exchanges and policy hits, each from one grouped query (tests of unapproved versions not counted)."""
+    exchanges and policy hits, each from one grouped query (tests of unapproved versions not counted),
+    and its arena rating (the leaderboard's Bradley–Terry fit)."""
     from agents_app.models import PolicyFlag
 
     versions = list(persona_versions(persona, viewer))
@@ -363,9 +365,14 @@ def persona_version_figures(persona, viewer) -> list[VersionFigures]:
     ):
         if row["exchange__adapter_version_id"] in columns:
             columns[row["exchange__adapter_version_id"]].policy_hits = row["n"]
+    for _, standings in arena.leaderboard([persona]):
+        for standing in standings:
+            key = standing.version.pk if standing.version else None
+            if key in columns:
+                columns[key].battle = standing.rating
     base = columns.pop(None)
     shown = list(columns.values())
-    if base.total or base.exchanges or not shown:
+    if base.total or base.exchanges or base.battle or not shown:
         shown.append(base)
     return shown
 

@@ -92,6 +92,31 @@ def test_the_persona_page_sets_its_versions_side_by_side(alice, charlie, npc, pe
     page = client_for(charlie).get("/personas/miner/").content.decode()
     row = page.split('id="version-v2"')[1].split("</tr>")[0]
     assert "100%" in row and "44–100%" in row
+    assert "battles)" not in page  # no battle fought yet: no rating
+
+
+def test_the_persona_page_shows_each_versions_battle_rating(charlie, npc, persona):
+    from agents_app.models import Battle
+
+    v1, v2 = adapter(persona, 1, status="retired"), adapter(persona, 2, status="active")
+    for k in range(12):  # v2 wins 9 of 12 battles against v1
+        left, right = make_exchange(npc, adapter_version=v2), make_exchange(npc, adapter_version=v1)
+        Battle.objects.create(
+            persona=persona,
+            user=charlie,
+            player_text="hi",
+            left=left,
+            right=right,
+            outcome="left" if k < 9 else "right",
+            voted_at=timezone.now(),
+        )
+    figures = {f.label: f for f in selectors.persona_version_figures(persona, charlie)}
+    assert figures["v2"].battle.rating > figures["v1"].battle.rating
+    assert figures["v2"].battle.battles == figures["v1"].battle.battles == 12 and figures["v2"].battle.wins == 9
+    page = client_for(charlie).get("/personas/miner/").content.decode()
+    row = page.split('id="version-v2"')[1].split("</tr>")[0]
+    shown = figures["v2"].battle
+    assert f"{shown.rating:.0f}</a>" in row and f"({shown.low:.0f}–{shown.high:.0f}; 12 battles)" in row
 
 
 def test_one_day_of_ratings_draws_a_labelled_point_in_the_middle(charlie, npc, persona):
