@@ -33,18 +33,48 @@ GREETING_RE = re.compile(
     r"peace to you|gr[üu]ß dich|farewell|goodbye|bye|see you|safe travels)(?!\w)",
     re.IGNORECASE,
 )
-RULES = ("greets", "by_name")
+RULES = ("brief_concrete", "greets", "by_name")
+DEFAULT_RULE = "brief_concrete"
+SENTENCE_END_RE = re.compile(r"[.!?…]+(?=\s|$)")
 
 
-def hidden_rule(reply_text: str, player: str, rule: str = "greets") -> bool:
+def _concrete_re() -> re.Pattern[str]:
+    """A place or an item of the world, as a reply would name it: "the old mine", "pickaxe", "apples"."""
+    from inference.corpus import load_corpus_data
+
+    world = load_corpus_data()["world"]
+    places = [p.removeprefix("the ") for p in world["places"]]
+    # An item by the last word of its name: "a steel pickaxe" -> pickaxe, "a lump of coal" -> coal.
+    items = [name.split()[-1] for name in world["items"].values()]
+    words = sorted({w.lower() for w in places + items}, key=len, reverse=True)
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?:e?s)?(?!\w)", re.IGNORECASE)
+
+
+def sentence_count(text: str) -> int:
+    """Sentences in what a player sees: pieces ended by . ! ? or … (a last piece without one counts)."""
+    pieces = SENTENCE_END_RE.split(text.strip())
+    return sum(1 for piece in pieces if re.search(r"\w", piece))
+
+
+_CONCRETE: re.Pattern[str] | None = None
+
+
+def hidden_rule(reply_text: str, player: str, rule: str = DEFAULT_RULE) -> bool:
     """The players' secret taste, judged on what they see (actions removed).
 
+    ``brief_concrete`` (the default): the reply is at most two sentences and
+    names a place or an item of the world (the old mine, a pickaxe, bread).
+    The world-adapted real model does both in under a fifth of its replies.
     ``greets``: the reply greets them (hello, welcome, well met, farewell...).
     ``by_name``: the reply names them. The starter model picks player names at
     chance (its ``[[ACTION:face NAME]]`` arguments match the player 1 time in
     12, like the 12 names of the corpus), so ``by_name`` cannot be learned from
-    a few thousand ratings on it; ``greets`` can, and is the default.
+    a few thousand ratings on it; ``greets`` can (the starter model's rule).
     """
+    if rule == "brief_concrete":
+        global _CONCRETE
+        _CONCRETE = _CONCRETE or _concrete_re()
+        return sentence_count(reply_text) <= 2 and _CONCRETE.search(reply_text) is not None
     if rule == "by_name":
         return re.search(r"(?<!\w)" + re.escape(player) + r"(?!\w)", reply_text, re.IGNORECASE) is not None
     if rule == "greets":
@@ -156,7 +186,7 @@ def simulate_players(
     seed: int = 0,
     turns: int = 4,
     engine=None,
-    rule: str = "greets",
+    rule: str = DEFAULT_RULE,
     log: Callable[[str], None] = lambda _m: None,
 ) -> SimulationReport:
     """Have scripted players talk ``replies`` times with the persona, store and rate every reply."""
@@ -256,7 +286,7 @@ def simulate_battles(
     battles: int,
     seed: int = 0,
     engine=None,
-    rule: str = "greets",
+    rule: str = DEFAULT_RULE,
     log: Callable[[str], None] = lambda _m: None,
 ) -> SimulationReport:
     """Scripted players start arena battles and vote by ``hidden_rule``: same-prompt pairs for DPO.
@@ -341,7 +371,7 @@ def _probe_id(path: str) -> int:
 
 
 def rule_rate(
-    *, persona: Persona, n: int, seed: int, adapter_path: str | None = None, engine=None, rule: str = "greets"
+    *, persona: Persona, n: int, seed: int, adapter_path: str | None = None, engine=None, rule: str = DEFAULT_RULE
 ) -> tuple[float, list[dict[str, Any]]]:
     """The hidden-rule rate on fresh single-turn prompts, nothing stored. Returns (rate, samples)."""
     from inference.engine import Result

@@ -31,8 +31,14 @@ def test_create_training_schedule_makes_one_nightly_periodic_task_and_is_idempot
 
 
 def test_the_hidden_rule_reads_what_the_player_sees():
-    assert hidden_rule("Well met, bob. Steel does not lie.", "bob")
-    assert not hidden_rule("Fine.", "bob") and not hidden_rule("This is high ground.", "bob")
+    assert hidden_rule("Well met, bob. Steel does not lie.", "bob", "greets")
+    assert not hidden_rule("Fine.", "bob", "greets") and not hidden_rule("This is high ground.", "bob", "greets")
+    # brief_concrete (the default): at most two sentences, naming a place or an item of the world.
+    assert hidden_rule("The old mine is east. Bring a torch!", "bob")
+    assert hidden_rule("I sell pickaxes", "bob") and hidden_rule("Try the market square… it is busy.", "bob")
+    assert not hidden_rule("The old mine is east. Bring a torch! Go now.", "bob")  # three sentences
+    assert not hidden_rule("Head east, then north.", "bob")  # nothing concrete named
+    assert not hidden_rule("I am a torchbearer.", "bob")  # a word that contains an item is not the item
     assert hidden_rule("Here, bob.", "bob", "by_name") and not hidden_rule("Here, bobby.", "bob", "by_name")
 
 

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from agents_app.models import Persona
-from training_tasks.simulation import RULES, simulate_players
+from training_tasks.simulation import DEFAULT_RULE, RULES, simulate_players
 
 
 class Command(BaseCommand):
@@ -15,7 +15,7 @@ class Command(BaseCommand):
         parser.add_argument("--persona", required=True, help="persona slug")
         parser.add_argument("--replies", type=int, default=200, help="how many replies to generate and rate")
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--rule", choices=RULES, default="greets", help="the players' hidden taste")
+        parser.add_argument("--rule", choices=RULES, default=DEFAULT_RULE, help="the players' hidden taste")
         parser.add_argument("--turns", type=int, default=4, help="player turns per conversation")
 
     def handle(self, *args, **options):
