@@ -836,6 +836,9 @@ class TrainingRun(models.Model):
     metrics_before = models.JSONField(default=dict, blank=True)
     metrics_after = models.JSONField(default=dict, blank=True)
     loss_curve = models.JSONField(default=list, blank=True)
+    # Where a running run is, for the admin to follow: the stage, and the share of the whole run done.
+    stage = models.CharField(max_length=40, blank=True)
+    progress = models.PositiveSmallIntegerField(default=0, help_text="Percent of the run done.")
     log = models.TextField(blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

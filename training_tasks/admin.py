@@ -88,7 +88,7 @@ class TrainingRunChartsMixin:
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(TrainingRunChartsMixin, admin.ModelAdmin):
-    list_display = ["persona", "night", "status", "method", "produced_version", "started_at", "finished_at"]
+    list_display = ["persona", "night", "status", "where", "method", "produced_version", "started_at", "finished_at"]
     list_filter = ["status", "method", "persona"]
     search_fields = ["persona__slug", "log", "error"]
     list_select_related = ["persona", "produced_version"]
@@ -98,6 +98,7 @@ class TrainingRunAdmin(TrainingRunChartsMixin, admin.ModelAdmin):
         "persona",
         "night",
         "status",
+        "where",
         "method",
         "base_adapter",
         "produced_version",
@@ -113,6 +114,14 @@ class TrainingRunAdmin(TrainingRunChartsMixin, admin.ModelAdmin):
         "started_at",
         "finished_at",
     ]
+
+    @admin.display(description="progress")
+    def where(self, obj) -> SafeString | str:
+        if obj.status != TrainingRun.Status.RUNNING:
+            return "—"
+        return format_html(
+            '<progress max="100" value="{}"></progress> {}% {}', obj.progress, obj.progress, obj.stage or ""
+        )
 
     def has_add_permission(self, request):
         return False

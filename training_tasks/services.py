@@ -163,6 +163,19 @@ class RunLog:
         self.run.log = (self.run.log + "\n" + line).lstrip("\n")
         TrainingRun.objects.filter(pk=self.run.pk).update(log=self.run.log)
 
+    def stage(self, name: str, percent: float) -> None:
+        """Where the run is now (saved only when the whole percent changes: training calls it every step)."""
+        percent = max(0, min(100, int(percent)))
+        if (name, percent) == (self.run.stage, self.run.progress):
+            return
+        self.run.stage, self.run.progress = name, percent
+        TrainingRun.objects.filter(pk=self.run.pk).update(stage=name, progress=percent)
+
+
+# The share of a run each stage starts at; training fills the span up to the candidate's evaluation.
+PROGRESS = {"dataset": 0, "reward model": 5, "evaluating the active version": 10, "training": 25}
+PROGRESS.update({"evaluating the candidate": 85, "promoting": 95})
+
 
 def train_config() -> TrainConfig:
     """TrainConfig's defaults, with whichever of its fields ``VOYAGER_TRAINING`` names."""
@@ -207,6 +220,7 @@ def persona_spec(persona: Persona):
 
 def _finish(run: TrainingRun, status: str, **fields: Any) -> None:
     run.status = status
+    run.stage, run.progress = "", 100
     run.finished_at = timezone.now()
     for key, value in fields.items():
         setattr(run, key, value)
@@ -235,12 +249,13 @@ def training_run_execute(*, run_id: int) -> TrainingRun:
         if removed:
             note(f"removed leftovers of dead runs: {', '.join(removed)}")
         run.status, run.started_at, run.error = TrainingRun.Status.RUNNING, timezone.now(), ""
-        run.save(update_fields=["status", "started_at", "error"])
+        run.stage, run.progress = "dataset", 0
+        run.save(update_fields=["status", "started_at", "error", "stage", "progress"])
         try:
             _train_gate_promote(run, note)
         except TRANSIENT_ERRORS as exc:
             note(f"transient error, will retry: {type(exc).__name__}: {exc}")
-            TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.QUEUED)
+            TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.QUEUED, stage="", progress=0)
             raise
         except BaseException as exc:  # SoftTimeLimitExceeded included: record it, keep the active version
             note(f"failed: {type(exc).__name__}: {exc}")
@@ -290,6 +305,7 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
     if gconfig.reward_model == "on":
         from training_tasks.reward import reward_heldout_metrics, train_reward_model
 
+        note.stage("reward model", PROGRESS["reward model"])
         # Trained on the same split as the candidate; kept in memory until both sides are scored.
         reward_model = train_reward_model(base_model_path=settings.VOYAGER_BASE_MODEL, data=train, on_log=note)
         rm_figures = reward_heldout_metrics(reward_model, snapshot.heldout)
@@ -302,6 +318,7 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
 
     probe_asks = probes.probe_set(persona.name)  # the same asks before and after: a rule ratings cannot fool
     note(f"evaluating the current {'adapter ' + str(active) if active else 'base model'}")
+    note.stage("evaluating the active version", PROGRESS["evaluating the active version"])
     started = time.monotonic()
     before = gate.evaluate_adapter(
         base_model_path=settings.VOYAGER_BASE_MODEL,
@@ -318,6 +335,8 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
 
     temp = promotion.temp_dir_create(persona, promotion.run_label(run))
     note(f"training from {'v' + str(active.version) if active else 'a fresh LoRA'} with {config.to_dict()}")
+    start, span = PROGRESS["training"], PROGRESS["evaluating the candidate"] - PROGRESS["training"]
+    note.stage("training", start)
     result = train_adapter(
         base_model_path=settings.VOYAGER_BASE_MODEL,
         init_adapter=active_path,
@@ -325,10 +344,12 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
         out_dir=temp,
         config=config,
         on_log=note,
+        on_progress=lambda done: note.stage("training", start + span * done),
     )
     run.method, run.loss_curve = result.method, result.loss_curve
     run.save(update_fields=["method", "loss_curve"])
     note(f"trained ({' → '.join(result.stages)}) in {result.seconds:.1f}s")
+    note.stage("evaluating the candidate", PROGRESS["evaluating the candidate"])
 
     after = gate.evaluate_adapter(
         base_model_path=settings.VOYAGER_BASE_MODEL,
@@ -354,6 +375,7 @@ def _train_gate_promote(run: TrainingRun, note: RunLog) -> None:
         note("gate refused the candidate: " + "; ".join(reasons))
         _finish(run, TrainingRun.Status.GATE_REJECTED)
         return
+    note.stage("promoting", PROGRESS["promoting"])
     card = (
         f"Trained by run {run.pk} ({run.night}) with {'+'.join(result.stages)} on "
         f"{len(snapshot.rating_ids)} ratings, from {'v' + str(active.version) if active else 'a fresh LoRA'}."

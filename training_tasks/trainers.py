@@ -165,6 +165,17 @@ class _LossRecorder:
         self.sink, self.on_log, self.callback = sink, on_log, Callback()
 
 
+def _progress_callback(index: int, count: int, on_progress: Callable[[float], None]):
+    """A TrainerCallback that reports the share of all ``count`` stages done, this being stage ``index``."""
+    from transformers import TrainerCallback
+
+    class Callback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            on_progress((index + state.global_step / max(1, state.max_steps)) / count)
+
+    return Callback()
+
+
 def _common_args(config: TrainConfig, out: str, epochs: float, lr: float, n: int) -> dict[str, Any]:
     steps_per_epoch = max(1, -(-n // config.batch_size))
     return {
@@ -207,8 +218,10 @@ def train_adapter(
     out_dir: str | os.PathLike[str],
     config: TrainConfig | None = None,
     on_log: Callable[[str], None] = lambda _m: None,
+    on_progress: Callable[[float], None] = lambda _f: None,
 ) -> TrainResult:
-    """Train and ``save_pretrained`` the adapter (safetensors) into ``out_dir``."""
+    """Train and ``save_pretrained`` the adapter (safetensors) into ``out_dir``. ``on_progress`` hears
+    the share of the training done (0 to 1, over all stages) after every optimiser step."""
     import time
 
     from datasets import Dataset
@@ -222,13 +235,15 @@ def train_adapter(
     use_dpo = len(data.dpo) >= config.min_dpo_pairs
     use_kto = not use_dpo and len(data.kto) >= config.min_kto_examples and _has_both_labels(data.kto)
     use_pref = config.pref_epochs > 0 and (use_dpo or use_kto)
+    use_sft = config.sft_epochs > 0 and len(data.sft) >= config.sft_min_examples
+    stage_count = max(1, use_sft + use_pref)
     if config.pref_reference not in ("sft", "start"):
         raise ValueError(f"pref_reference: {config.pref_reference!r} is not 'sft' or 'start'")
     ref = _frozen_copy(model) if use_pref and config.pref_reference == "start" else None
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     # Scratch lives inside out_dir: whoever cleans up after a dead run removes it too.
     with tempfile.TemporaryDirectory(prefix="trl-", dir=out_dir) as scratch:
-        if config.sft_epochs > 0 and len(data.sft) >= config.sft_min_examples:
+        if use_sft:
             from trl import SFTConfig, SFTTrainer
 
             args = SFTConfig(
@@ -247,7 +262,7 @@ def train_adapter(
                 args=args,
                 train_dataset=Dataset.from_list(data.sft),
                 processing_class=tokenizer,
-                callbacks=[recorder.callback],
+                callbacks=[recorder.callback, _progress_callback(0, stage_count, on_progress)],
             ).train()
             stages.append("sft")
         if use_pref:
@@ -285,7 +300,7 @@ def train_adapter(
                 args=args,
                 train_dataset=Dataset.from_list(dataset),
                 processing_class=tokenizer,
-                callbacks=[recorder.callback],
+                callbacks=[recorder.callback, _progress_callback(len(stages), stage_count, on_progress)],
             ).train()
             stages.append(stage)
             del ref

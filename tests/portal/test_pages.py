@@ -55,3 +55,20 @@ def test_adding_a_game_server_in_admin_shows_its_token_once(django_user_model):
     token = body.split("<code>")[1].split("</code>")[0]
     assert game_server_authenticate(token) == server
     assert token not in client.get(f"/admin/agents_app/gameserver/{server.pk}/change/").content.decode()
+
+
+def test_the_training_runs_admin_shows_where_a_running_run_is(django_user_model, npc):
+    from agents_app.models import TrainingRun
+
+    admin = django_user_model.objects.create_superuser("root", "", "root-password-1")
+    client = Client()
+    client.force_login(admin)
+    running = TrainingRun.objects.create(
+        persona=npc.persona, night="2026-12-01", status=TrainingRun.Status.RUNNING, stage="training", progress=42
+    )
+    TrainingRun.objects.create(persona=npc.persona, night="2026-11-30", status=TrainingRun.Status.SUCCEEDED)
+    body = client.get("/admin/agents_app/trainingrun/").content.decode()
+    assert '<progress max="100" value="42"></progress> 42% training' in body
+    assert body.count("<progress") == 1  # a finished run has no bar
+    page = client.get(f"/admin/agents_app/trainingrun/{running.pk}/change/").content.decode()
+    assert "42% training" in page

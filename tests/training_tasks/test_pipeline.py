@@ -325,6 +325,12 @@ def test_a_worker_killed_mid_training_leaves_the_active_version_and_the_next_run
     slow = start_worker(VOYAGER_TRAINING_SFT_EPOCHS="400")
     slow.send(train_persona, run.pk)
     wait_for(lambda: "sft step" in TrainingRun.objects.get(pk=run.pk).log, slow, timeout=120, what="training")
+    # The admin follows the run from another process: stage and percent move while it trains.
+    seen = TrainingRun.objects.get(pk=run.pk).progress
+    moving = wait_for(
+        lambda: (r := TrainingRun.objects.get(pk=run.pk)).progress > seen and r, slow, timeout=60, what="progress"
+    )
+    assert moving.stage == "training" and 25 <= seen < moving.progress < 85
     slow.kill()
 
     run.refresh_from_db()
@@ -339,6 +345,7 @@ def test_a_worker_killed_mid_training_leaves_the_active_version_and_the_next_run
     fresh.send(train_persona, run.pk)
     run = wait_for(lambda: finished(run.pk), fresh, timeout=240)
     assert run.status == TrainingRun.Status.SUCCEEDED, f"{run.status}: {run.error}\n{run.log}"
+    assert (run.stage, run.progress) == ("", 100)
     assert "previous attempt died" in run.log and all(name in run.log for name in leftovers)
     assert temp_dirs(media, persona) == []
     persona.refresh_from_db()

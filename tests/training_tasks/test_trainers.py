@@ -32,10 +32,20 @@ QUICK = TrainConfig(sft_epochs=1, pref_epochs=1)
 )
 def test_each_stage_trains_a_peft_adapter_the_engine_can_load(tiny_model, tmp_path, data, stages, reference):
     config = replace(QUICK, pref_reference=reference)
+    progress: list[float] = []
     result = train_adapter(
-        base_model_path=tiny_model, init_adapter=None, data=data, out_dir=tmp_path / "a", config=config
+        base_model_path=tiny_model,
+        init_adapter=None,
+        data=data,
+        out_dir=tmp_path / "a",
+        config=config,
+        on_progress=progress.append,
     )
     assert result.stages == stages and result.method == stages[-1]
+    # Progress over the whole training: rising step by step, each stage its share, done at 1.
+    assert progress == sorted(progress) and progress[0] > 0 and progress[-1] == pytest.approx(1.0)
+    if len(stages) == 2:
+        assert any(p == pytest.approx(0.5) for p in progress)
     assert {p["stage"] for p in result.loss_curve} == set(stages)
     if stages[-1] == "kto" and reference == "start":
         # The reference is the model before SFT: the liked replies already score above it.
