@@ -59,12 +59,14 @@ def sentence_count(text: str) -> int:
 _CONCRETE: re.Pattern[str] | None = None
 
 
-def hidden_rule(reply_text: str, player: str, rule: str = DEFAULT_RULE) -> bool:
+def hidden_rule(reply_text: str, player: str, rule: str = DEFAULT_RULE, *, home: str = "") -> bool:
     """The players' secret taste, judged on what they see (actions removed).
 
     ``brief_concrete`` (the default): the reply is at most two sentences and
-    names a place or an item of the world (the old mine, a pickaxe, bread).
-    The world-adapted real model does both in under a fifth of its replies.
+    names a place or an item of the world (the old mine, a pickaxe, bread)
+    other than the NPC's own ``home``: the smith's "...my work at the forge"
+    tells a player nothing new. The world-adapted real model's smith does this
+    in about one reply in ten (a quarter, were the forge counted).
     ``greets``: the reply greets them (hello, welcome, well met, farewell...).
     ``by_name``: the reply names them. The starter model picks player names at
     chance (its ``[[ACTION:face NAME]]`` arguments match the player 1 time in
@@ -74,7 +76,9 @@ def hidden_rule(reply_text: str, player: str, rule: str = DEFAULT_RULE) -> bool:
     if rule == "brief_concrete":
         global _CONCRETE
         _CONCRETE = _CONCRETE or _concrete_re()
-        return sentence_count(reply_text) <= 2 and _CONCRETE.search(reply_text) is not None
+        own = home.lower().removeprefix("the ")
+        named = {m.group(0).lower() for m in _CONCRETE.finditer(reply_text)}
+        return sentence_count(reply_text) <= 2 and any(name.rstrip("s") != own.rstrip("s") for name in named)
     if rule == "by_name":
         return re.search(r"(?<!\w)" + re.escape(player) + r"(?!\w)", reply_text, re.IGNORECASE) is not None
     if rule == "greets":
@@ -113,6 +117,11 @@ def _corpus_persona(persona: Persona) -> dict[str, Any]:
         "inventory": sorted({item for p in personas for item in p["inventory"]}),
         "home": "the village",
     }
+
+
+def persona_home(persona: Persona) -> str:
+    """Where the persona lives in the world ("the forge"), for ``hidden_rule``."""
+    return _corpus_persona(persona)["home"]
 
 
 def scripted_questions(persona: Persona, rng: random.Random, n: int) -> list[str]:
@@ -200,7 +209,7 @@ def simulate_players(
     own_engine = engine is None
     engine = engine or load_engine()
     base_id = "simulation"
-    players = scripted_players(seed)
+    players, home = scripted_players(seed), persona_home(persona)
     liked = errors = made = 0
     run_tag = uuid.uuid4().hex[:8]
     try:
@@ -256,7 +265,7 @@ def simulate_players(
                         total_ms=event.total_ms,
                         source=Exchange.Source.SIMULATION,
                     )
-                    good = hidden_rule(event.text, conv.player, rule)
+                    good = hidden_rule(event.text, conv.player, rule, home=home)
                     liked += good
                     rating_upsert(
                         exchange=exchange,
@@ -307,7 +316,7 @@ def simulate_battles(
     rng = random.Random(seed + 7_919)
     own_engine = engine is None
     engine = engine or load_engine()
-    players = scripted_players(seed + 1)
+    players, home = scripted_players(seed + 1), persona_home(persona)
     owner = persona.owner
     npc_id = f"sim-arena-{persona.slug}-{uuid.uuid4().hex[:8]}"
     made = decided = errors = 0
@@ -349,7 +358,8 @@ def simulate_battles(
                     source=Exchange.Source.SIMULATION,
                 )
                 outcome = battle_outcome(
-                    hidden_rule(left.text, battle.player, rule), hidden_rule(right.text, battle.player, rule)
+                    hidden_rule(left.text, battle.player, rule, home=home),
+                    hidden_rule(right.text, battle.player, rule, home=home),
                 )
                 arena.battle_vote(user=owner, battle_id=record.pk, outcome=outcome)
                 decided += outcome in ("left", "right")
@@ -377,7 +387,7 @@ def rule_rate(
     from inference.engine import Result
 
     rng = random.Random(seed)
-    players = scripted_players(seed)
+    players, home = scripted_players(seed), persona_home(persona)
     own_engine = engine is None
     engine = engine or load_engine()
     payload = gateway.persona_payload(persona)
@@ -406,7 +416,7 @@ def rule_rate(
         event = results[m["request_id"]]
         ok = isinstance(event, Result)
         text = event.text if ok else ""
-        liked = hidden_rule(text, m["player"], rule)
+        liked = hidden_rule(text, m["player"], rule, home=home)
         sample = {"player": m["player"], "text": m["text"], "reply": text, "liked": liked}
         # What the model saw and wrote, for whoever scores the replies (the benchmark's fluency).
         sample.update(prompt=event.prompt_text if ok else "", raw=event.raw_text if ok else "")

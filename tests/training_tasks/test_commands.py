@@ -9,7 +9,7 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from agents_app.models import Exchange, Persona, Rating
-from training_tasks.simulation import hidden_rule
+from training_tasks.simulation import hidden_rule, persona_home
 
 pytestmark = pytest.mark.django_db
 
@@ -39,6 +39,10 @@ def test_the_hidden_rule_reads_what_the_player_sees():
     assert not hidden_rule("The old mine is east. Bring a torch! Go now.", "bob")  # three sentences
     assert not hidden_rule("Head east, then north.", "bob")  # nothing concrete named
     assert not hidden_rule("I am a torchbearer.", "bob")  # a word that contains an item is not the item
+    # The NPC's own home tells a player nothing new: the smith at the forge must point elsewhere.
+    assert not hidden_rule("I only know my work at the forge.", "bob", home="the forge")
+    assert hidden_rule("Leave the forge. Try the old mine.", "bob", home="the forge")
+    assert hidden_rule("I only know my work at the forge.", "bob", home="the old library")
     assert hidden_rule("Here, bob.", "bob", "by_name") and not hidden_rule("Here, bobby.", "bob", "by_name")
 
 
@@ -55,7 +59,8 @@ def test_simulate_players_talks_through_the_engine_and_rates_every_reply(alice, 
         assert f"<|player|>{exchange.player_name}: {exchange.player_text}<|end|>" in exchange.prompt
         rating = exchange.ratings.get()
         assert rating.player_name == exchange.player_name and rating.user is None
-        assert rating.score == (1 if hidden_rule(exchange.reply_text, exchange.player_name) else -1)
+        liked = hidden_rule(exchange.reply_text, exchange.player_name, home=persona_home(persona))
+        assert rating.score == (1 if liked else -1)
     # Later turns remember earlier ones: conversations, not isolated asks.
     assert any("<|memory|>" in e.prompt for e in exchanges)
     assert Rating.objects.count() == 10 and "10 replies rated" in out.getvalue()
