@@ -1,12 +1,13 @@
 """Does one nightly run teach a persona what its players like?
 
-On the starter model (built into var/models/starter if missing), scripted
-players talk with one persona through the real engine and rate about 2,000
-replies by a hidden rule (by default: the reply greets them), and start arena
-battles (``--battles``: two samples of the persona's version answer the same
-words; the players vote by the same rule), whose same-prompt votes are the DPO
-stage's pairs. One nightly training run (dataset → SFT/preference → gate, the
-probe set included → promotion) follows. The
+On the real default model (converted if missing) with the persona's world
+adapter active (trained once, then cached), scripted players talk with one
+persona through the real engine and rate about 2,000 replies by a hidden rule
+(by default ``brief_concrete``: at most two sentences, naming a place or an
+item of the world), and start arena battles (``--battles``: two samples of the
+persona's version answer the same words; the players vote by the same rule),
+whose same-prompt votes are the DPO stage's pairs. One nightly training run
+(dataset → SFT/preference → gate, the probe set included → promotion) follows. The
 hidden-rule rate is measured on fresh prompts (another seed, nothing stored)
 before and after, with the run's wall time and the process's peak RSS.
 
@@ -24,13 +25,15 @@ output is JSON:
 "train_seconds", "peak_rss_mb", ...}``.
 
     python benchmarks/rlhf.py [--replies 2000] [--eval 400] [--persona brann-smith]
+    python benchmarks/rlhf.py --model var/models/starter   # the starter model (rule: greets), in minutes
 
 To compare training settings on the same ratings, simulate once and reuse:
 ``--ratings-cache DIR`` keeps the rated database and the "before" figures in
 DIR (made on the first run, copied on the next), and ``--set KEY=VALUE``
 overrides a knob of ``VOYAGER_TRAINING`` (any ``TrainConfig`` field, or
 ``gate_<GateConfig field>``) for this run only. train_seconds stays comparable;
-peak_rss_mb of a reused run leaves out the simulation's memory.
+peak_rss_mb of a reused run leaves out the simulation's memory (``--simulate-only`` fills the
+cache and stops, so the next run's peak is the nightly run's own).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+REAL = Path(os.environ.get("VOYAGER_BASE_MODEL") or ROOT / "var" / "models" / "smollm2-135m-instruct")
+STARTER = ROOT / "var" / "models" / "starter"
 
 
 def peak_rss_mb() -> float:
@@ -69,11 +74,14 @@ def setup_embedded(workdir: Path, model: str, env: dict[str, str] | None = None)
     )
     os.environ.pop("REDIS_URL", None)
 
+    from inference.gguf_import import ensure_default_model
     from inference.starter import build_starter_model
 
-    if not (Path(model) / "config.json").is_file():
+    if is_starter(model) and not (Path(model) / "config.json").is_file():
         print(f"building the starter model into {model}", file=sys.stderr)
         build_starter_model(model, size="starter", seed=0, log=lambda m: print(m, file=sys.stderr))
+    elif not is_starter(model):
+        ensure_default_model(model, log=lambda m: print(m, file=sys.stderr))
 
     import django
 
@@ -83,8 +91,13 @@ def setup_embedded(workdir: Path, model: str, env: dict[str, str] | None = None)
     call_command("migrate", verbosity=0)
 
 
-def bench_persona(slug: str):
-    """The corpus persona ``slug``, created with a benchmark owner the first time."""
+def is_starter(model: str) -> bool:
+    return Path(model).resolve() == STARTER.resolve()
+
+
+def bench_persona(slug: str, model: str):
+    """The corpus persona ``slug``, created with a benchmark owner the first time. On a real model it
+    starts where players meet it: with the world adapter (trained once, then cached) active."""
     from django.contrib.auth import get_user_model
 
     from agents_app.models import Persona
@@ -102,6 +115,14 @@ def bench_persona(slug: str):
             "allowed_actions": ["say", "jump", "face", "follow", "stop_following", "move", "give"],
         },
     )
+    if not is_starter(model) and persona.active_adapter_id is None:
+        from training_tasks.domain import ensure_world_adapter
+        from training_tasks.promotion import domain_adapter_install
+        from training_tasks.services import base_model_id
+
+        adapter_dir = ensure_world_adapter(Path(model), log=lambda m: print(m, file=sys.stderr))
+        domain_adapter_install(persona=persona, adapter_dir=adapter_dir, base_model_id=base_model_id())
+        persona.refresh_from_db()
     return persona
 
 
@@ -113,15 +134,27 @@ def main() -> None:
         "--battles", type=int, default=400, help="arena battles the players vote in (0: none, and no DPO stage)"
     )
     parser.add_argument("--persona", default="brann-smith", help="a persona of inference/corpus/personas.json")
-    parser.add_argument("--rule", default="greets", choices=["greets", "by_name"])
-    parser.add_argument("--model", default=str(ROOT / "var" / "models" / "starter"))
+    parser.add_argument(
+        "--rule",
+        choices=["brief_concrete", "greets", "by_name"],
+        help="default: brief_concrete (greets on the starter)",
+    )
+    parser.add_argument(
+        "--model", default=str(REAL), help=f"the base model (default: the real one; {STARTER} for the starter)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="keep the database and adapters here (default: a temp dir)")
     parser.add_argument("--ratings-cache", help="simulate once into this folder, reuse it on later runs")
     parser.add_argument(
+        "--simulate-only", action="store_true", help="fill --ratings-cache and stop (the run's own peak RSS, later)"
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a VOYAGER_TRAINING knob"
     )
     args = parser.parse_args()
+    args.rule = args.rule or ("greets" if is_starter(args.model) else "brief_concrete")
+    if args.simulate_only and not args.ratings_cache:
+        parser.error("--simulate-only needs --ratings-cache")
     overrides = dict(_parse_knob(item) for item in args.set)
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="voyager-rlhf-"))
@@ -130,6 +163,9 @@ def main() -> None:
     cached = cache is not None and (cache / "before.json").is_file()
     if cached:
         shutil.copyfile(cache / "rlhf.sqlite3", workdir / "rlhf.sqlite3")
+        # The persona's adapter versions (the world adapter on a real model) live beside the database.
+        if (cache / "media").is_dir():
+            shutil.copytree(cache / "media", workdir / "media", dirs_exist_ok=True)
     setup_embedded(workdir, args.model, {"VOYAGER_AUTO_PROMOTE": "1"})
     from django.conf import settings
 
@@ -139,7 +175,7 @@ def main() -> None:
     from training_tasks.tasks import nightly_training
 
     settings.VOYAGER_TRAINING.update(overrides)
-    persona = bench_persona(args.persona)
+    persona = bench_persona(args.persona, args.model)
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -155,8 +191,15 @@ def main() -> None:
     else:
         engine = simulation.load_engine(args.model)
         try:
+            # "Before" is what players meet today: the persona's active version (the world adapter on a real model).
+            active = persona.active_adapter
             before, before_samples = simulation.rule_rate(
-                persona=persona, n=args.eval, seed=10_000 + args.seed, engine=engine, rule=args.rule
+                persona=persona,
+                n=args.eval,
+                seed=10_000 + args.seed,
+                engine=engine,
+                rule=args.rule,
+                adapter_path=str(active.absolute_path) if active else None,
             )
             say(f"hidden-rule rate before: {before:.3f}")
             report = simulation.simulate_players(
@@ -176,8 +219,13 @@ def main() -> None:
 
             connection.close()
             shutil.copyfile(workdir / "rlhf.sqlite3", cache / "rlhf.sqlite3")
+            if (workdir / "media").is_dir():
+                shutil.copytree(workdir / "media", cache / "media", dirs_exist_ok=True)
             saved = {"before": before, "samples": before_samples, "report": report.__dict__}
             (cache / "before.json").write_text(json.dumps(saved))
+    if args.simulate_only:
+        say(f"ratings and 'before' figures saved in {cache}")
+        return
 
     rss_before_training = peak_rss_mb()
     started = time.monotonic()
