@@ -206,6 +206,12 @@ class OpenAIBackend:
             job = self._jobs[rid] = _Job(parsed, emit, time.perf_counter())
         self._loop.call_soon_threadsafe(self._start, job)
 
+    def stats(self) -> dict[str, int]:
+        """For the worker's heartbeat: asks streaming from the server, and asks waiting for a slot."""
+        with self._lock:
+            jobs = len(self._jobs)
+        return {"running": min(jobs, self.config.concurrency), "waiting": max(0, jobs - self.config.concurrency)}
+
     def cancel(self, request_id: str) -> None:
         with self._lock:
             job = self._jobs.get(request_id)

@@ -168,8 +168,9 @@ class InferenceWorker:
     def stats(self) -> dict[str, Any]:
         """The numbers this worker puts in its heartbeat, exported by the web processes as metrics."""
         engine_stats = {}
-        engine = getattr(self.backend, "engine", None)
-        if engine is not None and hasattr(engine, "stats"):
+        # The local engine counts its own queue; a backend without one (the OpenAI client) may count its asks.
+        engine = getattr(self.backend, "engine", None) or self.backend
+        if hasattr(engine, "stats"):
             try:
                 engine_stats = engine.stats()
             except Exception:  # numbers are a courtesy; never let them stop a beat

@@ -197,6 +197,7 @@ def test_asks_past_the_concurrency_and_the_queue_are_refused(make_backend):
     events = Events()
     backend.submit(ask("r1"), events.emit)
     backend.submit(ask("r2"), events.emit)  # waits for r1's slot
+    assert backend.stats() == {"running": 1, "waiting": 1}  # what the heartbeat reports as the queue
     with pytest.raises(Overloaded):
         backend.submit(ask("r3"), events.emit)
     backend.cancel("r2")
