@@ -67,11 +67,13 @@ async def battle(communicator, **frame):
 
 
 async def test_an_anonymous_socket_is_refused_and_another_origin_too(charlie):
-    _, connected, code = await connect(None)
+    refused, connected, code = await connect(None)
     assert (connected, code) == (False, 4401)
+    await refused.disconnect()  # the consumer ends here, not in the event loop's teardown
     headers = [(b"host", b"localhost"), (b"origin", b"http://evil.example")]
     communicator = WebsocketCommunicator(application, "/ws/arena/", headers=headers)
     assert await communicator.connect() == (False, 4403)
+    await communicator.disconnect()
 
 
 async def test_both_versions_answer_in_one_batch_and_nothing_before_the_vote_names_them(charlie, persona, versions):
