@@ -11,6 +11,7 @@ model saw it, and the player rates the reply with ``hidden_rule``.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import threading
@@ -38,6 +39,7 @@ DEFAULT_RULE = "brief_concrete"
 SENTENCE_END_RE = re.compile(r"[.!?…]+(?=\s|$)")
 
 
+@functools.cache
 def _concrete_re() -> re.Pattern[str]:
     """A place or an item of the world, as a reply would name it: "the old mine", "pickaxe", "apples"."""
     from inference.corpus import load_corpus_data
@@ -56,9 +58,6 @@ def sentence_count(text: str) -> int:
     return sum(1 for piece in pieces if re.search(r"\w", piece))
 
 
-_CONCRETE: re.Pattern[str] | None = None
-
-
 def hidden_rule(reply_text: str, player: str, rule: str = DEFAULT_RULE, *, home: str = "") -> bool:
     """The players' secret taste, judged on what they see (actions removed).
 
@@ -74,10 +73,8 @@ def hidden_rule(reply_text: str, player: str, rule: str = DEFAULT_RULE, *, home:
     a few thousand ratings on it; ``greets`` can (the starter model's rule).
     """
     if rule == "brief_concrete":
-        global _CONCRETE
-        _CONCRETE = _CONCRETE or _concrete_re()
         own = home.lower().removeprefix("the ")
-        named = {m.group(0).lower() for m in _CONCRETE.finditer(reply_text)}
+        named = {m.group(0).lower() for m in _concrete_re().finditer(reply_text)}
         return sentence_count(reply_text) <= 2 and any(name.rstrip("s") != own.rstrip("s") for name in named)
     if rule == "by_name":
         return re.search(r"(?<!\w)" + re.escape(player) + r"(?!\w)", reply_text, re.IGNORECASE) is not None
