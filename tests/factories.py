@@ -8,7 +8,7 @@ import torch
 from django.utils import timezone
 from safetensors.torch import save as safetensors_save
 
-from agents_app.models import AdapterVersion, Exchange, PlayerLink
+from agents_app.models import AdapterVersion, Battle, Exchange, PlayerLink
 
 # --- database rows ------------------------------------------------------------------------------
 
@@ -57,6 +57,20 @@ def make_exchange(npc, *, player="steve", text="where is iron?", reply="Down the
         reply_text=reply,
         created_at=extra.pop("created_at", timezone.now() - timezone.timedelta(seconds=10_000 - _clock[0])),
         **extra,
+    )
+
+
+def voted_battle(npc, user, left_version, right_version, outcome):
+    """A battle of two versions on one NPC's persona, already voted ``outcome``."""
+    left, right = make_exchange(npc, adapter_version=left_version), make_exchange(npc, adapter_version=right_version)
+    return Battle.objects.create(
+        persona=npc.persona,
+        user=user,
+        player_text="hi",
+        left=left,
+        right=right,
+        outcome=outcome,
+        voted_at=timezone.now(),
     )
 
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 from agents_app.models import Persona, PolicyFlag
 from agents_app.services import rating_upsert
 from portal import selectors
-from tests.factories import adapter, make_exchange
+from tests.factories import adapter, make_exchange, voted_battle
 from tests.portal.clients import client_for
 
 pytestmark = pytest.mark.django_db
@@ -96,20 +96,9 @@ def test_the_persona_page_sets_its_versions_side_by_side(alice, charlie, npc, pe
 
 
 def test_the_persona_page_shows_each_versions_battle_rating(charlie, npc, persona):
-    from agents_app.models import Battle
-
     v1, v2 = adapter(persona, 1, status="retired"), adapter(persona, 2, status="active")
     for k in range(12):  # v2 wins 9 of 12 battles against v1
-        left, right = make_exchange(npc, adapter_version=v2), make_exchange(npc, adapter_version=v1)
-        Battle.objects.create(
-            persona=persona,
-            user=charlie,
-            player_text="hi",
-            left=left,
-            right=right,
-            outcome="left" if k < 9 else "right",
-            voted_at=timezone.now(),
-        )
+        voted_battle(npc, charlie, v2, v1, "left" if k < 9 else "right")
     figures = {f.label: f for f in selectors.persona_version_figures(persona, charlie)}
     assert figures["v2"].battle.rating > figures["v1"].battle.rating
     assert figures["v2"].battle.battles == figures["v1"].battle.battles == 12 and figures["v2"].battle.wins == 9
