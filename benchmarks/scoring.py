@@ -39,23 +39,12 @@ import torch  # noqa: E402
 
 def full_vocabulary_logps(model, tokenizer, items, batch_size: int = 16) -> list[float]:
     """The former ``reply_logps``, kept here as the baseline."""
-    eos = tokenizer.eos_token or ""
+    from training_tasks.gate import padded_batch, reply_sequences
+
     out: list[float] = []
     for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        seqs, spans = [], []
-        for prompt, completion in chunk:
-            p = tokenizer.encode(prompt, add_special_tokens=False)
-            c = tokenizer.encode(completion + eos, add_special_tokens=False)
-            ids = (p + c)[-512:]
-            seqs.append(ids)
-            spans.append(min(len(c), len(ids) - 1))
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            input_ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        seqs, spans = reply_sequences(tokenizer, items[start : start + batch_size])
+        input_ids, mask = padded_batch(seqs, tokenizer.pad_token_id or 0)
         with torch.no_grad():
             logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)

@@ -99,13 +99,9 @@ class GateConfig:
             )
 
 
-def reply_logps(model, tokenizer, items: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float]:
-    """Mean log-probability per token of ``completion + eos`` after ``prompt``.
-
-    Only the reply's positions go through the output layer: a prompt is ten times longer than its
-    reply, and the vocabulary projection with its log-softmax was most of the cost. Sequences are
-    batched by length (less padding) and run under bf16 autocast where bf16 is fast.
-    """
+def reply_sequences(tokenizer, items: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[int]]:
+    """Each ``prompt + completion + eos`` as token ids (the last 512), and how many of its last tokens
+    are the reply's."""
     eos = tokenizer.eos_token or ""
     seqs, spans = [], []
     for prompt, completion in items:
@@ -114,20 +110,37 @@ def reply_logps(model, tokenizer, items: Sequence[tuple[str, str]], batch_size: 
         ids = (p + c)[-512:]
         seqs.append(ids)
         spans.append(min(len(c), len(ids) - 1))
+    return seqs, spans
+
+
+def padded_batch(seqs: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded input ids and their attention mask."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        input_ids[row, : len(s)] = torch.tensor(s)
+        mask[row, : len(s)] = 1
+    return input_ids, mask
+
+
+def reply_logps(model, tokenizer, items: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float]:
+    """Mean log-probability per token of ``completion + eos`` after ``prompt``.
+
+    Only the reply's positions go through the output layer: a prompt is several times longer than
+    its reply, and the full-vocabulary projection and log-softmax at every position cost the most
+    (``benchmarks/scoring.py``). Sequences are batched by length (less padding) and run under bf16
+    autocast where bf16 is fast.
+    """
+    seqs, spans = reply_sequences(tokenizer, items)
     body = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, head = body.get_decoder(), body.get_output_embeddings()
     dev = next(model.parameters()).device
-    pad = tokenizer.pad_token_id or 0
     out = [0.0] * len(seqs)
     by_length = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for start in range(0, len(by_length), batch_size):
         chunk = by_length[start : start + batch_size]
-        width = max(len(seqs[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            input_ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-            mask[row, : len(seqs[i])] = 1
+        input_ids, mask = padded_batch([seqs[i] for i in chunk], tokenizer.pad_token_id or 0)
         # Row, position pairs whose hidden state predicts a reply token, and the tokens they predict.
         rows = torch.tensor([row for row, i in enumerate(chunk) for _ in range(spans[i])])
         cols = torch.tensor([p for i in chunk for p in range(len(seqs[i]) - 1 - spans[i], len(seqs[i]) - 1)])
