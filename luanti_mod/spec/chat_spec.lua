@@ -42,6 +42,21 @@ describe("delta streaming into chat", function()
 		for _, s in ipairs(sent) do assert.is_true(#s <= 200) end
 	end)
 
+	it("cuts at the last line break, and a long run at its last space", function()
+		st:push("first line\nsecond line\nthird")
+		assert.same({"first line second line"}, sent)
+		st:abort()
+		sent = {}
+		st = H.chat.new_stream({send = function(s) sent[#sent + 1] = s end, now = function() return t end})
+		st:push(string.rep("ab ", 80)) -- 240 characters, spaces at every third
+		assert.same({string.rep("ab ", 65) .. "ab"}, sent)
+	end)
+
+	it("cuts a run with no space at all at the chunk size", function()
+		st:push(string.rep("x", 250))
+		assert.same({string.rep("x", 200)}, sent)
+	end)
+
 	it("shows the final text when nothing streamed", function()
 		st:finish("Just the reply.")
 		assert.same({"Just the reply."}, sent)

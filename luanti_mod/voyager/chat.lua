@@ -28,12 +28,13 @@ local function last_boundary(s)
 		if not e then break end
 		best, from = e, e + 1
 	end
-	local line = s:match(".*()\n")
+	-- The last newline: ".*()\n" would backtrack from every start, quadratic in the buffer.
+	local line = s:find("\n[^\n]*$")
 	return line and line > best and line or best
 end
 
 local function last_space(s, limit)
-	return s:sub(1, limit):match(".*()%s") or 0
+	return s:sub(1, limit):find("%s%S*$") or 0
 end
 
 --- opts: send(text), now(), flush_after (s, default 1), max_chunk (chars, default 200)
