@@ -1,6 +1,8 @@
 -- voyager_bench: times every callback the voyager mod runs in a server step
--- (its globalsteps and its NPCs' on_step) with core.get_us_time, with 20 NPCs
--- idle, then with 10 of them streaming replies at once; writes the samples to
+-- (its globalsteps and its NPCs' on_step) with core.get_us_time (wall clock)
+-- and os.clock (the process's CPU time: what the mod itself computed, without
+-- the time the kernel gave the core to another process), with 20 NPCs idle,
+-- then with 10 of them streaming replies at once; writes the samples to
 -- <world>/voyager_bench.json and shuts the server down.
 -- luacheck: globals core
 
@@ -8,13 +10,14 @@ local setting = function(name, default) return tonumber(core.settings:get("voyag
 local persona = core.settings:get("voyager_bench.persona") or "bench-guide"
 local NPCS, STREAMING = setting("npcs", 20), setting("streaming", 10)
 local WARMUP, IDLE, STREAM = setting("warmup", 30), setting("idle_steps", 200), setting("stream_steps", 200)
-local clock = core.get_us_time
+local clock, cpu_clock = core.get_us_time, os.clock
 
-local spent, allocated = 0, 0 -- the mod's, since the last sample
+local spent, spent_cpu, allocated = 0, 0, 0 -- the mod's, since the last sample
 local function timed(fn)
 	return function(...)
-		local kb, t = collectgarbage("count"), clock()
+		local kb, t, c = collectgarbage("count"), clock(), cpu_clock()
 		local a, b = fn(...)
+		spent_cpu = spent_cpu + (cpu_clock() - c) * 1e6
 		spent = spent + (clock() - t)
 		local grew = collectgarbage("count") - kb
 		if grew > 0 then allocated = allocated + grew end
@@ -33,8 +36,8 @@ end
 local npc_def = core.registered_entities["voyager:npc"]
 npc_def.on_step = timed(npc_def.on_step)
 
-local result = {samples = {idle = {}, stream = {}}, alloc_kb = {idle = 0, stream = 0}, deltas = 0, replies = 0,
-	errors = {}}
+local result = {samples = {idle = {}, stream = {}}, cpu = {idle = {}, stream = {}},
+	alloc_kb = {idle = 0, stream = 0}, deltas = 0, replies = 0, errors = {}}
 local phase, steps, npcs, started = "wait_ready", 0, {}, clock()
 local text = "tell me a long story about the old mine and the river and the smith who lived by the bridge "
 	.. "and the wolves that came down from the hills one winter"
@@ -86,8 +89,8 @@ end
 core.register_globalstep(function()
 	if phase == "done" then return end
 	if (clock() - started) / 1e6 > setting("timeout", 120) then return finish("timeout in " .. phase) end
-	local sample, grew = spent, allocated
-	spent, allocated = 0, 0
+	local sample, sample_cpu, grew = spent, spent_cpu, allocated
+	spent, spent_cpu, allocated = 0, 0, 0
 	if phase == "wait_ready" and voyager.status().ready then
 		phase = "emerge"
 		core.emerge_area({x = -16, y = -32, z = -16}, {x = 16, y = 47, z = 16}, function(_, _, remaining)
@@ -100,6 +103,7 @@ core.register_globalstep(function()
 		steps = steps + 1
 		local samples = result.samples[phase]
 		samples[#samples + 1] = sample
+		table.insert(result.cpu[phase], sample_cpu)
 		result.alloc_kb[phase] = result.alloc_kb[phase] + grew
 		if phase == "idle" and steps >= IDLE then
 			phase, steps = "stream", 0
