@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from inference.corpus import corpus_digest, generate_dialogues
-from inference.loading import bf16_is_fast
 from inference.prompt import build_prompt
 from inference.starter import _replace_dir as replace_dir
 
@@ -108,7 +107,7 @@ def train_world_adapter(
         max_copies_per_reply=0,
         lr_schedule="cosine",
         warmup_steps=5,
-        bf16=config.bf16 and bf16_is_fast(),
+        bf16=config.bf16,
         padding_free=True,
         progress_bar=progress_bar,
     )

@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from inference.loading import bf16_is_fast
+
 log = logging.getLogger("voyager.training")
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -68,8 +70,9 @@ class TrainConfig:
     # The dataset keeps at most this many copies of one reply (player names masked) on each side:
     # 47 liked "See you, <name>." taught the model to say nothing else (0 keeps every copy).
     max_copies_per_reply: int = 3
-    # bf16 autocast on CPUs that have it (AMX, AVX-512 BF16) or on CUDA; the weights stay fp32.
-    bf16: bool = False
+    # bf16 autocast where it is fast (CUDA, CPUs with AMX or AVX-512 BF16); the weights stay fp32.
+    # Elsewhere it is emulated and slower, so it is left off there whatever this says.
+    bf16: bool = True
     # The learning rate over a stage: constant (the nightly runs' gentle steps) or "cosine" (a long SFT).
     lr_schedule: str = "constant_with_warmup"
     warmup_steps: int = 0
@@ -194,7 +197,7 @@ def _common_args(config: TrainConfig, out: str, epochs: float, lr: float, n: int
         "dataloader_num_workers": 0,
         "disable_tqdm": not config.progress_bar,
         "use_cpu": device() == "cpu",
-        "bf16": config.bf16,
+        "bf16": config.bf16 and bf16_is_fast(),
         "fp16": False,
         # TRL turns it on by default; a small LoRA model has the memory, and recomputing costs time.
         "activation_checkpointing": False,

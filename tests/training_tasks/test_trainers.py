@@ -31,7 +31,8 @@ QUICK = TrainConfig(sft_epochs=1, pref_epochs=1)
     ids=["sft-only", "sft-then-kto", "sft-then-kto-from-the-start", "sft-then-dpo"],
 )
 def test_each_stage_trains_a_peft_adapter_the_engine_can_load(tiny_model, tmp_path, data, stages, reference):
-    config = replace(QUICK, pref_reference=reference)
+    # float32: the zero margin below is exact only when policy and reference run the same arithmetic.
+    config = replace(QUICK, pref_reference=reference, bf16=False)
     progress: list[float] = []
     result = train_adapter(
         base_model_path=tiny_model,
