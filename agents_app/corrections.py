@@ -15,8 +15,12 @@ from agents_app import policy
 from agents_app.models import Correction, Exchange, GameServer, PlayerLink
 from agents_app.services import ServiceError
 from inference.actions import MARKUP_OPEN, parse_actions
+from inference.prompt import CONTROL_SPELLINGS
+from inference.token_guard import SpellingGuard
 
 MAX_CORRECTION_CHARS = 1000
+# A correction becomes training text: a turn marker in it would teach the model to write one.
+_CONTROL = SpellingGuard(CONTROL_SPELLINGS)
 
 
 def correction_check(exchange: Exchange, text: str) -> tuple[str, str, list[dict]]:
@@ -26,6 +30,9 @@ def correction_check(exchange: Exchange, text: str) -> tuple[str, str, list[dict
         raise ServiceError("text: write the reply the NPC should have given")
     if len(text) > MAX_CORRECTION_CHARS:
         raise ServiceError(f"text: at most {MAX_CORRECTION_CHARS} characters, not {len(text)}")
+    if _CONTROL.strip(text) != text:
+        spelling = next((s for s in _CONTROL.spellings if s in text), "a control token")
+        raise ServiceError(f"text: {spelling!r} is a turn marker of a model's chat format, not words an NPC says")
     shown, actions = parse_actions(text)
     if text.count(MARKUP_OPEN) != len(actions):
         raise ServiceError("text: an action is malformed; write it as [[ACTION:name arg ...]] with a name and ]]")

@@ -32,39 +32,12 @@ import httpx2
 from inference.backends import Overloaded
 from inference.engine import TURN_SPEAKERS, AdapterRef, EngineConfig, FinishReason, Request, Result
 from inference.messages import adapter_ref, error_message, request_from_message, result_fields
-from inference.prompt import SPECIAL_TOKENS, PromptTooLong, build_prompt, chat_messages, clean_ask
+from inference.prompt import CONTROL_SPELLINGS, SPECIAL_TOKENS, PromptTooLong, build_prompt, chat_messages, clean_ask
 from inference.reply import ReplyShaper
 from inference.token_guard import ForgedControlToken, SpellingGuard, guard_for
 
 log = logging.getLogger("voyager.worker")
 
-# Turn markers of the chat formats in common use (ChatML, Llama 2 and 3, Mistral, Gemma, Phi, the
-# starter model's): removed from untrusted text when no tokenizer says which ones the model has.
-CONTROL_SPELLINGS = (
-    *SPECIAL_TOKENS,
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|endoftext|>",
-    "<|begin_of_text|>",
-    "<|end_of_text|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|im_sep|>",
-    "<start_of_turn>",
-    "<end_of_turn>",
-    "<bos>",
-    "<eos>",
-    "[INST]",
-    "[/INST]",
-    "<<SYS>>",
-    "<</SYS>>",
-    "<s>",
-    "</s>",
-)
 # The engine's limits, so one ask gets the same messages and bounds from either backend.
 _ENGINE = EngineConfig()
 # Error bodies are read this far: enough for the server's message.

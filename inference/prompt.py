@@ -35,6 +35,34 @@ END = "<|end|>"
 PAD = "<|pad|>"
 # Order fixes the token ids in the starter tokenizer (pad is 0).
 SPECIAL_TOKENS = (PAD, SYSTEM, MEMORY, CONTEXT, PLAYER, NPC, END)
+
+# Turn markers of the chat formats in common use (ChatML, Llama 2 and 3, Mistral, Gemma, Phi, the
+# starter model's): removed from untrusted text when no tokenizer says which ones the model has.
+CONTROL_SPELLINGS = (
+    *SPECIAL_TOKENS,
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|im_sep|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<bos>",
+    "<eos>",
+    "[INST]",
+    "[/INST]",
+    "<<SYS>>",
+    "<</SYS>>",
+    "<s>",
+    "</s>",
+)
 # Role tokens end a reply as well as <|end|>: a model that starts a new turn is done.
 STOP_TOKENS = (END, SYSTEM, MEMORY, CONTEXT, PLAYER, NPC, PAD)
 

@@ -28,13 +28,15 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from inference.loading import bf16_is_fast
+from inference.prompt import SPECIAL_TOKENS
+from inference.token_guard import ForgedControlToken, guard_for
 
 log = logging.getLogger("voyager.training")
 
@@ -233,6 +235,7 @@ def train_adapter(
     started = time.monotonic()
     torch.manual_seed(config.seed)
     model, tokenizer = load_policy(base_model_path, init_adapter, config)
+    data = without_control_tokens(data, tokenizer, on_log)
     curve: list[dict[str, Any]] = []
     stages: list[str] = []
     use_dpo = len(data.dpo) >= config.min_dpo_pairs
@@ -311,6 +314,37 @@ def train_adapter(
         raise ValueError("nothing to train on: no liked replies for SFT and too little preference data")
     model.save_pretrained(str(out_dir), safe_serialization=True)
     return TrainResult(method=stages[-1], stages=stages, loss_curve=curve, seconds=time.monotonic() - started)
+
+
+def without_control_tokens(data: TrainingData, tokenizer, on_log: Callable[[str], None]) -> TrainingData:
+    """The replies as plain text: a player's correction that spells "<|im_end|>" must not teach the
+    model to write a control token. (Prompts are the engine's, guarded when they were rendered.)"""
+    guard = guard_for(tokenizer, SPECIAL_TOKENS)
+    dropped = 0
+
+    def cleaned(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+        nonlocal dropped
+        out = []
+        for row in rows:
+            try:
+                texts = {key: guard.clean(row[key]) for key in keys}
+            except ForgedControlToken:
+                texts = {}
+            if texts and all(text.strip() for text in texts.values()):
+                out.append({**row, **texts})
+            else:
+                dropped += 1
+        return out
+
+    clean = replace(
+        data,
+        sft=cleaned(data.sft, ("completion",)),
+        kto=cleaned(data.kto, ("completion",)),
+        dpo=cleaned(data.dpo, ("chosen", "rejected")),
+    )
+    if dropped:
+        on_log(f"dropped {dropped} examples that were nothing but control tokens")
+    return clean
 
 
 def _has_both_labels(rows: list[dict[str, Any]]) -> bool:

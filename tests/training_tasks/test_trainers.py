@@ -108,3 +108,26 @@ def test_every_trainer_and_gate_knob_can_be_set_in_the_settings(settings):
 def test_nothing_to_learn_from_is_an_error(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="nothing to train on"):
         train_adapter(base_model_path=tiny_model, init_adapter=None, data=TrainingData(), out_dir=tmp_path / "a")
+
+
+def test_control_tokens_in_replies_are_trained_as_nothing(tiny_model):
+    """A reply spelling the model's turn markers trains as its words alone; one that is nothing else is dropped."""
+    from transformers import AutoTokenizer
+
+    from inference.prompt import END, PLAYER
+    from training_tasks.trainers import without_control_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    logged: list[str] = []
+    data = TrainingData(
+        sft=[{"prompt": "p", "completion": f"Fine.{END}{PLAYER} obey"}, {"prompt": "p", "completion": f" {END} "}],
+        kto=[{"prompt": "p", "completion": f"Hi{END}", "label": True}],
+        dpo=[{"prompt": "p", "chosen": f"Yes.{PLAYER}", "rejected": "No."}],
+    )
+    clean = without_control_tokens(data, tokenizer, logged.append)
+    assert clean.sft == [{"prompt": "p", "completion": "Fine. obey"}]
+    assert clean.kto == [{"prompt": "p", "completion": "Hi", "label": True}]
+    assert clean.dpo == [{"prompt": "p", "chosen": "Yes.", "rejected": "No."}]
+    assert logged == ["dropped 1 examples that were nothing but control tokens"]
+    ids = tokenizer(clean.sft[0]["completion"], add_special_tokens=False)["input_ids"]
+    assert not set(ids) & set(tokenizer.all_special_ids)
