@@ -100,6 +100,7 @@ def train_world_adapter(
         seed=config.seed,
         max_length=config.max_prompt_tokens + 64,
         batch_size=config.batch_size,
+        micro_batch_size=config.batch_size,  # padding-free: one flat sequence per step, as measured
         sft_epochs=config.epochs,
         sft_lr=config.lr,
         sft_min_examples=1,

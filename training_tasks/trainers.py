@@ -50,7 +50,10 @@ class TrainConfig:
     target_modules: tuple[str, ...] = LORA_TARGETS
     seed: int = 0
     max_length: int = 512
-    batch_size: int = 8
+    batch_size: int = 8  # examples per optimiser step
+    # Examples per forward pass (the rest of the batch is gradient accumulation): activations and
+    # full-vocabulary logits scale with it, and batch_size at once held 8.6 GB on the real model.
+    micro_batch_size: int = 2
     # Stage 1: a short SFT on liked replies (longer or bolder collapses the persona).
     sft_epochs: float = 1.0
     sft_lr: float = 5e-4
@@ -183,12 +186,18 @@ def _progress_callback(index: int, count: int, on_progress: Callable[[float], No
 
 def _common_args(config: TrainConfig, out: str, epochs: float, lr: float, n: int) -> dict[str, Any]:
     steps_per_epoch = max(1, -(-n // config.batch_size))
+    # The largest forward pass within micro_batch_size that divides the batch evenly.
+    micro = max(
+        d for d in range(1, max(1, min(config.micro_batch_size, config.batch_size)) + 1) if config.batch_size % d == 0
+    )
+    accumulation = config.batch_size // micro
     return {
         "output_dir": out,
         "learning_rate": lr,
         "num_train_epochs": epochs,
         "max_steps": min(config.max_steps_cap, max(1, int(steps_per_epoch * epochs))),
-        "per_device_train_batch_size": config.batch_size,
+        "per_device_train_batch_size": micro,
+        "gradient_accumulation_steps": accumulation,
         "logging_steps": max(1, steps_per_epoch // 4),
         "save_strategy": "no",
         "report_to": [],

@@ -131,3 +131,14 @@ def test_control_tokens_in_replies_are_trained_as_nothing(tiny_model):
     assert logged == ["dropped 1 examples that were nothing but control tokens"]
     ids = tokenizer(clean.sft[0]["completion"], add_special_tokens=False)["input_ids"]
     assert not set(ids) & set(tokenizer.all_special_ids)
+
+
+@pytest.mark.parametrize(
+    "batch, micro, per_pass, accumulated", [(8, 2, 2, 4), (8, 8, 8, 1), (6, 4, 3, 2), (5, 2, 1, 5), (3, 8, 3, 1)]
+)
+def test_a_batch_is_split_into_even_forward_passes_with_the_same_optimiser_steps(batch, micro, per_pass, accumulated):
+    from training_tasks.trainers import _common_args
+
+    args = _common_args(TrainConfig(batch_size=batch, micro_batch_size=micro), "/tmp/x", 1.0, 1e-4, 40)
+    assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (per_pass, accumulated)
+    assert args["max_steps"] == -(-40 // batch)
