@@ -187,9 +187,9 @@ def _progress_callback(index: int, count: int, on_progress: Callable[[float], No
 def _common_args(config: TrainConfig, out: str, epochs: float, lr: float, n: int) -> dict[str, Any]:
     steps_per_epoch = max(1, -(-n // config.batch_size))
     # The largest forward pass within micro_batch_size that divides the batch evenly.
-    micro = max(
-        d for d in range(1, max(1, min(config.micro_batch_size, config.batch_size)) + 1) if config.batch_size % d == 0
-    )
+    micro = max(1, min(config.micro_batch_size, config.batch_size))
+    while config.batch_size % micro:
+        micro -= 1
     accumulation = config.batch_size // micro
     return {
         "output_dir": out,
